@@ -1,0 +1,189 @@
+"""Typed settings for every command and stage.
+
+Values come, highest priority first, from: keyword arguments (tests, the CLI),
+environment variables prefixed ``O2O_`` (``O2O_BOOTSTRAP_SERVERS``,
+``O2O_CLICKHOUSE_DSN``, ...), a TOML config file (``O2O_CONFIG``, else
+``o2o.toml`` in the working directory when present), then the defaults below.
+Everything is validated once, at start-up, by :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from pipeline.errors import ConfigError
+
+ATTRIBUTION_MODELS = (
+    "first_touch",
+    "last_touch",
+    "last_non_direct",
+    "linear",
+    "time_decay",
+    "u_shaped",
+    "w_shaped",
+)
+STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the optional TOML config file (flat keys, same names as the fields)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with path.open("rb") as fh:
+                    self._data = tomllib.load(fh)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file {path} does not exist") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            unknown = set(self._data) - set(settings_cls.model_fields)
+            if unknown:
+                raise ConfigError(f"config file {path}: unknown settings {sorted(unknown)}")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get("O2O_CONFIG")
+    if named:
+        return Path(named)
+    local = Path("o2o.toml")
+    return local if local.exists() else None
+
+
+class Settings(BaseSettings):
+    """Every tunable of the pipeline, with its default and its validation."""
+
+    model_config = SettingsConfigDict(env_prefix="O2O_", extra="forbid", validate_default=True)
+
+    # Kafka
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_prefix: str = Field("o2o.", description="prefix of every topic name")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of new topics")
+    replication_factor: int = Field(1, ge=1, le=16, description="replication of new topics")
+    consumer_group_prefix: str = Field("", description="prefix of consumer group ids (default: topic prefix)")
+
+    # Local broker (o2o stack)
+    state_dir: Path = Field(Path(".state"), description="folder for broker data, logs, chDB data")
+    kafka_version: str = Field("4.4.0", description="Apache Kafka release run by `o2o stack`")
+    kafka_port: int = Field(9092, ge=1, le=65535, description="broker port of `o2o stack`")
+    kafka_controller_port: int = Field(0, ge=0, le=65535, description="controller port (0: broker port + 1)")
+    kafka_heap: str = Field("768m", description="maximum Java heap of the local broker")
+
+    # ClickHouse
+    clickhouse_dsn: str = Field("", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)")
+    clickhouse_database: str = Field("o2o", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    # Ingest
+    salt: str = Field("o2o-development-salt", min_length=8, description="salt of PII hashes")
+    max_event_bytes: int = Field(1_000_000, ge=1024)
+    max_future_hours: float = Field(23.0, ge=0)
+    max_age_days: float = Field(3650.0, gt=0)
+
+    # Journeys
+    session_timeout_minutes: float = Field(30.0, gt=0)
+    session_max_hours: float = Field(24.0, gt=0)
+    visit_timeout_minutes: float = Field(30.0, gt=0)
+
+    # Attribution
+    lookback_days: float = Field(30.0, gt=0)
+    half_life_days: float = Field(7.0, gt=0)
+    models: Annotated[tuple[str, ...], NoDecode] = Field(ATTRIBUTION_MODELS)
+
+    # Sink
+    sink_batch_rows: int = Field(20_000, ge=1)
+    sink_flush_seconds: float = Field(1.0, gt=0)
+    sink_max_retries: int = Field(0, ge=0, description="0: retry forever")
+
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls, _config_file()))
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        unknown = [m for m in value if m not in ATTRIBUTION_MODELS]
+        if unknown:
+            raise ValueError(f"unknown attribution models {unknown}; known: {', '.join(ATTRIBUTION_MODELS)}")
+        if not value:
+            raise ValueError("at least one attribution model is needed")
+        return tuple(value)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        if value and not value.startswith(("chdb://", "http://", "https://", "clickhouse://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.state_dir = self.state_dir.expanduser().resolve()
+        if not self.clickhouse_dsn:
+            self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
+        if not self.kafka_controller_port:
+            self.kafka_controller_port = self.kafka_port + 1
+        if not self.consumer_group_prefix:
+            self.consumer_group_prefix = self.topic_prefix
+        return self
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        """True when ClickHouse is the in-process chDB engine."""
+        return self.clickhouse_dsn.startswith("chdb://")
+
+    def topic(self, name: str) -> str:
+        """The full name of a pipeline topic, prefix included."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, stage: str) -> str:
+        """The consumer group id of a stage."""
+        return f"{self.consumer_group_prefix}{stage}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings, turning validation errors into one clear ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"  O2O_{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None

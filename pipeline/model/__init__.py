@@ -1,0 +1,1 @@
+"""The event contract and the rows the pipeline writes, shared by every stage."""

@@ -1,0 +1,106 @@
+"""Event contract v1: sources, types, identifier kinds and conversions.
+
+This is the producers' API as the brief states it; ``schemas/v1`` holds the
+same contract as JSON Schema. Normalised events travel between stages as plain
+dicts (:class:`Event`) serialised with orjson.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+CONTRACT_VERSION = 1
+
+SOURCES: dict[str, frozenset[str]] = {
+    "web": frozenset(
+        {"page_view", "product_view", "add_to_cart", "checkout", "signup", "login", "order_completed"}
+    ),
+    "app": frozenset(
+        {
+            "app_open",
+            "screen_view",
+            "push_opened",
+            "coupon_claimed",
+            "qr_scanned",
+            "add_to_cart",
+            "login",
+            "order_completed",
+        }
+    ),
+    "geofence": frozenset({"enter", "exit", "dwell"}),
+    "pos": frozenset({"purchase", "return", "click_and_collect_pickup", "loyalty_scan"}),
+}
+
+# Highest priority first: the person of an event is the person of its strongest identifier.
+ID_PRIORITY: tuple[str, ...] = (
+    "user_id",
+    "loyalty_id",
+    "email",
+    "phone",
+    "payment_token",
+    "device_id",
+    "anonymous_id",
+)
+ID_TYPES = frozenset(ID_PRIORITY)
+PII_ID_TYPES = frozenset({"email", "phone", "payment_token"})
+STRONG_ID_TYPES = frozenset({"user_id", "loyalty_id", "email", "phone"})
+
+DIGITAL_SOURCES = frozenset({"web", "app"})
+STORE_SOURCES = frozenset({"geofence", "pos"})
+
+
+class Event(TypedDict, total=False):
+    """A normalised event as it travels after ingest (times are UTC epoch milliseconds)."""
+
+    event_id: str
+    source: str
+    type: str
+    occurred_at: int
+    received_at: int
+    ids: dict[str, str]
+    consent: dict[str, bool]
+    context: dict[str, Any]
+    properties: dict[str, Any]
+    person_id: str
+
+
+def conversion_kind(event: Event) -> str | None:
+    """Which conversion an event is (``order``, ``purchase``, ``upsell``), or None.
+
+    A click-and-collect pickup only converts for its upsell; the order itself
+    was the conversion when it was placed online.
+    """
+    etype = event.get("type")
+    if etype == "order_completed":
+        return "order"
+    if event.get("source") == "pos":
+        if etype == "purchase":
+            return "purchase"
+        if etype == "click_and_collect_pickup":
+            upsell = (event.get("properties") or {}).get("upsell_revenue") or 0
+            return "upsell" if _as_float(upsell) > 0 else None
+    return None
+
+
+def conversion_revenue(event: Event) -> float:
+    """The revenue a conversion event brings (upsell revenue for a pickup)."""
+    props = event.get("properties") or {}
+    if event.get("type") == "click_and_collect_pickup":
+        return _as_float(props.get("upsell_revenue"))
+    return _as_float(props.get("revenue"))
+
+
+def strongest_id(ids: dict[str, str]) -> tuple[str, str] | None:
+    """The highest-priority identifier of an event, as (type, value)."""
+    for id_type in ID_PRIORITY:
+        value = ids.get(id_type)
+        if value:
+            return id_type, value
+    return None
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0

@@ -1,0 +1,101 @@
+"""The rows the stages emit for ClickHouse, one Kafka topic per table.
+
+Each row is a plain dict keyed by column name; times are UTC epoch
+milliseconds. Every row carries a deterministic id (the table's sorting key)
+and a ``version``; the storage tables keep the highest version of each id, and
+the analysts' views read only that. The column lists here and the migrations
+under ``deploy/clickhouse`` describe the same tables; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """One output table: its row topic (without prefix), storage table and columns."""
+
+    name: str
+    storage: str
+    columns: tuple[str, ...]
+    datetime_columns: frozenset[str]
+
+    @property
+    def topic(self) -> str:
+        """Row topic name, without the configured prefix."""
+        return f"rows.{self.name}"
+
+
+EVENTS = RowTable(
+    "events",
+    "events_store",
+    (
+        "event_id", "person_id", "source", "type", "occurred_at", "received_at", "session_id",
+        "store_id", "conversion_kind", "revenue", "currency", "campaign_source", "campaign_medium",
+        "campaign_name", "page_url", "referrer", "consent_analytics", "consent_marketing",
+        "properties", "version",
+    ),
+    frozenset({"occurred_at", "received_at"}),
+)  # fmt: skip
+SESSIONS = RowTable(
+    "sessions",
+    "sessions_store",
+    (
+        "session_id", "person_id", "kind", "channel", "started_at", "ended_at", "store_id",
+        "event_count", "page_views", "screen_views", "conversions", "revenue", "campaign_source",
+        "campaign_medium", "campaign_name", "landing", "referrer", "version",
+    ),
+    frozenset({"started_at", "ended_at"}),
+)  # fmt: skip
+CONVERSIONS = RowTable(
+    "conversions",
+    "conversions_store",
+    (
+        "conversion_id", "event_id", "person_id", "occurred_at", "kind", "source", "revenue",
+        "currency", "order_id", "store_id", "session_id", "path_length", "o2o_label",
+        "version",
+    ),
+    frozenset({"occurred_at"}),
+)  # fmt: skip
+ATTRIBUTION = RowTable(
+    "attribution",
+    "attribution_store",
+    (
+        "conversion_id", "model", "session_id", "person_id", "channel", "campaign_name",
+        "touch_at", "converted_at", "position", "credit", "revenue_credit", "version",
+    ),
+    frozenset({"touch_at", "converted_at"}),
+)  # fmt: skip
+IDENTITIES = RowTable(
+    "identities",
+    "identities_store",
+    ("id_type", "id_value", "person_id", "first_seen", "version"),
+    frozenset({"first_seen"}),
+)
+PERSON_ALIASES = RowTable(
+    "person_aliases",
+    "person_aliases_store",
+    ("person_id", "canonical_id", "merged_at", "reason", "version"),
+    frozenset({"merged_at"}),
+)
+DEAD_LETTERS = RowTable(
+    "dead_letters",
+    "dead_letters_store",
+    (
+        "dead_letter_id", "reason", "detail", "payload", "topic", "partition", "offset",
+        "received_at", "version",
+    ),
+    frozenset({"received_at"}),
+)  # fmt: skip
+
+ROW_TABLES: tuple[RowTable, ...] = (
+    EVENTS,
+    SESSIONS,
+    CONVERSIONS,
+    ATTRIBUTION,
+    IDENTITIES,
+    PERSON_ALIASES,
+    DEAD_LETTERS,
+)
+ROW_TABLES_BY_NAME = {table.name: table for table in ROW_TABLES}
