@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     kafka_heap: str = Field("768m", description="maximum Java heap of the local broker")
 
     # ClickHouse
-    clickhouse_dsn: str = Field("", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)")
+    clickhouse_dsn: str = Field(
+        "", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)"
+    )
     clickhouse_database: str = Field("o2o", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     # Ingest

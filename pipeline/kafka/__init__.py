@@ -1,1 +1,1 @@
-"""kafka."""
+"""Kafka plumbing: topic declarations, admin, client configs, offsets."""

@@ -20,11 +20,12 @@ class RowTable:
     storage: str
     columns: tuple[str, ...]
     datetime_columns: frozenset[str]
+    topic_name: str = ""
 
     @property
     def topic(self) -> str:
-        """Row topic name, without the configured prefix."""
-        return f"rows.{self.name}"
+        """Topic the rows travel on, without the configured prefix."""
+        return self.topic_name or f"rows.{self.name}"
 
 
 EVENTS = RowTable(
@@ -87,6 +88,7 @@ DEAD_LETTERS = RowTable(
         "received_at", "version",
     ),
     frozenset({"received_at"}),
+    topic_name="dlq",  # dead letters keep their original bytes; the sink builds the row
 )  # fmt: skip
 
 ROW_TABLES: tuple[RowTable, ...] = (

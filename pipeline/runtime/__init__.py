@@ -1,1 +1,1 @@
-"""runtime."""
+"""Running stages: the consume-process-produce loops, drain mode, and `run all`."""

@@ -1,0 +1,40 @@
+# O2O pipeline: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint unit integration bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## virtualenv with the package and its dev tools
+
+demo: install ## local Kafka + embedded ClickHouse, simulate, run every stage, print the report
+	$(BIN)/o2o demo
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/mypy
+
+unit: install ## fast tests, no broker
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: install ## tests against the real broker and chDB
+	$(BIN)/python -m pytest tests/integration -q
+
+test: lint ## everything CI runs
+	$(BIN)/python -m pytest tests -q
+
+bench: install ## throughput and memory against a bare confluent-kafka passthrough
+	$(BIN)/o2o bench --events 100000
+
+clean:
+	-$(BIN)/o2o stack down
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""The attribution stage: credit every conversion over the person's touchpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+from pipeline.attribution.paths import Output, PathAttributor, new_state
+from pipeline.config import Settings
+from pipeline.kafka import topics
+from pipeline.model.rows import ROW_TABLES_BY_NAME
+from pipeline.runtime.faust_stage import Emission
+
+
+class AttributionHandler:
+    """Keeps per-person paths in a state table and credits conversions."""
+
+    table_names = ("attribution_paths",)
+    inputs = (topics.JOURNEYS,)
+
+    def __init__(self, settings: Settings) -> None:
+        self.attributor = PathAttributor(settings.models, settings.lookback_days, settings.half_life_days)
+        self.state: MutableMapping[str, Any] = {}
+
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
+        """Use the given per-person path table."""
+        self.state = tables["attribution_paths"]
+
+    def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
+        """Remember touches, credit conversions."""
+        out: list[Output] = []
+        for record in records:
+            person = record["person_id"]
+            state = self.state.get(person) or new_state()
+            if record["kind"] == "touch":
+                state = self.attributor.add_touch(state, record)
+            elif record["kind"] == "conversion":
+                state = self.attributor.convert(state, record, out)
+            self.state[person] = state
+        return [(ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out]
+
+    def tick(self) -> list[Emission]:
+        """Nothing is time-driven in attribution yet."""
+        return []
+
+    def flush(self) -> list[Emission]:
+        """Attribution holds no pending output."""
+        return []
+
+
+def _key(table: str, row: dict[str, Any]) -> str:
+    if table == "attribution":
+        return f"{row['conversion_id']}|{row['model']}|{row['session_id']}"
+    return str(row["conversion_id"])

@@ -1,0 +1,84 @@
+"""``o2o demo`` and ``o2o bench``: the whole pipeline on the local stack."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from pipeline.cli.common import console, handle_errors, settings_of
+from pipeline.cli.data import progress_bar
+from pipeline.config import STAGES, Settings
+
+
+def prepare(settings: Settings, reset: bool) -> None:
+    """Start the local broker, optionally wipe this prefix's topics and database, then init."""
+    from pipeline.clickhouse.client import connect
+    from pipeline.clickhouse.migrations import apply_migrations
+    from pipeline.kafka.admin import delete_prefixed, ensure_topics
+    from pipeline.stack.local_kafka import LocalKafka
+
+    status = LocalKafka(settings).up(progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    console.print(f"Kafka {status.version} at {status.bootstrap}")
+    if reset:
+        deleted = delete_prefixed(settings)
+        console.print(f"reset: deleted {len(deleted)} topics under {settings.topic_prefix!r}")
+    ensure_topics(settings)
+    with connect(settings) as ch:
+        if reset:
+            ch.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        apply_migrations(ch)
+
+
+def run_drained(settings: Settings, total_events: int) -> float:
+    """Run every stage until drained, showing which stages finished; returns seconds."""
+    from pipeline.runtime.stages import run_all
+
+    start = time.monotonic()
+    with progress_bar() as bar:
+        task = bar.add_task("stages drained", total=len(STAGES))
+        run_all(settings, drain=True, on_progress=lambda _s, done: bar.update(task, completed=len(done)))
+        bar.update(task, completed=len(STAGES))
+    return time.monotonic() - start
+
+
+@click.command()
+@click.option("--customers", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep earlier demo data instead of starting afresh.")
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, customers: int, days: int, seed: int, keep: bool) -> None:
+    """Stack up, init, simulate customers, run every stage until drained, print the report.
+
+    Starts afresh each time (deletes the topics under the prefix and the
+    ClickHouse database) unless --keep.
+    """
+    from pipeline.clickhouse.format import render
+    from pipeline.producer import send_events
+    from pipeline.report import build_report
+    from pipeline.simulate import count_estimate, simulate
+
+    settings = settings_of(ctx)
+    started = time.monotonic()
+    prepare(settings, reset=not keep)
+    with progress_bar() as bar:
+        task = bar.add_task("simulating and producing", total=count_estimate(customers, days))
+        n = send_events(settings, simulate(customers, days, seed), on_sent=lambda k: bar.advance(task, k))
+        bar.update(task, completed=n, total=n)
+    seconds = run_drained(settings, n)
+    console.print(f"{n} events through every stage in {seconds:.1f} s ({n / seconds:,.0f} events/s)")
+    for title, (columns, rows) in build_report(settings).items():
+        click.echo(f"\n{title}")
+        click.echo(render(columns, rows, "table"))
+    elapsed = time.monotonic() - started
+    console.print(f"\ndemo finished in {elapsed:.0f} s; try: o2o sql 'SELECT * FROM {{db}}.sessions LIMIT 5'")
+
+
+def register(group: click.Group) -> None:
+    """Add these commands to the root group."""
+    from pipeline.bench import bench
+
+    group.add_command(demo)
+    group.add_command(bench)

@@ -1,0 +1,66 @@
+"""Putting events back in event-time order before sessionising (pure, no Kafka).
+
+Each source (web, app, geofence, pos) arrives on its own raw topic, so after
+ingest one source can run hours ahead of another in event time. The buffer
+holds events until every active source has passed their time (the watermark
+is the minimum over sources of the newest event time seen), then releases
+them sorted. A source that sent nothing for ``idle_seconds`` of processing
+time stops holding the others back. Events older than what was already
+released are let through at once and counted as late.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class ReorderBuffer:
+    """Releases events in event-time order, up to the slowest active source."""
+
+    def __init__(self, idle_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self._heap: list[tuple[int, int, str, dict[str, Any]]] = []
+        self._seq = 0
+        self._newest: dict[str, int] = {}
+        self._last_seen: dict[str, float] = {}
+        self.released_up_to = 0
+        self.late = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Buffer one event; returns the late event itself when it is older than what was released."""
+        at = event["occurred_at"]
+        source = event["source"]
+        self._newest[source] = max(self._newest.get(source, at), at)
+        self._last_seen[source] = self.clock()
+        if at < self.released_up_to:
+            self.late += 1
+            return [event]
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
+        return []
+
+    def watermark(self) -> int | None:
+        """The event time up to which every active source has arrived."""
+        now = self.clock()
+        active = [t for s, t in self._newest.items() if now - self._last_seen[s] < self.idle_seconds]
+        if not active:
+            return max(self._newest.values()) if self._newest else None
+        return min(active)
+
+    def release(self, everything: bool = False) -> list[dict[str, Any]]:
+        """Events at or before the watermark (all of them with ``everything``), oldest first."""
+        limit = None if everything else self.watermark()
+        out: list[dict[str, Any]] = []
+        heap = self._heap
+        while heap and (limit is None or heap[0][0] <= limit):
+            at, _seq, _eid, event = heapq.heappop(heap)
+            self.released_up_to = max(self.released_up_to, at)
+            out.append(event)
+        return out

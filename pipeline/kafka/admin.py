@@ -1,0 +1,156 @@
+"""Creating and updating topics, and reading offsets, with confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+)
+
+from pipeline.config import Settings
+from pipeline.errors import KafkaUnavailable
+from pipeline.kafka.topics import topic_specs
+
+log = logging.getLogger(__name__)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An AdminClient for the configured cluster."""
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10000})
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create missing topics, add partitions and update configs of existing ones.
+
+    Idempotent; returns what happened per topic (``created``, ``updated``, ``ok``).
+    """
+    admin = admin_client(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    result: dict[str, str] = {}
+    to_create = []
+    for name, partitions, config in topic_specs(settings):
+        if name not in existing:
+            to_create.append(NewTopic(name, partitions, settings.replication_factor, config=config))
+            result[name] = "created"
+            continue
+        result[name] = "ok"
+        have = len(existing[name].partitions)
+        if have < partitions:
+            _wait(admin.create_partitions([NewPartitions(name, partitions)]), timeout)
+            result[name] = "updated"
+        resource = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in config.items()
+            ],
+        )
+        _wait(admin.incremental_alter_configs([resource]), timeout)
+    if to_create:
+        _wait(
+            admin.create_topics(to_create, operation_timeout=timeout),
+            timeout,
+            tolerate="TOPIC_ALREADY_EXISTS",
+        )
+    for name, what in result.items():
+        log.debug("topic %s: %s", name, what)
+    return result
+
+
+def _wait(futures: dict[object, object], timeout: float, tolerate: str = "") -> None:
+    for key, future in futures.items():
+        try:
+            future.result(timeout=timeout)  # type: ignore[attr-defined]
+        except KafkaException as exc:
+            if tolerate and tolerate in str(exc):
+                continue
+            raise KafkaUnavailable(f"admin operation on {key} failed: {exc}") from exc
+
+
+def end_offsets(
+    settings: Settings, topics: Iterable[str], timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The current end offset (high watermark) of every partition of ``topics``."""
+    admin = admin_client(settings)
+    metadata = admin.list_topics(timeout=timeout).topics
+    request = {
+        TopicPartition(topic, p): OffsetSpec.latest()
+        for topic in topics
+        if topic in metadata
+        for p in metadata[topic].partitions
+    }
+    if not request:
+        return {}
+    futures = admin.list_offsets(request, request_timeout=timeout)
+    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+
+def committed_offsets(
+    settings: Settings, group: str, topics: Iterable[str], timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The offsets a consumer group has committed on ``topics`` (missing: not committed)."""
+    admin = admin_client(settings)
+    wanted = set(topics)
+    futures = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
+    )
+    out: dict[tuple[str, int], int] = {}
+    for future in futures.values():
+        for tp in future.result().topic_partitions or []:
+            if tp.topic in wanted and tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+    return out
+
+
+def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
+    """Messages in ``topics`` not yet committed by ``group``."""
+    topics = list(topics)
+    ends = end_offsets(settings, topics)
+    done = committed_offsets(settings, group, topics)
+    return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+
+
+def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete every topic and consumer group under the configured prefix (demo and bench resets)."""
+    admin = admin_client(settings)
+    prefix = settings.topic_prefix
+    names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
+    if names:
+        _wait(admin.delete_topics(names, operation_timeout=timeout), timeout, tolerate="UNKNOWN_TOPIC")
+    groups = [
+        g.group_id
+        for g in admin.list_consumer_groups(request_timeout=timeout).result().valid
+        if g.group_id.startswith(settings.consumer_group_prefix)
+    ]
+    if groups:
+        _wait(
+            admin.delete_consumer_groups(groups, request_timeout=timeout),
+            timeout,
+            tolerate="GROUP_ID_NOT_FOUND",
+        )
+    _wait_topics_gone(admin, names, timeout)
+    return names
+
+
+def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while names and time.monotonic() < deadline:
+        left = set(names) & set(admin.list_topics(timeout=timeout).topics)
+        if not left:
+            return
+        time.sleep(0.2)

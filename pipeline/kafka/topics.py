@@ -1,0 +1,77 @@
+"""Every topic of the pipeline, declared in one place.
+
+Names are given without the configured prefix; :func:`topic_specs` resolves
+them for a :class:`~pipeline.config.Settings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import Settings
+from pipeline.model.contract import SOURCES
+from pipeline.model.rows import ROW_TABLES
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic: name (without prefix), partitions, retention and cleanup policy."""
+
+    name: str
+    purpose: str
+    retention_ms: int = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+    partitions: int | None = None  # None: the configured default
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configs sent to the broker."""
+        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        conf.update(self.extra)
+        return conf
+
+
+RAW_TOPICS = {source: f"raw.{source}" for source in SOURCES}
+VALID = "events.valid"
+IDENTIFIED = "events.identified"
+JOURNEYS = "journeys"
+MERGES = "identity.merges"
+DLQ = "dlq"
+
+TOPICS: tuple[TopicSpec, ...] = (
+    *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
+    TopicSpec(VALID, "validated, normalised events keyed by their strongest identifier"),
+    TopicSpec(IDENTIFIED, "events re-keyed by canonical person_id"),
+    TopicSpec(JOURNEYS, "touchpoints and conversions per person, for attribution"),
+    TopicSpec(
+        MERGES,
+        "person merges (from -> to), compacted",
+        retention_ms=-1,
+        cleanup_policy="compact",
+    ),
+    TopicSpec(DLQ, "dead letters: reason, detail and the original payload", retention_ms=30 * DAY_MS),
+    *(
+        TopicSpec(table.topic, f"rows for ClickHouse table {table.name}")
+        for table in ROW_TABLES
+        if table.topic != DLQ
+    ),
+)
+
+
+def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
+    """(full name, partitions, config) of every topic for these settings."""
+    return [
+        (settings.topic(spec.name), spec.partitions or settings.partitions, spec.config()) for spec in TOPICS
+    ]
+
+
+def raw_topics(settings: Settings) -> list[str]:
+    """Full names of the per-source raw topics."""
+    return [settings.topic(name) for name in RAW_TOPICS.values()]
+
+
+def row_topics(settings: Settings) -> list[str]:
+    """Full names of the topics the sink reads."""
+    return [settings.topic(table.topic) for table in ROW_TABLES]

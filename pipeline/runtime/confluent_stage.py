@@ -1,0 +1,163 @@
+"""A consume-process-commit loop on confluent-kafka, for stages without shared state.
+
+The stage logic is a :class:`BatchHandler`; this module only moves messages.
+Offsets are committed only after :meth:`BatchHandler.make_durable` returned,
+that is after outputs were acknowledged by Kafka or written to ClickHouse.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.errors import RetryableError
+from pipeline.kafka.clients import make_consumer
+from pipeline.runtime.drain import DrainGate
+
+log = logging.getLogger(__name__)
+
+
+class BatchHandler(Protocol):
+    """What a confluent-kafka stage does with its messages."""
+
+    def handle(self, messages: Sequence[Message]) -> None:
+        """Process a batch of consumed messages (outputs may stay buffered)."""
+
+    def due(self) -> bool:
+        """True when buffered work should be made durable now."""
+
+    def make_durable(self) -> None:
+        """Make every output of the handled messages durable; raise RetryableError if not now."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+@dataclass
+class LoopStats:
+    """Counters of one run of a loop."""
+
+    consumed: int = 0
+    batches: int = 0
+    commits: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+
+class ConfluentStageLoop:
+    """Runs a :class:`BatchHandler` over input topics until stopped or drained."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stage: str,
+        topics: Sequence[str],
+        handler: BatchHandler,
+        drain: DrainGate | None = None,
+        batch_size: int = 2000,
+    ) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.topics = list(topics)
+        self.handler = handler
+        self.drain = drain
+        self.batch_size = batch_size
+        self.stats = LoopStats()
+        self._stop = False
+        self._consumer: Consumer = make_consumer(settings, settings.group(stage))
+        self._uncommitted: dict[tuple[str, int], int] = {}
+
+    def stop(self, *_args: object) -> None:
+        """Ask the loop to finish its batch, commit and return."""
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        """Stop cleanly on SIGTERM and SIGINT."""
+
+        def handler(_sig: int, _frame: FrameType | None) -> None:
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> LoopStats:
+        """Consume, handle and commit until stopped (or drained in drain mode)."""
+        start = time.monotonic()
+        self._consumer.subscribe(self.topics)
+        log.info("%s: consuming %s", self.stage, ", ".join(self.topics))
+        try:
+            while not self._stop:
+                messages = self._consumer.consume(self.batch_size, timeout=0.2)
+                batch = [m for m in messages if not self._is_error(m)]
+                if batch:
+                    self.handler.handle(batch)
+                    for m in batch:
+                        self._uncommitted[(m.topic(), m.partition())] = m.offset() + 1  # type: ignore[operator]
+                    self.stats.consumed += len(batch)
+                    self.stats.batches += 1
+                if self._uncommitted and (self.handler.due() or not batch):
+                    self._checkpoint()
+                if not batch and self.drain is not None and self._drained():
+                    break
+            self._checkpoint()
+        finally:
+            self.handler.close()
+            self._consumer.close()
+            self.stats.seconds = time.monotonic() - start
+        if self.drain is not None:
+            self.drain.mark_done()
+        log.info(
+            "%s: stopped after %d messages in %.1f s", self.stage, self.stats.consumed, self.stats.seconds
+        )
+        return self.stats
+
+    def _checkpoint(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.handler.make_durable()
+                break
+            except RetryableError as exc:
+                self.stats.retries += 1
+                log.warning("%s: %s; retrying in %.1f s (nothing committed)", self.stage, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                if self._stop and self.drain is None:
+                    raise
+        if self._uncommitted:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._uncommitted.clear()
+            self.stats.commits += 1
+
+    def _drained(self) -> bool:
+        assert self.drain is not None
+        if not self.drain.upstream_done():
+            return False
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return False
+        positions = self._consumer.position(assignment)
+        for tp in positions:
+            _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            position = tp.offset if tp.offset >= 0 else _low
+            if position < high:
+                return False
+        return not self._uncommitted
+
+    def _is_error(self, message: Message) -> bool:
+        err = message.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        log.warning("%s: consumer error %s", self.stage, err)
+        return True

@@ -1,0 +1,197 @@
+"""Thin faust-streaming wiring around a stateful stage's pure logic.
+
+A :class:`StatefulHandler` names the tables it needs and turns batches of
+decoded input records into outputs; this module builds a faust app (no global
+app: one per call), gives the handler its changelog-backed tables, runs the
+agent, sends the outputs, and in drain mode stops once everything upstream is
+done and this stage's group has committed up to the end of its inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
+
+import faust
+import orjson
+from faust.serializers import codecs
+
+from pipeline.config import Settings
+from pipeline.kafka.admin import group_lag
+from pipeline.runtime.drain import DrainGate
+
+log = logging.getLogger(__name__)
+
+Emission = tuple[str, str, dict[str, Any]]  # (topic without prefix, key, value)
+
+
+class StatefulHandler(Protocol):
+    """The pure side of a faust stage."""
+
+    table_names: Sequence[str]
+
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
+        """Receive the state tables (faust tables in a worker, dicts in tests)."""
+
+    def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
+        """Handle a batch of input records (already decoded)."""
+
+    def tick(self) -> list[Emission]:
+        """Periodic work in event or processing time (closing idle sessions)."""
+
+    def flush(self) -> list[Emission]:
+        """End of input in drain mode: emit everything still held."""
+
+
+class _Utf8KeyCodec(codecs.Codec):
+    """Table keys as plain UTF-8, the same bytes as the source topic's keys.
+
+    With the default JSON codec a key ``p_1`` is written as ``"p_1"``, which
+    hashes to another partition than the source message keyed ``p_1``; plain
+    bytes keep a table's changelog partition equal to its source partition.
+    """
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode()
+
+
+def register_codecs() -> None:
+    """Make the pipeline's faust codecs known (idempotent)."""
+    codecs.register("o2o_utf8", _Utf8KeyCodec())
+
+
+def faust_broker_url(bootstrap_servers: str) -> str:
+    """faust's broker URL for a Kafka bootstrap list."""
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
+
+
+class FaustStage:
+    """Runs a :class:`StatefulHandler` as a faust worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stage: str,
+        inputs: Sequence[str],
+        handler: StatefulHandler,
+        drain: DrainGate | None = None,
+        tick_seconds: float = 5.0,
+        batch_size: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.inputs = [settings.topic(name) for name in inputs]
+        self.handler = handler
+        self.drain = drain
+        self.tick_seconds = tick_seconds
+        self.batch_size = batch_size
+        self.processed = 0
+        self._worker: faust.Worker | None = None
+        self._outputs: dict[str, Any] = {}
+        self._finished = False
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        settings = self.settings
+        register_codecs()
+        app = faust.App(
+            settings.group(self.stage),
+            broker=faust_broker_url(settings.bootstrap_servers),
+            store="memory://",
+            autodiscover=False,
+            web_enabled=False,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            commit_interval=0.5 if self.drain else 2.0,
+            broker_commit_every=self.batch_size,
+            table_standby_replicas=0,
+            stream_buffer_maxsize=8192,
+        )
+        tables = {
+            # use_partitioner: state can change outside stream iteration too
+            # (timers closing sessions, the drain flush)
+            name: app.Table(
+                name,
+                default=None,
+                partitions=settings.partitions,
+                use_partitioner=True,
+                key_serializer="o2o_utf8",
+                value_serializer="json",
+            )
+            for name in self.handler.table_names
+        }
+        self.handler.bind(tables)
+        source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
+
+        async def agent(stream: Any) -> None:
+            async for batch in stream.take(self.batch_size, within=0.2):
+                records = [orjson.loads(value) for value in batch]
+                await self._send(self.handler.process(records))
+                self.processed += len(records)
+
+        app.agent(source, name=f"{self.stage}_agent")(agent)
+        app.timer(self.tick_seconds)(self._tick)
+        if self.drain is not None:
+            app.timer(0.5)(self._check_drained)
+        return app
+
+    def _topic(self, name: str) -> Any:
+        topic = self._outputs.get(name)
+        if topic is None:
+            topic = self.app.topic(
+                self.settings.topic(name),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.settings.partitions,
+            )
+            self._outputs[name] = topic
+        return topic
+
+    async def _send(self, emissions: Sequence[Emission], force: bool = False) -> None:
+        for name, key, value in emissions:
+            await self._topic(name).send(key=key.encode(), value=orjson.dumps(value), force=force)
+
+    async def _tick(self) -> None:
+        if not self._finished:
+            await self._send(self.handler.tick(), force=True)
+
+    async def _check_drained(self) -> None:
+        assert self.drain is not None
+        if self._finished or not self.drain.upstream_done():
+            return
+        if not self.app.consumer.assignment():
+            return
+        loop = asyncio.get_running_loop()
+        lag = await loop.run_in_executor(
+            None, group_lag, self.settings, self.settings.group(self.stage), self.inputs
+        )
+        if lag:
+            return
+        self._finished = True
+        await self._send(self.handler.flush(), force=True)
+        await self.app.producer.flush()
+        self.drain.mark_done()
+        log.info("%s: drained after %d records", self.stage, self.processed)
+        if self._worker is not None:
+            self._worker._schedule_shutdown(signal.SIGTERM)
+
+    def run(self) -> None:
+        """Run the worker until stopped (a signal) or drained."""
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self._worker = faust.Worker(
+            self.app, loglevel=level.lower() if level != "WARNING" else "warn", quiet=True,
+            redirect_stdouts=False, override_logging=False,
+        )  # fmt: skip
+        try:
+            self._worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise

@@ -1,0 +1,159 @@
+"""Starting one stage, or all of them as child processes (``o2o run``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pipeline.config import STAGES, Settings
+from pipeline.errors import FatalError
+from pipeline.kafka import topics
+from pipeline.runtime.confluent_stage import ConfluentStageLoop
+from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequence[str] = ()) -> None:
+    """Run one stage in this process until stopped, or until drained with ``drain``."""
+    gate = DrainGate(settings, stage, after) if drain else None
+    if stage == "ingest":
+        from pipeline.ingest.stage import IngestHandler
+
+        loop = ConfluentStageLoop(settings, stage, topics.raw_topics(settings), IngestHandler(settings), gate)
+        loop.install_signal_handlers()
+        loop.run()
+    elif stage == "sink":
+        _run_sink(settings, gate)
+    elif stage in ("identity", "journeys", "attribution"):
+        from pipeline.runtime.faust_stage import FaustStage
+
+        handler = _stateful_handler(settings, stage)
+        FaustStage(settings, stage, handler.inputs, handler, gate).run()
+    else:
+        raise FatalError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def _stateful_handler(settings: Settings, stage: str) -> object:
+    if stage == "identity":
+        from pipeline.identity.stage import IdentityHandler
+
+        return IdentityHandler()
+    if stage == "journeys":
+        from pipeline.journeys.stage import JourneysHandler
+
+        return JourneysHandler(settings)
+    from pipeline.attribution.stage import AttributionHandler
+
+    return AttributionHandler(settings)
+
+
+def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
+    from pipeline.clickhouse.client import connect
+    from pipeline.clickhouse.migrations import apply_migrations
+    from pipeline.clickhouse.query_server import QueryServer, endpoint_file
+    from pipeline.sink.stage import SinkHandler
+
+    with connect(settings) as ch:
+        apply_migrations(ch)
+        server = QueryServer(ch, endpoint_file(settings)) if settings.embedded_clickhouse else None
+        if server is not None:
+            server.start()
+        try:
+            handler = SinkHandler(settings, ch)
+            loop = ConfluentStageLoop(settings, "sink", handler.topics, handler, gate, batch_size=5000)
+            loop.install_signal_handlers()
+            loop.run()
+        finally:
+            if server is not None:
+                server.stop()
+
+
+@dataclass
+class ChildStage:
+    """A stage running as a child process of ``run all``."""
+
+    stage: str
+    process: subprocess.Popen[bytes]
+
+
+def run_all(
+    settings: Settings,
+    drain: bool = False,
+    stages: Sequence[str] = STAGES,
+    on_progress: Callable[[str, set[str]], None] | None = None,
+) -> None:
+    """Run every stage as its own process (both cores get work); wait until all end.
+
+    With ``drain``, each stage waits for the stages upstream of it to drain,
+    so the whole pipeline finishes once everything in the raw topics is in
+    ClickHouse. A stage that fails stops the others.
+    """
+    if drain:
+        clear_markers(settings, stages)
+    children: list[ChildStage] = []
+    env = dict(os.environ)
+    env.update(settings_env(settings))
+    for stage in stages:
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", stage]
+        if drain:
+            cmd.append("--drain")
+            for upstream in UPSTREAM[stage]:
+                if upstream in stages:
+                    cmd += ["--after", upstream]
+        children.append(ChildStage(stage, subprocess.Popen(cmd, env=env)))
+    stopping = False
+
+    def stop_all(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop_all)
+    try:
+        while True:
+            states = {c.stage: c.process.poll() for c in children}
+            failed = [s for s, rc in states.items() if rc not in (None, 0)]
+            if failed and not stopping:
+                stop_all()
+                _wait(children)
+                raise FatalError(f"stage {', '.join(failed)} failed; stopped the others")
+            if all(rc is not None for rc in states.values()):
+                break
+            if on_progress is not None:
+                done = {s for s in stages if drain and marker(settings, s).exists()}
+                on_progress("running", done)
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        stop_all()
+        _wait(children)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(children: Sequence[ChildStage], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as O2O_ variables, so child processes see exactly these values."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, tuple | list):
+            value = ",".join(value)
+        env[f"O2O_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,46 @@
+"""The sink stage: row topics -> ClickHouse, committing offsets only after the insert."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from confluent_kafka import Message
+
+from pipeline.config import Settings
+from pipeline.model.rows import ROW_TABLES
+from pipeline.sink.writer import Inserter, RowBatcher
+
+log = logging.getLogger(__name__)
+
+
+class SinkHandler:
+    """Buffers row messages and writes them to ClickHouse in batches."""
+
+    def __init__(self, settings: Settings, inserter: Inserter) -> None:
+        self.tables = {settings.topic(table.topic): table for table in ROW_TABLES}
+        self.batcher = RowBatcher(inserter, settings.sink_batch_rows, settings.sink_flush_seconds)
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics the sink reads."""
+        return list(self.tables)
+
+    def handle(self, messages: Sequence[Message]) -> None:
+        """Buffer a batch of row messages."""
+        for message in messages:
+            table = self.tables[message.topic() or ""]
+            self.batcher.add(table, message.value() or b"", message.headers() or ())
+
+    def due(self) -> bool:
+        """Write when the batch is full or old enough."""
+        return self.batcher.due()
+
+    def make_durable(self) -> None:
+        """Insert everything buffered (raises ClickHouseUnavailable to retry)."""
+        if self.batcher.pending:
+            self.batcher.write()
+
+    def close(self) -> None:
+        """Report what was written."""
+        log.info("sink wrote %s", dict(self.batcher.written))

@@ -1,0 +1,415 @@
+"""A single-node Apache Kafka broker (KRaft) run as a plain Java process, no Docker.
+
+Everything lives under ``<state_dir>/kafka``::
+
+    dist/<version>/lib/   broker classpath fetched once by Maven (see kafka_dist)
+    server.properties     written at every start from the settings
+    data/                 log.dirs (topics, offsets, the KRaft metadata log)
+    logs/                 server.log (log4j2) and broker.out (the JVM's stdout/stderr)
+    broker.pid            pid of the running broker (its own process group)
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from pipeline.config import Settings
+from pipeline.errors import StackError
+from pipeline.stack.kafka_dist import LOG4J_FILE, Progress, default_dist_cache, ensure_dist, java_binary
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+#: Broker processes started by this interpreter, kept so they are reaped (no zombies, no ResourceWarning).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """What ``o2o stack status`` reports about the local broker."""
+
+    running: bool
+    pid: int | None
+    bootstrap: str
+    version: str
+    data_dir: Path
+    log_file: Path
+    topics: int | None = None
+    """Number of topics (internal ``__*`` ones excluded) when the broker answers, else None."""
+
+    @property
+    def ready(self) -> bool:
+        """True when the broker runs and answered a metadata request."""
+        return self.running and self.topics is not None
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:``port`` (as the JVM would, SO_REUSEADDR on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _accepts(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _topic_count(bootstrap: str, timeout: float) -> int | None:
+    """Topics of the broker at ``bootstrap`` (internal ones excluded), or None if it does not answer."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": max(1000, int(timeout * 1000))})
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        log.debug("broker at %s did not answer metadata: %s", bootstrap, exc)
+        return None
+    if not meta.brokers:
+        return None
+    return sum(1 for name in meta.topics if not name.startswith("__"))
+
+
+def _new_cluster_id() -> str:
+    """A KRaft cluster id: base64url of 16 random bytes, no padding (Kafka's ``Uuid`` format)."""
+    while True:
+        value = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        if not value.startswith("-"):  # Kafka avoids ids that look like a command-line flag
+            return value
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalKafka:
+    """The local broker of one state folder: ``up``, ``status`` and ``down``.
+
+    Args:
+        settings: uses ``state_dir``, ``kafka_version``, ``kafka_port``, ``kafka_controller_port``
+            and ``kafka_heap``.
+        dist_cache: folder caching the broker classpath per version; default
+            ``$O2O_KAFKA_DIST_CACHE`` when set, else ``<state_dir>/kafka/dist``.
+        start_timeout: seconds ``up`` waits for the broker to answer.
+    """
+
+    def __init__(
+        self, settings: Settings, dist_cache: Path | None = None, start_timeout: float = START_TIMEOUT_S
+    ) -> None:
+        self.settings = settings
+        self.root = settings.state_dir / "kafka"
+        self.dist_cache = (
+            dist_cache.resolve() if dist_cache is not None else default_dist_cache(settings.state_dir)
+        )
+        self.data_dir = self.root / "data"
+        self.logs_dir = self.root / "logs"
+        self.properties_file = self.root / "server.properties"
+        self.pid_file = self.root / "broker.pid"
+        self.out_file = self.logs_dir / "broker.out"
+        self.log_file = self.logs_dir / "server.log"
+        self.start_timeout = start_timeout
+
+    # ----------------------------------------------------------------- public API
+
+    def up(self, progress: Progress | None = None) -> StackStatus:
+        """Start the broker unless it already runs, and wait until it answers metadata requests.
+
+        Idempotent: when the broker of this state folder runs and answers, returns at once.
+        The first call fetches the broker classpath (Maven); later calls need no network.
+
+        Raises:
+            StackError: a tool is missing, the fetch failed, a port is taken, the broker
+                runs on other ports than the settings say, or it did not start in time.
+        """
+        say = progress or (lambda message: None)
+        port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
+        pid = self._running_pid()
+        if pid is not None:
+            running_ports = self._recorded_ports()
+            if running_ports is not None and running_ports != (port, cport):
+                raise StackError(
+                    f"the broker of {self.settings.state_dir} is already running (pid {pid}) on port "
+                    f"{running_ports[0]} (controller {running_ports[1]}), not on port {port} (controller "
+                    f"{cport}); set O2O_KAFKA_PORT={running_ports[0]} or run `o2o stack down` first"
+                )
+            say(f"broker already running (pid {pid}), checking it answers")
+            return self._wait_ready(pid, say)
+        if port == cport:
+            raise StackError(
+                f"the broker and controller ports are both {port}; set O2O_KAFKA_CONTROLLER_PORT"
+            )
+        java = java_binary()
+        lib = ensure_dist(self.dist_cache, self.settings.kafka_version, say)
+        for taken in (port, cport):
+            if not port_is_free(taken):
+                raise StackError(f"port {taken} is taken by another process; set O2O_KAFKA_PORT")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._write_properties(port, cport)
+        classpath = f"{lib}/*"
+        if not (self.data_dir / "meta.properties").exists():
+            say("formatting the broker storage (first start)")
+            self._format(java, classpath)
+        say(f"starting Apache Kafka {self.settings.kafka_version} on {HOST}:{port}")
+        pid = self._spawn(java, classpath)
+        return self._wait_ready(pid, say)
+
+    def status(self) -> StackStatus:
+        """The broker's state now; ``topics`` is set only when it answers within a few seconds."""
+        pid = self._running_pid()
+        ports = self._recorded_ports() if pid is not None else None
+        port = ports[0] if ports is not None else self.settings.kafka_port
+        bootstrap = f"{HOST}:{port}"
+        topics = _topic_count(bootstrap, timeout=5.0) if pid is not None and _accepts(port) else None
+        return StackStatus(
+            running=pid is not None,
+            pid=pid,
+            bootstrap=bootstrap,
+            version=self._running_version(pid) if pid is not None else self.settings.kafka_version,
+            data_dir=self.data_dir,
+            log_file=self.log_file,
+            topics=topics,
+        )
+
+    def down(self, purge: bool = False) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 30 s) and forget its pid. Idempotent.
+
+        Args:
+            purge: also delete the data (every topic and offset) and the logs; the cached
+                classpath is kept.
+        """
+        pid = self._running_pid()
+        if pid is not None:
+            log.info("stopping the Kafka broker (pid %s)", pid)
+            self._signal(pid, signal.SIGTERM)
+            if not self._wait_exit(pid, STOP_TIMEOUT_S):
+                log.warning("broker pid %s still running after %.0f s, killing it", pid, STOP_TIMEOUT_S)
+                self._signal(pid, signal.SIGKILL)
+                if not self._wait_exit(pid, 10.0):
+                    raise StackError(f"could not stop the Kafka broker (pid {pid})")
+        self.pid_file.unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            shutil.rmtree(self.logs_dir, ignore_errors=True)
+            log.info("purged %s and %s", self.data_dir, self.logs_dir)
+
+    # ----------------------------------------------------------------- process
+
+    def _is_our_broker(self, pid: int) -> bool:
+        """True when ``pid`` is a live (non-zombie) broker started on this state folder."""
+        child = _CHILDREN.get(pid)
+        if child is not None and child.poll() is not None:
+            del _CHILDREN[pid]
+            return False
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+        return "kafka.Kafka" in cmdline and str(self.properties_file) in cmdline
+
+    def _running_pid(self) -> int | None:
+        """Pid of this state folder's running broker (pid file, else a process scan), or None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and self._is_our_broker(pid):
+            return pid
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            if "kafka.Kafka" in cmdline and str(self.properties_file) in cmdline:
+                found = int(proc.info["pid"])
+                if self._is_our_broker(found):
+                    self.pid_file.write_text(f"{found}\n")
+                    return found
+        if self.pid_file.exists():
+            log.info("removing stale pid file %s", self.pid_file)
+            self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def _running_version(self, pid: int) -> str:
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return self.settings.kafka_version
+        for arg in cmdline:
+            match = re.search(r"[/\\]([^/\\]+)[/\\]lib[/\\]\*$", arg)
+            if match:
+                return match.group(1)
+        return self.settings.kafka_version
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)  # the broker leads its own process group (start_new_session)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise StackError(f"not allowed to signal the Kafka broker (pid {pid}): {exc}") from exc
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._is_our_broker(pid):
+                _CHILDREN.pop(pid, None)
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _spawn(self, java: str, classpath: str) -> int:
+        heap = self.settings.kafka_heap
+        cmd = [
+            java,
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            "-Dlog4j2.shutdownHookEnabled=false",  # keep logging while Kafka's own shutdown hook runs
+            f"-Dkafka.logs.dir={self.logs_dir}",
+        ]
+        if LOG4J_FILE.is_file():
+            cmd.append(f"-Dlog4j2.configurationFile={LOG4J_FILE}")
+        cmd += ["-cp", classpath, "kafka.Kafka", str(self.properties_file)]
+        log.info("starting Kafka: %s", " ".join(cmd))
+        with self.out_file.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
+        _CHILDREN[proc.pid] = proc
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def _wait_ready(self, pid: int, say: Progress) -> StackStatus:
+        """Wait until ``pid`` accepts connections and answers metadata; raise if it dies or hangs."""
+        port = self.settings.kafka_port
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not self._is_our_broker(pid):
+                self.pid_file.unlink(missing_ok=True)
+                raise StackError(
+                    f"the Kafka broker exited during start-up; last lines of its logs:\n{self._logs()}"
+                )
+            if _accepts(port) and _topic_count(f"{HOST}:{port}", timeout=2.0) is not None:
+                status = self.status()
+                say(f"Kafka {status.version} ready on {status.bootstrap} (pid {pid})")
+                return status
+            time.sleep(0.25)
+        raise StackError(
+            f"the Kafka broker (pid {pid}) did not answer on {HOST}:{port} within "
+            f"{self.start_timeout:.0f} s; it is left running (`o2o stack down` stops it); "
+            f"last lines of its logs:\n{self._logs()}"
+        )
+
+    def _logs(self) -> str:
+        parts = [f"--- {path}\n{text}" for path in (self.out_file, self.log_file) if (text := _tail(path))]
+        return "\n".join(parts) or "(no log output)"
+
+    # ----------------------------------------------------------------- files
+
+    def _recorded_ports(self) -> tuple[int, int] | None:
+        """(broker, controller) ports of the written server.properties, or None."""
+        try:
+            text = self.properties_file.read_text()
+        except OSError:
+            return None
+        broker = re.search(r"^listeners=.*PLAINTEXT://[^:,]+:(\d+)", text, re.M)
+        controller = re.search(r"^listeners=.*CONTROLLER://[^:,]+:(\d+)", text, re.M)
+        if broker is None or controller is None:
+            return None
+        return int(broker.group(1)), int(controller.group(1))
+
+    def _write_properties(self, port: int, cport: int) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{cport}",
+            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.hours": "168",
+        }
+        lines = [
+            "# Written by `o2o stack up` (pipeline/stack/local_kafka.py) at every start; edits are lost."
+        ]
+        lines += [f"{key}={value}" for key, value in props.items()]
+        tmp = self.properties_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.properties_file)
+
+    def _format(self, java: str, classpath: str) -> None:
+        cluster_id = _new_cluster_id()
+        cmd = [
+            java,
+            "-Xmx256m",
+            f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_file),
+        ]
+        if LOG4J_FILE.is_file():
+            cmd.insert(1, f"-Dlog4j2.configurationFile={LOG4J_FILE}")
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StackError(f"formatting the Kafka storage failed: {exc}") from exc
+        if done.returncode != 0:
+            output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+            raise StackError(f"formatting the Kafka storage in {self.data_dir} failed:\n{output}")
+        log.info("formatted %s (cluster id %s)", self.data_dir, cluster_id)

@@ -1,0 +1,93 @@
+"""Shared fixtures: one real Kafka broker per test run, one chDB folder, and per-test isolation.
+
+The broker is the project's own local stack (Apache Kafka, KRaft) on a free
+loopback port with its own state folder; its classpath download is cached
+under the repository's ``.state`` so repeated runs need no network. chDB
+allows one data folder per process, so every test shares one folder and gets
+its own database and topic prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start the project's local Kafka broker on free ports for the whole run."""
+    from pipeline.stack.local_kafka import LocalKafka, free_port
+
+    state = tmp_path_factory.mktemp("kafka-state")
+    port, controller = free_port(), free_port()
+    settings = load_settings(state_dir=state, kafka_port=port, kafka_controller_port=controller)
+    stack = LocalKafka(settings, dist_cache=REPO / ".state" / "kafka" / "dist")
+    status = stack.up()
+    try:
+        yield status.bootstrap
+    finally:
+        stack.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one embedded ClickHouse folder of this test run."""
+    return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, chdb_folder: Path, tmp_path: Path) -> Settings:
+    """Settings of one test: its own topic prefix, consumer groups and database."""
+    tag = uuid.uuid4().hex[:10]
+    return load_settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{tag}.",
+        clickhouse_database=f"t_{tag}",
+        clickhouse_dsn=f"chdb://{chdb_folder}",
+        state_dir=tmp_path / "state",
+        partitions=2,
+        sink_flush_seconds=0.3,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment for a child ``o2o`` process with exactly these settings."""
+    from pipeline.runtime.stages import settings_env as to_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("O2O_")}
+    env.update(to_env(settings))
+    return env
+
+
+def o2o(settings: Settings, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ``o2o`` CLI as a child process with these settings."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"o2o {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on this test's database (opens and closes the chDB folder)."""
+    from pipeline.clickhouse.query_server import query_any
+
+    _cols, rows = query_any(settings, sql.replace("{db}", settings.clickhouse_database))
+    return [tuple(r) for r in rows]

@@ -1,0 +1,92 @@
+"""Identity rules: linking, unique identifiers, deterministic survivors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.identity.graph import IdentityGraph, is_identified, person_id_for
+
+
+def ev(at: int, **ids: str) -> dict[str, Any]:
+    return {"event_id": f"e{at}", "source": "web", "type": "page_view", "occurred_at": at, "ids": ids}
+
+
+def graph() -> IdentityGraph:
+    return IdentityGraph({}, {})
+
+
+def test_new_identifier_creates_a_deterministic_person() -> None:
+    g = graph()
+    res = g.resolve(ev(1, anonymous_id="a1"))
+    assert res.person_id == person_id_for("anonymous_id:a1")
+    assert [r[1]["id_value"] for r in res.rows] == ["a1"]
+
+
+def test_event_links_all_its_identifiers() -> None:
+    g = graph()
+    p = g.resolve(ev(1, anonymous_id="a1")).person_id
+    assert g.resolve(ev(2, anonymous_id="a1", user_id="u1")).person_id == p
+    assert g.resolve(ev(3, user_id="u1")).person_id == p
+
+
+def test_merge_keeps_the_older_person_and_remaps_aliases() -> None:
+    g = graph()
+    web = g.resolve(ev(10, anonymous_id="cookie")).person_id
+    store = g.resolve(ev(20, loyalty_id="card")).person_id
+    res = g.resolve(ev(30, loyalty_id="card", anonymous_id="cookie", user_id="u"))
+    assert res.person_id == web  # first seen earlier
+    assert res.merged == [store]
+    aliases = [row for table, row in res.rows if table == "person_aliases"]
+    assert aliases == [
+        {"person_id": store, "canonical_id": web, "merged_at": 30, "reason": "shared_identifier", "version": 1}
+    ]
+    assert g.ids["loyalty_id:card"][0] == web
+    assert store not in g.persons
+
+
+def test_chained_merges_point_every_alias_to_the_survivor() -> None:
+    g = graph()
+    a = g.resolve(ev(1, anonymous_id="a")).person_id
+    b = g.resolve(ev(2, anonymous_id="b")).person_id
+    c = g.resolve(ev(3, anonymous_id="c")).person_id
+    g.resolve(ev(4, anonymous_id="b", device_id="d1"))
+    g.resolve(ev(5, anonymous_id="c", device_id="d1"))  # b absorbs c
+    res = g.resolve(ev(6, anonymous_id="a", device_id="d1"))  # a absorbs b (and c)
+    assert res.person_id == a
+    to_a = {row["person_id"] for table, row in res.rows if table == "person_aliases"}
+    assert to_a == {b, c}
+
+
+def test_two_different_user_ids_are_never_merged() -> None:
+    g = graph()
+    p1 = g.resolve(ev(1, user_id="u1", device_id="tablet")).person_id
+    p2 = g.resolve(ev(2, user_id="u2")).person_id
+    res = g.resolve(ev(3, user_id="u2", device_id="tablet"))
+    assert res.person_id == p2
+    assert res.conflicts == 1
+    assert p1 in g.persons and p2 in g.persons
+    assert g.counts["conflicts"] == 1
+
+
+def test_new_unique_id_is_not_added_to_a_person_holding_another() -> None:
+    g = graph()
+    p1 = g.resolve(ev(1, loyalty_id="L1", device_id="d")).person_id
+    res = g.resolve(ev(2, device_id="d", loyalty_id="L2"))
+    assert res.conflicts == 1
+    assert "loyalty_id:L2" not in g.ids or g.ids["loyalty_id:L2"][0] != p1
+
+
+def test_same_input_same_ids_regardless_of_order_of_unrelated_events() -> None:
+    events = [ev(1, anonymous_id="a"), ev(2, loyalty_id="l"), ev(3, anonymous_id="a", loyalty_id="l")]
+    g1, g2 = graph(), graph()
+    r1 = [g1.resolve(e).person_id for e in events]
+    r2 = [g2.resolve(e).person_id for e in [events[1], events[0], events[2]]]
+    assert r1[-1] == r2[-1]
+
+
+def test_identified_needs_a_strong_identifier() -> None:
+    g = graph()
+    p = g.resolve(ev(1, anonymous_id="a")).person_id
+    assert not is_identified(g.persons[p])
+    g.resolve(ev(2, anonymous_id="a", email="hash"))
+    assert is_identified(g.persons[p])

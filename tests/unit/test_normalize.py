@@ -1,0 +1,88 @@
+"""Ingest validation and normalisation rules."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.errors import InvalidEvent
+from pipeline.ingest.normalize import Deduplicator, EventNormalizer, hash_pii, normalise_id
+
+NOW = 1_790_000_000_000  # 2026-09-21
+
+
+def normalizer() -> EventNormalizer:
+    return EventNormalizer(salt="test-salt", max_bytes=10_000, max_future_ms=23 * 3600_000, max_age_ms=10 * 86400_000)
+
+
+def event(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "event_id": "e1",
+        "source": "web",
+        "type": "page_view",
+        "occurred_at": "2026-09-21T10:00:00+02:00",
+        "ids": {"anonymous_id": "a1", "email": "  Alice@Example.COM "},
+    }
+    base.update(overrides)
+    return base
+
+
+def reason_of(doc: object | bytes) -> str:
+    raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    with pytest.raises(InvalidEvent) as info:
+        normalizer().normalise(raw, NOW)
+    return info.value.reason
+
+
+def test_valid_event_is_normalised_to_utc_millis_and_hashed_pii() -> None:
+    out = normalizer().normalise(orjson.dumps(event()), NOW)
+    assert out["occurred_at"] == int(__import__("datetime").datetime.fromisoformat("2026-09-21T08:00:00+00:00").timestamp() * 1000)
+    assert out["ids"]["anonymous_id"] == "a1"
+    assert out["ids"]["email"] == hash_pii("alice@example.com", "test-salt")
+    assert "alice" not in orjson.dumps(out).decode().lower()
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (b"{not json", "malformed_json"),
+        ([1, 2], "schema_violation"),
+        (event(event_id=None), "schema_violation"),
+        (event(event_id=12), "schema_violation"),
+        (event(source="fax"), "unknown_type"),
+        (event(type="purchase"), "unknown_type"),
+        (event(occurred_at="yesterday"), "schema_violation"),
+        (event(occurred_at="2026-09-21T10:00:00"), "schema_violation"),
+        (event(occurred_at="2030-01-01T00:00:00Z"), "timestamp_out_of_range"),
+        (event(occurred_at="2001-01-01T00:00:00Z"), "timestamp_out_of_range"),
+        (event(ids={}), "missing_identifier"),
+        (event(ids="a1"), "missing_identifier"),
+        (event(ids={"anonymous_id": "undefined", "device_id": "0"}), "blocked_identifier"),
+        (event(ids={"shoe_size": "42"}), "schema_violation"),
+        (event(ids={"user_id": 5}), "schema_violation"),
+        (event(context=[]), "schema_violation"),
+        (event(consent={"analytics": "yes"}), "schema_violation"),
+    ],
+)
+def test_bad_events_get_a_typed_reason(doc: object, reason: str) -> None:
+    assert reason_of(doc) == reason
+
+
+def test_too_large() -> None:
+    assert reason_of(orjson.dumps(event(properties={"blob": "x" * 20_000}))) == "too_large"
+
+
+def test_blocked_values_are_dropped_but_real_ones_kept() -> None:
+    out = normalizer().normalise(orjson.dumps(event(ids={"anonymous_id": "null", "user_id": "u7"})), NOW)
+    assert out["ids"] == {"user_id": "u7"}
+
+
+def test_phone_normalisation() -> None:
+    assert normalise_id("phone", "0049 (170) 123-4567") == "+491701234567"
+    assert normalise_id("email", " A@B.C ") == "a@b.c"
+
+
+def test_deduplicator_remembers_a_bounded_window() -> None:
+    dedup = Deduplicator(capacity=2)
+    assert [dedup.seen(x) for x in ("a", "b", "a", "c", "a")] == [False, False, True, False, False]
+    assert dedup.seen("b") is False  # fell out of the window

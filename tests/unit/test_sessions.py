@@ -1,0 +1,150 @@
+"""Sessionising rules: gaps, caps, store visits, channels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.journeys.channels import classify
+from pipeline.journeys.sessions import Output, Sessionizer, new_state
+
+MIN = 60_000
+HOUR = 60 * MIN
+
+
+def sessionizer() -> Sessionizer:
+    return Sessionizer(timeout_ms=30 * MIN, max_length_ms=24 * HOUR, visit_timeout_ms=30 * MIN)
+
+
+def ev(at: int, source: str = "web", etype: str = "page_view", n: list[int] = [0], **extra: Any) -> dict[str, Any]:
+    n[0] += 1
+    return {"event_id": f"e{n[0]}", "person_id": "p1", "source": source, "type": etype, "occurred_at": at, **extra}
+
+
+def run(events: list[dict[str, Any]], flush: bool = True) -> list[Output]:
+    s, state, out = sessionizer(), new_state(), []
+    for e in events:
+        state = s.process(state, e, out)
+    if flush:
+        s.close_all(state, out)
+    return out
+
+
+def session_ids(out: list[Output]) -> list[str]:
+    return [r["session_id"] for kind, r in out if kind == "event"]
+
+
+def final_sessions(out: list[Output]) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for kind, r in out:
+        if kind == "session" and r["version"] >= latest.get(r["session_id"], {"version": 0})["version"]:
+            latest[r["session_id"]] = r
+    return latest
+
+
+def test_gap_just_under_30_minutes_stays_in_the_session() -> None:
+    ids = session_ids(run([ev(0), ev(30 * MIN - 1000)]))
+    assert ids[0] == ids[1]
+
+
+def test_gap_of_30_minutes_starts_a_new_session() -> None:
+    ids = session_ids(run([ev(0), ev(30 * MIN)]))
+    assert ids[0] != ids[1]
+
+
+def test_web_and_app_share_digital_sessions() -> None:
+    ids = session_ids(run([ev(0), ev(5 * MIN, source="app", etype="screen_view")]))
+    assert ids[0] == ids[1]
+
+
+def test_session_never_exceeds_24_hours() -> None:
+    events = [ev(i * 20 * MIN) for i in range(80)]  # 26+ hours of activity every 20 minutes
+    sessions = final_sessions(run(events))
+    assert len(sessions) == 2
+    assert all(s["ended_at"] - s["started_at"] < 24 * HOUR for s in sessions.values())
+
+
+def test_store_visit_from_enter_to_exit_with_pos_inside() -> None:
+    store = {"context": {"store_id": "s1"}, "properties": {"store_id": "s1"}}
+    out = run(
+        [
+            ev(0, "geofence", "enter", **store),
+            ev(10 * MIN, "pos", "purchase", properties={"store_id": "s1", "revenue": 50, "transaction_id": "t"}),
+            ev(20 * MIN, "geofence", "exit", **store),
+        ]
+    )
+    ids = session_ids(out)
+    assert len(set(ids)) == 1
+    (visit,) = final_sessions(out).values()
+    assert visit["kind"] == "store_visit" and visit["channel"] == "store"
+    assert (visit["started_at"], visit["ended_at"], visit["event_count"]) == (0, 20 * MIN, 3)
+    assert visit["revenue"] == 50 and visit["conversions"] == 1
+    assert [r["kind"] for k, r in out if k == "conversion"] == ["purchase"]
+
+
+def test_pos_without_geofence_opens_a_visit_and_dwell_timeout_closes_it() -> None:
+    pos = {"properties": {"store_id": "s9", "revenue": 10, "transaction_id": "t"}}
+    out = run([ev(0, "pos", "purchase", **pos), ev(31 * MIN, "pos", "purchase", **pos)])
+    ids = session_ids(out)
+    assert ids[0] != ids[1]
+    assert {s["store_id"] for s in final_sessions(out).values()} == {"s9"}
+
+
+def test_digital_session_and_store_visit_overlap() -> None:
+    out = run([ev(0, "geofence", "enter", context={"store_id": "s1"}), ev(MIN, "app", "screen_view")])
+    kinds = sorted(s["kind"] for s in final_sessions(out).values())
+    assert kinds == ["digital", "store_visit"]
+
+
+def test_touch_emitted_once_per_session_before_its_conversion() -> None:
+    out = run([ev(0), ev(MIN, etype="order_completed", properties={"revenue": 30, "order_id": "o1"})])
+    kinds = [k for k, _ in out if k in ("touch", "conversion")]
+    assert kinds == ["touch", "conversion"]
+
+
+def test_expire_closes_idle_sessions_at_the_watermark() -> None:
+    s, state, out = sessionizer(), new_state(), []
+    state = s.process(state, ev(0), out)
+    state = s.expire(state, 10 * MIN, out)
+    assert state["digital"] is not None
+    state = s.expire(state, 31 * MIN, out)
+    assert state["digital"] is None
+    assert out[-1][0] == "session" and out[-1][1]["version"] == 2
+
+
+def campaign(medium: str = "", referrer: str = "", source: str = "web", etype: str = "page_view") -> dict[str, Any]:
+    return {
+        "source": source,
+        "type": etype,
+        "context": {"campaign": {"medium": medium}, "page": {"url": "https://shop.example/x", "referrer": referrer}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("event", "channel"),
+    [
+        (campaign("cpc"), "paid_search"),
+        (campaign("PPC"), "paid_search"),
+        (campaign("paid_social"), "paid_social"),
+        (campaign("social"), "organic_social"),
+        (campaign("email"), "email"),
+        (campaign("banner"), "display"),
+        (campaign("affiliate"), "affiliate"),
+        (campaign("push"), "push"),
+        (campaign(source="app", etype="push_opened"), "push"),
+        (campaign("sms"), "sms"),
+        (campaign(source="app", etype="qr_scanned"), "qr"),
+        (campaign(referrer="https://www.google.de/search?q=x"), "organic_search"),
+        (campaign(referrer="https://blog.example.org/post"), "referral"),
+        (campaign(referrer="https://www.shop.example/cart"), "direct"),
+        (campaign(), "direct"),
+        (campaign("cpc", referrer="https://www.google.com/"), "paid_search"),
+    ],
+)
+def test_channel_rules(event: dict[str, Any], channel: str) -> None:
+    assert classify(event) == channel  # type: ignore[arg-type]
+
+
+def test_store_visit_channel_wins() -> None:
+    assert classify(campaign("cpc"), store_visit=True) == "store"  # type: ignore[arg-type]
