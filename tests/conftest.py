@@ -81,6 +81,8 @@ def o2o(settings: Settings, *args: str, timeout: float = 240, check: bool = True
         timeout=timeout,
     )
     if check and proc.returncode != 0:
+        (settings.state_dir / "failed-command.log").parent.mkdir(parents=True, exist_ok=True)
+        (settings.state_dir / "failed-command.log").write_text(proc.stderr)
         raise AssertionError(f"o2o {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc
 

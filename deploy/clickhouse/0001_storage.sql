@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS {db}.sessions_store
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(started_at)
 ORDER BY session_id;
 
 CREATE TABLE IF NOT EXISTS {db}.conversions_store

@@ -32,9 +32,9 @@ class AttributionHandler:
         for record in records:
             person = record["person_id"]
             state = self.state.get(person) or new_state()
-            if record["kind"] == "touch":
+            if record["record"] == "touch":
                 state = self.attributor.add_touch(state, record)
-            elif record["kind"] == "conversion":
+            elif record["record"] == "conversion":
                 state = self.attributor.convert(state, record, out)
             self.state[person] = state
         return [(ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out]

@@ -68,8 +68,8 @@ def produce(ctx: click.Context, path: Path) -> None:
     def lines() -> object:
         with path.open("rb") as fh:
             for line in fh:
-                line = line.strip()
-                if line:
+                line = line.rstrip(b"\r\n")  # the rest is sent byte for byte
+                if line.strip():
                     yield line
 
     total = sum(1 for line in path.open("rb") if line.strip())

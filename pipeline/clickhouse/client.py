@@ -68,7 +68,9 @@ RETRYABLE_CODES = frozenset(
 )
 _CALLER_ERRORS = (ProgrammingError, DataError, NotSupportedError, InterfaceError)
 _SESSION_STATEMENT = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(SET|USE)\b", re.I | re.S)
-_BACKEND_CLAUSES = re.compile(r"\n SETTINGS readonly = '\d'|\n FORMAT Native")
+_BACKEND_CLAUSES = re.compile(r"\s*SETTINGS readonly = '\d'|\n FORMAT Native")
+_EXPECTED = re.compile(r"Expected one of: ([^.]*)")
+_MAX_EXPECTED = 8
 _VERSION_TRAILER = re.compile(r"\s*\(version\s+(?:[^()]|\([^()]*\))*\)")
 _MAX_MESSAGE = 1500
 
@@ -127,10 +129,17 @@ def folder_holder(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _shorten_expected(match: re.Match[str]) -> str:
+    items = match.group(1).split(", ")
+    more = f" (and {len(items) - _MAX_EXPECTED} more)" if len(items) > _MAX_EXPECTED else ""
+    return "Expected one of: " + ", ".join(items[:_MAX_EXPECTED]) + more
+
+
 def clean_message(exc: BaseException) -> str:
     """ClickHouse's error text without the server version trailer and the clauses the driver appends."""
     text = _BACKEND_CLAUSES.sub("", str(exc))
     text = _VERSION_TRAILER.sub("", text).strip()
+    text = _EXPECTED.sub(_shorten_expected, text)
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + " ..."
     return text
@@ -150,6 +159,14 @@ def translate(exc: Exception, what: str) -> PipelineError:
     if isinstance(exc, OSError):
         return ClickHouseUnavailable(message)
     return QueryError(message)
+
+
+def _read_settings(client: Client) -> dict[str, Any]:
+    """READONLY_SETTINGS, or nothing when the user is read-only already (it then may not change it)."""
+    current = getattr(client, "server_settings", {}).get("readonly")
+    if current is not None and str(getattr(current, "value", "0")) not in ("", "0"):
+        return {}
+    return dict(READONLY_SETTINGS)
 
 
 def _strip_statement(sql: str) -> str:
@@ -174,6 +191,7 @@ class ClickHouse:
         self._read_lock = threading.Lock()
         self._closed = False
         self._reader: Client | None = None
+        self._read_settings: dict[str, Any] = dict(READONLY_SETTINGS)
         self._writer: Client = self._open()
 
     def __repr__(self) -> str:
@@ -230,7 +248,9 @@ class ClickHouse:
                     f"the chDB folder {folder} is in use by another process (pid {holder}); "
                     "only one process may open it at a time"
                 ) from exc
-            raise ClickHouseUnavailable(f"cannot open the chDB folder {folder}: {clean_message(exc)}") from exc
+            raise ClickHouseUnavailable(
+                f"cannot open the chDB folder {folder}: {clean_message(exc)}"
+            ) from exc
 
     def use_database(self) -> None:
         """Make the pipeline database the default of every handle (call once it exists)."""
@@ -276,7 +296,7 @@ class ClickHouse:
         return text.replace("{db}", self.database)
 
     def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> str:
-        """Run a statement without a result set (DDL, INSERT ... SELECT, ...); returns ClickHouse's text answer."""
+        """Run a statement without a result set (DDL, INSERT ... SELECT, ...); return ClickHouse's answer."""
         statement = _strip_statement(sql)
         with self._lock:
             self._check_open()
@@ -312,8 +332,9 @@ class ClickHouse:
                 self._check_open()
                 if self._reader is None:
                     self._reader = self._open()
+                    self._read_settings = _read_settings(self._reader)
                 try:
-                    result = self._reader.query(statement, parameters=params, settings=READONLY_SETTINGS)
+                    result = self._reader.query(statement, parameters=params, settings=self._read_settings)
                 except Exception as exc:
                     raise translate(exc, "ClickHouse query failed") from exc
         else:

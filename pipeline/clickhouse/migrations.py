@@ -64,8 +64,14 @@ def split_statements(text: str) -> list[str]:
             current.append(ch)
             i += 1
     statements.append("".join(current))
-    cleaned = ("\n".join(line.rstrip() for line in s.strip().splitlines()) for s in statements)
+    cleaned = ("\n".join(line.rstrip() for line in s.splitlines() if line.strip()) for s in statements)
     return [s for s in cleaned if s]
+
+
+def statements_checksum(statements: tuple[str, ...] | list[str]) -> str:
+    """SHA-256 of the statements, insensitive to comments, indentation and blank lines."""
+    normal = ("\n".join(line.strip() for line in s.splitlines()) for s in statements)
+    return hashlib.sha256("\n;\n".join(normal).encode()).hexdigest()
 
 
 def load_migrations(folder: Path = DEFAULT_FOLDER) -> list[Migration]:
@@ -86,8 +92,7 @@ def load_migrations(folder: Path = DEFAULT_FOLDER) -> list[Migration]:
             statements = tuple(split_statements(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             raise MigrationError(f"cannot read migration {path}: {exc}") from exc
-        checksum = hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()
-        migrations.append(Migration(path.stem, path, statements, checksum))
+        migrations.append(Migration(path.stem, path, statements, statements_checksum(statements)))
     if not migrations:
         raise MigrationError(f"no NNNN_name.sql migration files in {folder}")
     return migrations
@@ -99,7 +104,9 @@ def applied_migrations(ch: ClickHouse) -> dict[str, str]:
     if not exists or not exists[0][0]:
         return {}
     result = ch.query(
-        ch.sql(f"SELECT version, argMax(checksum, applied_at) FROM {{db}}.{MIGRATIONS_TABLE} GROUP BY version")
+        ch.sql(
+            f"SELECT version, argMax(checksum, applied_at) FROM {{db}}.{MIGRATIONS_TABLE} GROUP BY version"
+        )
     )
     return {str(version): str(checksum) for version, checksum in result.rows}
 

@@ -6,7 +6,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.identity.graph import IdentityGraph, is_identified
+from pipeline.journeys.reorder import DurableReorder
 from pipeline.kafka import topics
+from pipeline.model.contract import strongest_id
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 from pipeline.runtime.faust_stage import Emission
 
@@ -14,21 +16,28 @@ from pipeline.runtime.faust_stage import Emission
 class IdentityHandler:
     """Resolves events with an :class:`IdentityGraph` over the stage's tables."""
 
-    table_names = ("identity_ids", "identity_persons")
+    table_names = ("identity_ids", "identity_persons", "identity_pending")
     inputs = (topics.VALID,)
 
     def __init__(self) -> None:
         self.graph: IdentityGraph | None = None
+        # Sources arrive on separate topics; resolving in event-time order
+        # makes links and merges follow what happened, not what arrived first.
+        self.reorder = DurableReorder(key_of=source_key)
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
         """Build the graph over the given state tables."""
         self.graph = IdentityGraph(tables["identity_ids"], tables["identity_persons"])
+        self.reorder.bind(tables["identity_pending"])
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Resolve a batch of validated events."""
+        """Resolve a batch of validated events, in event-time order."""
+        return self._resolve(self.reorder.add_all(list(records)))
+
+    def _resolve(self, events: Sequence[dict[str, Any]]) -> list[Emission]:
         assert self.graph is not None, "bind() first"
         out: list[Emission] = []
-        for event in records:
+        for event in events:
             result = self.graph.resolve(event)  # type: ignore[arg-type]
             person = result.person_id
             event["person_id"] = person
@@ -47,9 +56,15 @@ class IdentityHandler:
         return out
 
     def tick(self) -> list[Emission]:
-        """Nothing is time-driven in identity."""
-        return []
+        """Resolve held events once idle sources stop holding them back."""
+        return self._resolve(self.reorder.release())
 
     def flush(self) -> list[Emission]:
-        """Identity holds no pending output."""
-        return []
+        """End of input: resolve every held event."""
+        return self._resolve(self.reorder.release(everything=True))
+
+
+def source_key(event: dict[str, Any]) -> str:
+    """The key ingest gave the event: its strongest identifier."""
+    strongest = strongest_id(event["ids"])
+    return f"{strongest[0]}:{strongest[1]}" if strongest else event["event_id"]

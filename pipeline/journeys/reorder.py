@@ -64,3 +64,57 @@ class ReorderBuffer:
             self.released_up_to = max(self.released_up_to, at)
             out.append(event)
         return out
+
+
+class DurableReorder:
+    """A :class:`ReorderBuffer` whose held events are also kept in a state table.
+
+    The input offsets of held events are committed like any other, so the
+    events themselves must survive a restart: they are written to ``table``
+    under ``key_of(event)`` (the key of their source message, so the table's
+    changelog partition matches) and put back in the buffer on the first call
+    after a restart.
+    """
+
+    def __init__(self, key_of: Callable[[dict[str, Any]], str], idle_seconds: float = 5.0) -> None:
+        self.buffer = ReorderBuffer(idle_seconds=idle_seconds)
+        self.key_of = key_of
+        self.table: Any = {}
+        self._restored = False
+
+    def bind(self, table: Any) -> None:
+        """Keep held events in ``table`` (a faust table or a dict)."""
+        self.table = table
+
+    def add_all(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hold a batch; returns the events that may be processed now, oldest first."""
+        if not self._restored:
+            self._restored = True
+            for held in list(self.table.values()):
+                for event in held or ():
+                    self.buffer.add(event)
+        ready: list[dict[str, Any]] = []
+        for event in events:
+            late = self.buffer.add(event)
+            if late:
+                ready.extend(late)
+            else:
+                key = self.key_of(event)
+                self.table[key] = [*(self.table.get(key) or ()), event]
+        return self._forget(ready + self.buffer.release())
+
+    def release(self, everything: bool = False) -> list[dict[str, Any]]:
+        """Events the watermark (or the end of input) lets through."""
+        return self._forget(self.buffer.release(everything=everything))
+
+    def _forget(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_key: dict[str, set[str]] = {}
+        for event in events:
+            by_key.setdefault(self.key_of(event), set()).add(event["event_id"])
+        for key, ids in by_key.items():
+            left = [e for e in self.table.get(key) or () if e["event_id"] not in ids]
+            if left:
+                self.table[key] = left
+            elif key in self.table:
+                del self.table[key]
+        return events

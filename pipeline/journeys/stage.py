@@ -7,7 +7,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.journeys.reorder import ReorderBuffer
+from pipeline.journeys.reorder import DurableReorder
 from pipeline.journeys.sessions import Output, Sessionizer, new_state
 from pipeline.kafka import topics
 from pipeline.model.rows import EVENTS, SESSIONS
@@ -29,51 +29,23 @@ class JourneysHandler:
             visit_timeout_ms=int(settings.visit_timeout_minutes * MINUTE_MS),
         )
         self.state: MutableMapping[str, Any] = {}
-        self.pending: MutableMapping[str, Any] = {}
-        self._restored = False
-        self.reorder = ReorderBuffer()
+        self.reorder = DurableReorder(key_of=lambda event: str(event["person_id"]))
         self.watermark = 0
         self._idle_since = time.monotonic()
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
         """Use the given per-person state table and the table of buffered events."""
         self.state = tables["journeys_state"]
-        self.pending = tables["journeys_pending"]
-
-    def _restore(self) -> None:
-        """After a restart, put the events that were buffered (and committed) back in the buffer."""
-        self._restored = True
-        for events in list(self.pending.values()):
-            for event in events or ():
-                self.reorder.add(event)
+        self.reorder.bind(tables["journeys_pending"])
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Place a batch of person-keyed events into sessions, in event-time order."""
-        if not self._restored:
-            self._restore()
-        ready: list[dict[str, Any]] = []
-        for event in records:
-            late = self.reorder.add(event)
-            if late:
-                ready.extend(late)
-            else:
-                person = event["person_id"]
-                self.pending[person] = [*(self.pending.get(person) or ()), event]
-        ready.extend(self.reorder.release())
+        ready = self.reorder.add_all(list(records))
         self._idle_since = time.monotonic()
         return self._place(ready)
 
     def _place(self, events: Sequence[dict[str, Any]]) -> list[Emission]:
         out: list[Output] = []
-        released: dict[str, set[str]] = {}
-        for event in events:
-            released.setdefault(event["person_id"], set()).add(event["event_id"])
-        for person, ids in released.items():
-            left = [e for e in self.pending.get(person) or () if e["event_id"] not in ids]
-            if left:
-                self.pending[person] = left
-            elif person in self.pending:
-                del self.pending[person]
         for event in events:
             person = event["person_id"]
             state = self.state.get(person) or new_state()
@@ -119,4 +91,4 @@ def _route(kind: str, record: dict[str, Any]) -> Emission:
     if kind == "session":
         return (SESSIONS.topic, record["session_id"], record)
     # touches and conversions go to attribution, keyed by person
-    return (topics.JOURNEYS, record["person_id"], {"kind": kind, **record})
+    return (topics.JOURNEYS, record["person_id"], {**record, "record": kind})

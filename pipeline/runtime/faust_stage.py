@@ -110,24 +110,19 @@ class FaustStage:
             topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            producer_compression_type="lz4",
             commit_interval=0.5 if self.drain else 2.0,
             broker_commit_every=self.batch_size,
             table_standby_replicas=0,
             stream_buffer_maxsize=8192,
         )
-        tables = {
+        tables = {}
+        for name in self.handler.table_names:
             # use_partitioner: state can change outside stream iteration too
             # (timers closing sessions, the drain flush)
-            name: app.Table(
-                name,
-                default=None,
-                partitions=settings.partitions,
-                use_partitioner=True,
-                key_serializer="o2o_utf8",
-                value_serializer="json",
-            )
-            for name in self.handler.table_names
-        }
+            table = app.Table(name, default=None, partitions=settings.partitions, use_partitioner=True)
+            table.key_serializer = "o2o_utf8"  # read when the store and changelog are created
+            tables[name] = table
         self.handler.bind(tables)
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
 

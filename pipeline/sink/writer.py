@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class Inserter(Protocol):
     """What the batcher needs of a ClickHouse connection."""
 
-    def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> None:
+    def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> object:
         """Insert rows into ``table`` (storage table name, database implied)."""
 
 

@@ -100,7 +100,7 @@ def cached_lib(cache: Path, version: str) -> Path | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (several runs may share one cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
@@ -112,7 +112,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Maven colours its output even with -B
+    return "\n".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
 def ensure_dist(cache: Path, version: str, progress: Progress | None = None) -> Path:
@@ -126,7 +127,7 @@ def ensure_dist(cache: Path, version: str, progress: Progress | None = None) -> 
     lib = cached_lib(cache, version)
     if lib is not None:
         return lib
-    with _locked(cache / f"{version}.lock"):
+    with file_lock(cache / f"{version}.lock"):
         lib = cached_lib(cache, version)  # another process may have fetched it meanwhile
         if lib is not None:
             return lib
@@ -144,6 +145,8 @@ def ensure_dist(cache: Path, version: str, progress: Progress | None = None) -> 
             mvn,
             "-q",
             "-B",
+            "-U",  # retry artifacts whose earlier download failed (Maven caches failures)
+            "-Dstyle.color=never",
             "-f",
             str(POM_FILE),
             "dependency:copy-dependencies",

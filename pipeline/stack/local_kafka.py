@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,11 +27,20 @@ import psutil
 
 from pipeline.config import Settings
 from pipeline.errors import StackError
-from pipeline.stack.kafka_dist import LOG4J_FILE, Progress, default_dist_cache, ensure_dist, java_binary
+from pipeline.stack.kafka_dist import (
+    LOG4J_FILE,
+    Progress,
+    default_dist_cache,
+    ensure_dist,
+    file_lock,
+    java_binary,
+)
+from pipeline.stack.kafka_net import HOST, accepts, free_port, port_is_free, topic_count
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
+__all__ = ["LocalKafka", "StackStatus", "free_port"]
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 #: Broker processes started by this interpreter, kept so they are reaped (no zombies, no ResourceWarning).
@@ -58,48 +66,6 @@ class StackStatus:
         return self.running and self.topics is not None
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """True when a server could listen on 127.0.0.1:``port`` (as the JVM would, SO_REUSEADDR on)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def _accepts(port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _topic_count(bootstrap: str, timeout: float) -> int | None:
-    """Topics of the broker at ``bootstrap`` (internal ones excluded), or None if it does not answer."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": max(1000, int(timeout * 1000))})
-    try:
-        meta = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        log.debug("broker at %s did not answer metadata: %s", bootstrap, exc)
-        return None
-    if not meta.brokers:
-        return None
-    return sum(1 for name in meta.topics if not name.startswith("__"))
-
-
 def _new_cluster_id() -> str:
     """A KRaft cluster id: base64url of 16 random bytes, no padding (Kafka's ``Uuid`` format)."""
     while True:
@@ -108,11 +74,22 @@ def _new_cluster_id() -> str:
             return value
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def _size(path: Path) -> int:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, start: int = 0, lines: int = 30) -> str:
+    """The last ``lines`` lines of ``path`` written after byte ``start``."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 class LocalKafka:
@@ -141,6 +118,7 @@ class LocalKafka:
         self.out_file = self.logs_dir / "broker.out"
         self.log_file = self.logs_dir / "server.log"
         self.start_timeout = start_timeout
+        self._log_offsets: dict[Path, int] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -155,27 +133,42 @@ class LocalKafka:
                 runs on other ports than the settings say, or it did not start in time.
         """
         say = progress or (lambda message: None)
+        with file_lock(self.root / "up.lock"):  # two `up` at once start one broker
+            pid = self._running_pid()
+            if pid is None:
+                pid = self._start(say)
+            else:
+                self._check_ports(pid)
+                say(f"broker already running (pid {pid}), checking it answers")
+        return self._wait_ready(pid, say)
+
+    def _check_ports(self, pid: int) -> None:
+        """Refuse when the running broker listens on other ports than the settings say."""
         port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
-        pid = self._running_pid()
-        if pid is not None:
-            running_ports = self._recorded_ports()
-            if running_ports is not None and running_ports != (port, cport):
-                raise StackError(
-                    f"the broker of {self.settings.state_dir} is already running (pid {pid}) on port "
-                    f"{running_ports[0]} (controller {running_ports[1]}), not on port {port} (controller "
-                    f"{cport}); set O2O_KAFKA_PORT={running_ports[0]} or run `o2o stack down` first"
-                )
-            say(f"broker already running (pid {pid}), checking it answers")
-            return self._wait_ready(pid, say)
+        running = self._recorded_ports()
+        if running is not None and running != (port, cport):
+            raise StackError(
+                f"the broker of {self.settings.state_dir} is already running (pid {pid}) on port "
+                f"{running[0]} (controller {running[1]}), not on port {port} (controller {cport}); "
+                f"set O2O_KAFKA_PORT={running[0]} O2O_KAFKA_CONTROLLER_PORT={running[1]} "
+                "or run `o2o stack down` first"
+            )
+
+    def _start(self, say: Progress) -> int:
+        """Fetch (once), check the ports, write the config, format (once) and spawn the broker."""
+        port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
         if port == cport:
             raise StackError(
                 f"the broker and controller ports are both {port}; set O2O_KAFKA_CONTROLLER_PORT"
             )
         java = java_binary()
         lib = ensure_dist(self.dist_cache, self.settings.kafka_version, say)
-        for taken in (port, cport):
-            if not port_is_free(taken):
-                raise StackError(f"port {taken} is taken by another process; set O2O_KAFKA_PORT")
+        if not port_is_free(port):
+            raise StackError(f"port {port} is taken by another process; set O2O_KAFKA_PORT")
+        if not port_is_free(cport):
+            raise StackError(
+                f"port {cport} is taken by another process; set O2O_KAFKA_PORT (or O2O_KAFKA_CONTROLLER_PORT)"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_properties(port, cport)
@@ -184,8 +177,7 @@ class LocalKafka:
             say("formatting the broker storage (first start)")
             self._format(java, classpath)
         say(f"starting Apache Kafka {self.settings.kafka_version} on {HOST}:{port}")
-        pid = self._spawn(java, classpath)
-        return self._wait_ready(pid, say)
+        return self._spawn(java, classpath)
 
     def status(self) -> StackStatus:
         """The broker's state now; ``topics`` is set only when it answers within a few seconds."""
@@ -193,7 +185,7 @@ class LocalKafka:
         ports = self._recorded_ports() if pid is not None else None
         port = ports[0] if ports is not None else self.settings.kafka_port
         bootstrap = f"{HOST}:{port}"
-        topics = _topic_count(bootstrap, timeout=5.0) if pid is not None and _accepts(port) else None
+        topics = topic_count(bootstrap, timeout=5.0) if pid is not None and accepts(port) else None
         return StackStatus(
             running=pid is not None,
             pid=pid,
@@ -276,7 +268,10 @@ class LocalKafka:
 
     def _signal(self, pid: int, sig: signal.Signals) -> None:
         try:
-            os.killpg(pid, sig)  # the broker leads its own process group (start_new_session)
+            if os.getpgid(pid) == pid:  # the broker leads its own process group (start_new_session)
+                os.killpg(pid, sig)
+            else:  # started by hand, not by `up`
+                os.kill(pid, sig)
         except ProcessLookupError:
             pass
         except PermissionError as exc:
@@ -307,6 +302,7 @@ class LocalKafka:
             cmd.append(f"-Dlog4j2.configurationFile={LOG4J_FILE}")
         cmd += ["-cp", classpath, "kafka.Kafka", str(self.properties_file)]
         log.info("starting Kafka: %s", " ".join(cmd))
+        self._log_offsets = {path: _size(path) for path in (self.out_file, self.log_file)}
         with self.out_file.open("ab") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -330,7 +326,7 @@ class LocalKafka:
                 raise StackError(
                     f"the Kafka broker exited during start-up; last lines of its logs:\n{self._logs()}"
                 )
-            if _accepts(port) and _topic_count(f"{HOST}:{port}", timeout=2.0) is not None:
+            if accepts(port) and topic_count(f"{HOST}:{port}", timeout=2.0) is not None:
                 status = self.status()
                 say(f"Kafka {status.version} ready on {status.bootstrap} (pid {pid})")
                 return status
@@ -342,7 +338,11 @@ class LocalKafka:
         )
 
     def _logs(self) -> str:
-        parts = [f"--- {path}\n{text}" for path in (self.out_file, self.log_file) if (text := _tail(path))]
+        parts = [
+            f"--- {path}\n{text}"
+            for path in (self.out_file, self.log_file)
+            if (text := _tail(path, self._log_offsets.get(path, 0)))
+        ]
         return "\n".join(parts) or "(no log output)"
 
     # ----------------------------------------------------------------- files
@@ -390,21 +390,8 @@ class LocalKafka:
 
     def _format(self, java: str, classpath: str) -> None:
         cluster_id = _new_cluster_id()
-        cmd = [
-            java,
-            "-Xmx256m",
-            f"-Dkafka.logs.dir={self.logs_dir}",
-            "-cp",
-            classpath,
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(self.properties_file),
-        ]
-        if LOG4J_FILE.is_file():
-            cmd.insert(1, f"-Dlog4j2.configurationFile={LOG4J_FILE}")
+        tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file)]
+        cmd = [java, "-Xmx256m", "-cp", classpath, *tool]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:

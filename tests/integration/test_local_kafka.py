@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.config import Settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import StackError
 from pipeline.stack.kafka_dist import DIST_CACHE_ENV, cached_lib
 from pipeline.stack.local_kafka import LocalKafka, StackStatus, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-VERSION = Settings().kafka_version
+VERSION = load_settings().kafka_version
 TOPIC = "o2o.test.local-kafka"
 
 
@@ -43,7 +43,7 @@ def dist_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(state_dir: Path, port: int | None = None) -> Settings:
-    return Settings(
+    return load_settings(
         state_dir=state_dir,
         kafka_port=port or free_port(),
         kafka_controller_port=free_port(),
@@ -94,9 +94,9 @@ def test_produce_and_consume_one_message(kafka: LocalKafka) -> None:
     try:
         while time.monotonic() < deadline and payload not in got:
             msg = consumer.poll(1.0)
-            if msg is not None and msg.error() is None:
-                got.append(msg.value())
-                consumer.commit(msg, asynchronous=False)
+            if msg is not None and msg.error() is None and msg.value() is not None:
+                got.append(msg.value() or b"")
+                consumer.commit(message=msg, asynchronous=False)
     finally:
         consumer.close()
     assert payload in got

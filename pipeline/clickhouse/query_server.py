@@ -1,0 +1,313 @@
+"""Read-only queries against a chDB folder held by another process.
+
+The embedded engine lets one process open a folder, so the process holding
+it (the sink) runs a :class:`QueryServer`: a small HTTP server on 127.0.0.1
+that answers ``POST /query`` with ``{"sql": ...}`` by running the query
+read-only. Its address, pid and an access token go to the endpoint file
+(``<state_dir>/clickhouse.endpoint``, mode 0600) while it runs.
+
+:func:`query_any` is the client side (``o2o sql``, ``o2o report``): it asks
+a ClickHouse server directly, else the live query server of the folder, else
+opens the folder itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import urllib.error
+import urllib.request
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from pipeline.clickhouse.client import ClickHouse, QueryError, chdb_folder, connect, folder_holder
+from pipeline.clickhouse.format import dumps, jsonable_rows
+from pipeline.config import Settings
+from pipeline.errors import ClickHouseUnavailable, FatalError, PipelineError
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+MAX_BODY = 1_000_000
+HEALTH_TIMEOUT = 2.0
+QUERY_TIMEOUT = 600.0
+
+
+def endpoint_file(settings: Settings) -> Path:
+    """Where the query server of ``settings``' chDB folder announces itself."""
+    return settings.state_dir / "clickhouse.endpoint"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, ch: ClickHouse, token: str) -> None:
+        super().__init__((HOST, 0), _Handler)
+        self.ch = ch
+        self.token = token
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("query server: " + format, *args)
+
+    def _reply(self, status: int, body: Any) -> None:
+        payload = dumps(body)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._reply(
+                HTTPStatus.OK, {"ok": True, "pid": os.getpid(), "folder": _folder_text(self.server.ch)}
+            )
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+
+    def do_POST(self) -> None:
+        if self.path != "/query":
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+            return
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.server.token.encode()):
+            self._reply(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token (see the endpoint file)"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length <= 0 or length > MAX_BODY:
+            self.close_connection = True
+            self._reply(
+                HTTPStatus.BAD_REQUEST, {"error": f"a JSON body of 1 to {MAX_BODY} bytes is required"}
+            )
+            return
+        try:
+            body = orjson.loads(self.rfile.read(length))
+        except orjson.JSONDecodeError as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc}"})
+            return
+        sql = body.get("sql") if isinstance(body, dict) else None
+        if not isinstance(sql, str) or not sql.strip():
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": 'body must be {"sql": "<query>"}'})
+            return
+        try:
+            result = self.server.ch.query(sql, readonly=True)
+        except QueryError as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        except PipelineError as exc:  # unreachable or closed: the caller may try again later
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        except Exception as exc:
+            log.exception("query server: unexpected error")
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc}"})
+            return
+        rows = jsonable_rows(result.rows)
+        self._reply(
+            HTTPStatus.OK, {"columns": result.column_names, "types": result.column_types, "rows": rows}
+        )
+
+
+def _folder_text(ch: ClickHouse) -> str:
+    return str(ch.folder) if ch.folder is not None else ""
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class QueryServer:
+    """Answers read-only queries on ``ch`` over HTTP on 127.0.0.1, announced in ``endpoint_file``."""
+
+    def __init__(self, ch: ClickHouse, endpoint_file: Path) -> None:
+        self.ch = ch
+        self.endpoint_file = endpoint_file
+        self._token = secrets.token_urlsafe(24)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (0 before :meth:`start`)."""
+        return self._server.server_address[1] if self._server is not None else 0
+
+    def start(self) -> None:
+        """Listen, serve in a daemon thread and write the endpoint file."""
+        if self._server is not None:
+            return
+        try:
+            self._server = _Server(self.ch, self._token)
+        except OSError as exc:
+            raise FatalError(f"cannot start the query server on {HOST}: {exc}") from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="clickhouse-query-server", daemon=True
+        )
+        self._thread.start()
+        endpoint = {
+            "host": HOST,
+            "port": self.port,
+            "pid": os.getpid(),
+            "token": self._token,
+            "folder": _folder_text(self.ch),
+        }
+        try:
+            _write_atomically(self.endpoint_file, orjson.dumps(endpoint))
+        except OSError as exc:
+            self.stop()
+            raise FatalError(f"cannot write the endpoint file {self.endpoint_file}: {exc}") from exc
+        log.info("query server listening on %s:%d (endpoint %s)", HOST, self.port, self.endpoint_file)
+
+    def stop(self) -> None:
+        """Remove the endpoint file (if still ours) and stop serving; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            current = orjson.loads(self.endpoint_file.read_bytes())
+            if isinstance(current, dict) and current.get("token") == self._token:
+                self.endpoint_file.unlink()
+        except (OSError, orjson.JSONDecodeError):
+            pass
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        log.info("query server stopped")
+
+    def __enter__(self) -> QueryServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# -- client side ---------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def read_endpoint(path: Path) -> dict[str, Any] | None:
+    """The endpoint file's content if it names a live process, else None."""
+    try:
+        endpoint = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(endpoint, dict):
+        return None
+    pid, port = endpoint.get("pid"), endpoint.get("port")
+    if not isinstance(pid, int) or not isinstance(port, int) or not _pid_alive(pid):
+        return None
+    return endpoint
+
+
+def _url(endpoint: dict[str, Any], path: str) -> str:
+    return f"http://{endpoint.get('host', HOST)}:{endpoint['port']}{path}"
+
+
+def _healthy(endpoint: dict[str, Any]) -> bool:
+    try:
+        with urllib.request.urlopen(_url(endpoint, "/healthz"), timeout=HEALTH_TIMEOUT) as response:
+            answer = orjson.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(answer, dict) and answer.get("pid") == endpoint["pid"]
+
+
+def query_endpoint(endpoint: dict[str, Any], sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """POST ``sql`` to a query server; QueryError if ClickHouse rejected it."""
+    request = urllib.request.Request(
+        _url(endpoint, "/query"),
+        data=orjson.dumps({"sql": sql}),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {endpoint.get('token', '')}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=QUERY_TIMEOUT) as response:
+            answer = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        message = f"query server answered HTTP {exc.code}"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            message = str(orjson.loads(exc.read())["error"])
+        if exc.code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.INTERNAL_SERVER_ERROR):
+            raise ClickHouseUnavailable(message) from exc
+        raise QueryError(message) from exc
+    except (OSError, ValueError) as exc:
+        raise ClickHouseUnavailable(f"query server at {_url(endpoint, '')} did not answer: {exc}") from exc
+    columns = answer.get("columns") if isinstance(answer, dict) else None
+    rows = answer.get("rows") if isinstance(answer, dict) else None
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise ClickHouseUnavailable(f"query server at {_url(endpoint, '')} sent an unexpected answer")
+    return [str(name) for name in columns], [tuple(row) for row in rows]
+
+
+def query_any(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ``sql`` read-only wherever the configured ClickHouse is; ``{db}`` is replaced.
+
+    Values come back JSON-shaped (datetimes as ISO text, Decimal as float, ...)
+    whichever way the query went: a server DSN is queried directly; for chDB the
+    live query server of the folder is used, else the folder is opened here and
+    closed afterwards.
+    """
+    sql = sql.replace("{db}", settings.clickhouse_database)
+    if settings.embedded_clickhouse:
+        path = endpoint_file(settings)
+        endpoint = read_endpoint(path)
+        folder = chdb_folder(settings.clickhouse_dsn)
+        same_folder = endpoint is not None and endpoint.get("folder") in ("", None, str(folder))
+        if endpoint is not None and same_folder and _healthy(endpoint):
+            log.debug("querying through the query server of pid %s", endpoint["pid"])
+            return query_endpoint(endpoint, sql)
+    try:
+        ch = connect(settings)
+    except ClickHouseUnavailable as exc:
+        folder = chdb_folder(settings.clickhouse_dsn)
+        holder = folder_holder(folder) if folder is not None else None
+        if holder is None:
+            raise
+        raise ClickHouseUnavailable(
+            f"the chDB folder {folder} is held by process {holder}, which does not answer queries "
+            f"(no live query server in {endpoint_file(settings)}); wait for it, stop it, "
+            "or run it with its query server"
+        ) from exc
+    with ch:
+        result = ch.query(sql, readonly=True)
+    return result.column_names, jsonable_rows(result.rows)

@@ -1,0 +1,315 @@
+"""pipeline.clickhouse against a real embedded engine (chDB) in a temporary folder.
+
+chDB allows one data folder per process, so every test of this module uses the
+same session-wide folder, each with its own database, and closes its client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.clickhouse import (
+    DEFAULT_FOLDER,
+    ClickHouse,
+    QueryError,
+    QueryServer,
+    apply_migrations,
+    connect,
+    endpoint_file,
+    query_any,
+    render,
+)
+from pipeline.clickhouse import query_server as query_server_module
+from pipeline.config import Settings
+from pipeline.errors import ClickHouseUnavailable, MigrationError
+from pipeline.model.rows import ATTRIBUTION, ROW_TABLES
+
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z in epoch ms
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB folder of this test session."""
+    return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
+@pytest.fixture
+def settings(chdb_folder: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state",
+        clickhouse_dsn=f"chdb://{chdb_folder}",
+        clickhouse_database=f"test_{uuid.uuid4().hex[:12]}",
+    )
+
+
+@pytest.fixture
+def ch(settings: Settings) -> Iterator[ClickHouse]:
+    client = connect(settings)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def migrated(ch: ClickHouse) -> ClickHouse:
+    apply_migrations(ch)
+    return ch
+
+
+def _insert(ch: ClickHouse, table: str, rows: list[dict[str, object]]) -> None:
+    columns = list(rows[0])
+    ch.insert(table, [[row[c] for c in columns] for row in rows], column_names=columns)
+
+
+@pytest.mark.integration
+def test_migrations_apply_once_and_are_recorded(ch: ClickHouse) -> None:
+    assert apply_migrations(ch) == ["0001_storage", "0002_views"]
+    recorded = ch.query(ch.sql("SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"))
+    assert [row[0] for row in recorded.rows] == ["0001_storage", "0002_views"]
+    assert all(len(row[1]) == 64 for row in recorded.rows)
+    assert apply_migrations(ch) == []
+    # the database became the default: unqualified names work
+    assert ch.query("SELECT count() FROM events", readonly=True).rows == [(0,)]
+
+
+@pytest.mark.integration
+def test_changed_migration_raises_and_new_one_applies(ch: ClickHouse, tmp_path: Path) -> None:
+    folder = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_FOLDER, folder)
+    assert apply_migrations(ch, folder) == ["0001_storage", "0002_views"]
+
+    views = folder / "0002_views.sql"
+    original = views.read_text()
+    views.write_text("-- a new comment only\n" + original.replace("\n", "\n\n", 3))
+    assert apply_migrations(ch, folder) == []  # comments and blank lines do not count
+
+    views.write_text(original.replace("FROM {db}.dead_letters_store FINAL", "FROM {db}.dead_letters_store"))
+    with pytest.raises(MigrationError, match=r"0002_views\.sql"):
+        apply_migrations(ch, folder)
+
+    views.write_text(original)
+    (folder / "0003_extra.sql").write_text(
+        "-- extra; with a semicolon in a comment\n"
+        "CREATE TABLE IF NOT EXISTS {db}.extra (x String DEFAULT 'a;b') ENGINE = MergeTree ORDER BY x;\n"
+        "CREATE OR REPLACE VIEW {db}.extra_view AS SELECT x FROM {db}.extra;\n"
+    )
+    assert apply_migrations(ch, folder) == ["0003_extra"]
+    assert apply_migrations(ch, folder) == []
+
+    (folder / "0004_broken.sql").write_text("CREATE TABLE {db}.broken (x Strin) ENGINE = Log;\n")
+    with pytest.raises(MigrationError, match=r"0004_broken\.sql, statement 1"):
+        apply_migrations(ch, folder)
+
+
+@pytest.mark.integration
+def test_storage_tables_match_the_row_model(migrated: ClickHouse) -> None:
+    for table in ROW_TABLES:
+        described = migrated.query(migrated.sql(f"DESCRIBE TABLE {{db}}.{table.storage}")).rows
+        names = tuple(str(row[0]) for row in described)
+        assert names == table.columns, table.storage
+        datetimes = {str(row[0]) for row in described if str(row[1]).startswith("DateTime64")}
+        assert datetimes == set(table.datetime_columns), table.storage
+    for name in ("events", "sessions", "conversions", "attribution", "identities"):
+        table = next(t for t in ROW_TABLES if t.name == name)
+        view = migrated.query(migrated.sql(f"DESCRIBE TABLE {{db}}.{name}")).rows
+        assert tuple(str(row[0]) for row in view) == table.columns, name
+
+
+@pytest.mark.integration
+def test_views_read_the_newest_version(migrated: ClickHouse) -> None:
+    base = {"person_id": "p1", "occurred_at": T0, "received_at": T0 + 5}
+    _insert(migrated, "events_store", [{"event_id": "e1", **base, "type": "page_view", "version": 1}])
+    _insert(migrated, "events_store", [{"event_id": "e1", **base, "type": "purchase", "version": 2}])
+    _insert(migrated, "events_store", [{"event_id": "e2", **base, "type": "old", "version": 1}])
+    rows = migrated.query(migrated.sql("SELECT event_id, type, version FROM {db}.events ORDER BY event_id"))
+    assert rows.rows == [("e1", "purchase", 2), ("e2", "old", 1)]
+
+    def touch(model: str, session: str, version: int) -> dict[str, object]:
+        return {
+            "conversion_id": "c1",
+            "model": model,
+            "session_id": session,
+            "person_id": "p1",
+            "touch_at": T0,
+            "converted_at": T0 + 1000,
+            "credit": 0.5,
+            "version": version,
+        }
+
+    _insert(migrated, ATTRIBUTION.storage, [touch("linear", "s1", 1), touch("linear", "s2", 1)])
+    _insert(migrated, ATTRIBUTION.storage, [touch("linear", "s2", 2), touch("linear", "s3", 2)])
+    _insert(migrated, ATTRIBUTION.storage, [touch("first_touch", "s1", 1)])
+    rows = migrated.query(
+        migrated.sql("SELECT model, session_id, version FROM {db}.attribution ORDER BY model, session_id")
+    )
+    assert rows.rows == [("first_touch", "s1", 1), ("linear", "s2", 2), ("linear", "s3", 2)]
+
+
+@pytest.mark.integration
+def test_person_aliases_remap_persons(migrated: ClickHouse) -> None:
+    events = [
+        {"event_id": f"e{i}", "person_id": person, "occurred_at": T0, "received_at": T0, "version": 1}
+        for i, person in enumerate(["p1", "p2", "p3"])
+    ]
+    _insert(migrated, "events_store", events)
+    alias = {"person_id": "p2", "merged_at": T0, "reason": "email"}
+    _insert(migrated, "person_aliases_store", [{**alias, "canonical_id": "p1", "version": 1}])
+    query = migrated.sql("SELECT event_id, person_id FROM {db}.events ORDER BY event_id")
+    assert migrated.query(query).rows == [("e0", "p1"), ("e1", "p1"), ("e2", "p3")]
+    _insert(migrated, "person_aliases_store", [{**alias, "canonical_id": "p9", "version": 2}])
+    assert migrated.query(query).rows == [("e0", "p1"), ("e1", "p9"), ("e2", "p3")]
+    merges = migrated.query(migrated.sql("SELECT from_person, to_person, version FROM {db}.person_merges"))
+    assert merges.rows == [("p2", "p9", 2)]
+
+
+@pytest.mark.integration
+def test_readonly_queries_cannot_write(migrated: ClickHouse) -> None:
+    insert = migrated.sql("INSERT INTO {db}.dead_letters_store (dead_letter_id, version) VALUES ('d1', 1)")
+    with pytest.raises(QueryError) as caught:
+        migrated.query(insert, readonly=True)
+    assert caught.value.code == 164
+    with pytest.raises(QueryError, match="SET and USE"):
+        migrated.query("SET readonly = 0", readonly=True)
+    with pytest.raises(QueryError, match=r"Syntax error.*Expected one of: .* more\)") as caught:
+        migrated.query("SELEC 1", readonly=True)
+    assert "FORMAT Native" not in str(caught.value)
+    with pytest.raises(QueryError, match=r"UNKNOWN_TABLE|does not exist"):
+        migrated.query(migrated.sql("SELECT * FROM {db}.nope"), readonly=True)
+    # reads may carry their own settings; the writer handle is untouched by any of it
+    assert migrated.query("SELECT 1 SETTINGS max_threads = 1;", readonly=True).rows == [(1,)]
+    migrated.command(insert)
+    assert migrated.query(migrated.sql("SELECT count() FROM {db}.dead_letters")).rows == [(1,)]
+
+
+@pytest.mark.integration
+def test_query_server_and_query_any(
+    migrated: ClickHouse, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _insert(
+        migrated,
+        "conversions_store",
+        [{"conversion_id": "c1", "occurred_at": T0 + 123, "revenue": 12.5, "version": 3}],
+    )
+    path = endpoint_file(settings)
+    sql = "SELECT conversion_id, occurred_at, revenue, toDecimal64(1.25, 2) AS d FROM {db}.conversions"
+    with QueryServer(migrated, path) as server:
+        endpoint = json.loads(path.read_text())
+        assert endpoint["host"] == "127.0.0.1"
+        assert endpoint["port"] == server.port > 0
+        assert endpoint["pid"] == os.getpid()
+        assert (path.stat().st_mode & 0o777) == 0o600
+
+        def no_direct(_: Settings) -> ClickHouse:
+            raise AssertionError("query_any opened the folder instead of asking the server")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(query_server_module, "connect", no_direct)
+            columns, rows = query_any(settings, sql)
+            assert columns == ["conversion_id", "occurred_at", "revenue", "d"]
+            assert rows == [("c1", "2023-11-14T22:13:20.123", 12.5, 1.25)]
+            with pytest.raises(QueryError, match="Syntax error"):
+                query_any(settings, "SELEC 1")
+            with pytest.raises(QueryError, match="readonly"):
+                query_any(settings, "INSERT INTO {db}.dead_letters_store (dead_letter_id) VALUES ('x')")
+    assert not path.exists()
+    # no server: the folder is opened directly (this process already holds it, which chDB allows)
+    assert query_any(settings, sql)[1] == [("c1", "2023-11-14T22:13:20.123", 12.5, 1.25)]
+
+
+@pytest.mark.integration
+def test_writes_and_served_reads_share_one_client(migrated: ClickHouse, settings: Settings) -> None:
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for batch in range(20):
+                rows = [[f"e{batch}-{i}", T0, T0, 1] for i in range(100)]
+                migrated.insert("events_store", rows, ["event_id", "occurred_at", "received_at", "version"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    with QueryServer(migrated, endpoint_file(settings)):
+        writer = threading.Thread(target=write)
+        writer.start()
+        while writer.is_alive():
+            query_any(settings, "SELECT count() FROM {db}.events")
+        writer.join()
+    assert errors == []
+    assert query_any(settings, "SELECT count() FROM {db}.events")[1] == [(2000,)]
+
+
+@pytest.mark.integration
+def test_query_any_from_another_process(migrated: ClickHouse, settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "O2O_STATE_DIR": str(settings.state_dir),
+        "O2O_CLICKHOUSE_DSN": settings.clickhouse_dsn,
+        "O2O_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+    }
+    script = (
+        "import sys\n"
+        "from pipeline.config import load_settings\n"
+        "from pipeline.clickhouse import query_any\n"
+        "from pipeline.errors import PipelineError\n"
+        "try:\n"
+        "    print(query_any(load_settings(), 'SELECT count() FROM {db}.events')[1])\n"
+        "except PipelineError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        return done.stdout.strip()
+
+    with QueryServer(migrated, endpoint_file(settings)):
+        assert run() == "[(0,)]"
+    answer = run()
+    assert answer.startswith("ERROR"), answer
+    assert f"held by process {os.getpid()}" in answer
+
+
+def test_unreachable_server_is_retryable_and_hides_the_password() -> None:
+    with pytest.raises(ClickHouseUnavailable) as caught:
+        ClickHouse("http://user:secret@127.0.0.1:1", "o2o")
+    assert "user:***@127.0.0.1:1" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_render_formats() -> None:
+    columns = ["name", "n", "share", "at", "tags"]
+    rows = [
+        ("a\tb", 3, 0.123456, "2024-01-01T00:00:00", ["x", "y"]),
+        ("it's\nnew", 12, 2.0, None, []),
+    ]
+    table = render(columns, rows, "table", width=100)
+    assert "0.1235" in table and " 2 " in table and "NULL" in table and "2 rows" in table
+    lines = table.splitlines()
+    assert any("name" in line and "share" in line for line in lines)
+
+    tsv = render(columns, rows, "tsv").split("\n")
+    assert tsv[0] == "name\tn\tshare\tat\ttags"
+    assert tsv[1] == 'a\\tb\t3\t0.123456\t2024-01-01T00:00:00\t["x","y"]'
+    assert tsv[2] == "it\\'s\\nnew\t12\t2.0\t\\N\t[]"
+    assert len(tsv) == 3
+
+    parsed = orjson.loads(render(columns, rows, "json"))
+    assert parsed[0] == dict(zip(columns, rows[0], strict=True))
+    assert parsed[1]["at"] is None
+    assert render(columns, [], "json") == "[]"
+    with pytest.raises(ValueError, match="unknown format"):
+        render(columns, rows, "xml")
