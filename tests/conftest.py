@@ -70,7 +70,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def o2o(settings: Settings, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess[str]:
+def o2o(
+    settings: Settings, *args: str, timeout: float = 240, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run the ``o2o`` CLI as a child process with these settings."""
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
@@ -83,7 +85,9 @@ def o2o(settings: Settings, *args: str, timeout: float = 240, check: bool = True
     if check and proc.returncode != 0:
         (settings.state_dir / "failed-command.log").parent.mkdir(parents=True, exist_ok=True)
         (settings.state_dir / "failed-command.log").write_text(proc.stderr)
-        raise AssertionError(f"o2o {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"o2o {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import (
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
@@ -70,10 +72,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     return result
 
 
-def _wait(futures: dict[object, object], timeout: float, tolerate: str = "") -> None:
+def _wait(futures: Mapping[Any, Future[Any]], timeout: float, tolerate: str = "") -> None:
     for key, future in futures.items():
         try:
-            future.result(timeout=timeout)  # type: ignore[attr-defined]
+            future.result(timeout=timeout)
         except KafkaException as exc:
             if tolerate and tolerate in str(exc):
                 continue
@@ -87,7 +89,7 @@ def end_offsets(
     admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout).topics
     request = {
-        TopicPartition(topic, p): OffsetSpec.latest()
+        TopicPartition(topic, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
         for topic in topics
         if topic in metadata
         for p in metadata[topic].partitions
@@ -101,18 +103,25 @@ def end_offsets(
 def committed_offsets(
     settings: Settings, group: str, topics: Iterable[str], timeout: float = 10.0
 ) -> dict[tuple[str, int], int]:
-    """The offsets a consumer group has committed on ``topics`` (missing: not committed)."""
+    """The offsets a consumer group has committed on ``topics`` (missing: not committed).
+
+    Asked through a consumer that never joins the group: librdkafka's admin
+    ListConsumerGroupOffsets crashed the process here for groups without
+    commits, the consumer's OffsetFetch does not.
+    """
     admin = admin_client(settings)
-    wanted = set(topics)
-    futures = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
+    metadata = admin.list_topics(timeout=timeout).topics
+    partitions = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+    if not partitions:
+        return {}
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group, "enable.auto.commit": False}
     )
-    out: dict[tuple[str, int], int] = {}
-    for future in futures.values():
-        for tp in future.result().topic_partitions or []:
-            if tp.topic in wanted and tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = tp.offset
-    return out
+    try:
+        committed = consumer.committed(partitions, timeout=timeout)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
 
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:

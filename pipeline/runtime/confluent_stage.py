@@ -100,7 +100,7 @@ class ConfluentStageLoop:
                 if batch:
                     self.handler.handle(batch)
                     for m in batch:
-                        self._uncommitted[(m.topic(), m.partition())] = m.offset() + 1  # type: ignore[operator]
+                        self._uncommitted[(m.topic() or "", m.partition() or 0)] = (m.offset() or 0) + 1
                     self.stats.consumed += len(batch)
                     self.stats.batches += 1
                 if self._uncommitted and (self.handler.due() or not batch):

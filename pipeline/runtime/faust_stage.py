@@ -31,7 +31,13 @@ Emission = tuple[str, str, dict[str, Any]]  # (topic without prefix, key, value)
 class StatefulHandler(Protocol):
     """The pure side of a faust stage."""
 
-    table_names: Sequence[str]
+    @property
+    def table_names(self) -> Sequence[str]:
+        """Names of the state tables the handler needs."""
+
+    @property
+    def inputs(self) -> Sequence[str]:
+        """Input topics, without the prefix."""
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
         """Receive the state tables (faust tables in a worker, dicts in tests)."""
@@ -121,7 +127,8 @@ class FaustStage:
             # use_partitioner: state can change outside stream iteration too
             # (timers closing sessions, the drain flush)
             table = app.Table(name, default=None, partitions=settings.partitions, use_partitioner=True)
-            table.key_serializer = "o2o_utf8"  # read when the store and changelog are created
+            # read when the store and the changelog topic are created
+            table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
             tables[name] = table
         self.handler.bind(tables)
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")

@@ -10,12 +10,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import STAGES, Settings
-from pipeline.errors import FatalError
+from pipeline.errors import FatalError, RetryableError
 from pipeline.kafka import topics
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
+
+if TYPE_CHECKING:
+    from pipeline.clickhouse.client import ClickHouse
+    from pipeline.runtime.faust_stage import StatefulHandler
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         raise FatalError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
-def _stateful_handler(settings: Settings, stage: str) -> object:
+def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
     if stage == "identity":
         from pipeline.identity.stage import IdentityHandler
 
@@ -55,13 +60,14 @@ def _stateful_handler(settings: Settings, stage: str) -> object:
 
 
 def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
-    from pipeline.clickhouse.client import connect
-    from pipeline.clickhouse.migrations import apply_migrations
     from pipeline.clickhouse.query_server import QueryServer, endpoint_file
     from pipeline.sink.stage import SinkHandler
 
-    with connect(settings) as ch:
-        apply_migrations(ch)
+    stop = _StopFlag()
+    ch = _connect_with_retry(settings, stop)
+    if ch is None:
+        return
+    with ch:
         server = QueryServer(ch, endpoint_file(settings)) if settings.embedded_clickhouse else None
         if server is not None:
             server.start()
@@ -73,6 +79,42 @@ def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
         finally:
             if server is not None:
                 server.stop()
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT while the sink waits for ClickHouse."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_args: object) -> None:
+        self.stopped = True
+
+
+def _connect_with_retry(settings: Settings, stop: _StopFlag) -> ClickHouse | None:
+    """Connect and migrate, retrying with backoff while ClickHouse is unavailable (None: stopped)."""
+    from pipeline.clickhouse.client import connect
+    from pipeline.clickhouse.migrations import apply_migrations
+
+    delay = 0.5
+    while not stop.stopped:
+        try:
+            ch = connect(settings)
+            try:
+                apply_migrations(ch)
+            except BaseException:
+                ch.close()
+                raise
+            return ch
+        except RetryableError as exc:
+            log.warning("sink: %s; retrying in %.1f s (nothing consumed or committed)", exc, delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stop.stopped:
+                time.sleep(0.1)
+            delay = min(delay * 2, 30.0)
+    return None
 
 
 @dataclass

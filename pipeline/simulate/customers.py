@@ -180,7 +180,7 @@ def _eu_transitions() -> tuple[int, ...]:
 
 _TRANSITIONS = _eu_transitions()
 _SUFFIX = {0: "Z", 60: "+01:00", 120: "+02:00"}
-_MINUTE_PREFIX: dict[tuple[int, int], tuple[str, str]] = {}
+_HOUR_PREFIX: dict[tuple[int, int], tuple[str, str]] = {}
 
 
 def local_offset(ms: int) -> int:
@@ -190,19 +190,21 @@ def local_offset(ms: int) -> int:
 
 def rfc3339(ms: int, offset: int) -> str:
     """``ms`` as RFC 3339 with millisecond precision in the given offset (0 gives ``Z``)."""
-    wall = ms + offset * MINUTE_MS
-    minute, rest = divmod(wall, MINUTE_MS)
-    key = (minute, offset)
-    prefix = _MINUTE_PREFIX.get(key)
+    hour, rest = divmod(ms + offset * MINUTE_MS, 3_600_000)
+    key = (hour, offset)
+    prefix = _HOUR_PREFIX.get(key)
     if prefix is None:
-        if len(_MINUTE_PREFIX) > 500_000:
-            _MINUTE_PREFIX.clear()
+        if len(_HOUR_PREFIX) > 100_000:
+            _HOUR_PREFIX.clear()
         sign = "+" if offset >= 0 else "-"
         suffix = _SUFFIX.get(offset) or f"{sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
-        text = datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%M:")
-        prefix = _MINUTE_PREFIX[key] = (text, suffix)
+        prefix = _HOUR_PREFIX[key] = (
+            datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H:"),
+            suffix,
+        )
+    minutes, rest = divmod(rest, MINUTE_MS)
     secs, milli = divmod(rest, 1000)
-    return f"{prefix[0]}{secs:02d}.{milli:03d}{prefix[1]}"
+    return f"{prefix[0]}{minutes:02d}:{secs:02d}.{milli:03d}{prefix[1]}"
 
 
 def _uuid(bits: int) -> str:

@@ -6,7 +6,8 @@ click-and-collect pickups and returns) that turns into events only when the
 merged output reaches the activity's start, so memory stays small for many
 customers. Every activity reseeds one shared :class:`random.Random` from
 ``(seed, customer, activity)``, so the same seed gives byte-identical output,
-and the per-customer streams are merged by event time.
+and the per-customer streams are merged by event time. A ``return`` carries
+the refunded amount as a positive ``revenue``.
 """
 
 from __future__ import annotations
@@ -71,16 +72,15 @@ def simulate(
 class _Journey:
     """One customer's plan and the events produced but not yet handed out."""
 
-    __slots__ = ("c", "n", "pending", "plan", "rng", "run", "seq")
+    __slots__ = ("c", "free_at", "n", "pending", "plan", "rng", "run", "seq")
 
     def __init__(self, run: w.World, index: int) -> None:
         self.run = run
         self.rng = run.rng
         self.c: Customer = w.make_customer(run.seed, index, len(run.stores), run.rng)
         self.plan: list[tuple[int, int, int, tuple[Any, ...]]] = []
-        self.pending: list[tuple[int, int, Event]] = []
-        self.seq = 0
-        self.n = 0
+        self.pending: list[_Item] = []
+        self.seq = self.n = self.free_at = 0
         self._plan_days()
 
     def stream(self) -> Iterator[_Item]:
@@ -93,8 +93,7 @@ class _Journey:
                 self.rng.seed(self.c.seed + seq * 0x9E3779B97F4A7C15)
                 self._activity(ts, kind, args)
             else:
-                ts, n, event = heapq.heappop(pending)
-                yield ts, idx, n, event
+                yield heapq.heappop(pending)  # no local keeps the event alive once handed out
 
     def _schedule(self, ts: int, kind: int, args: tuple[Any, ...] = ()) -> None:
         if ts < self.run.end:
@@ -140,9 +139,7 @@ class _Journey:
         else:
             self._visit(ts, kind, args)
 
-    def _emit(
-        self, ts: int, src: str, etype: str, ids: Ids, off: int, ctx: Obj = NO, props: Obj = NO
-    ) -> None:
+    def _emit(self, ts: int, src: str, kind: str, ids: Ids, off: int, ctx: Obj = NO, props: Obj = NO) -> None:
         if ts >= self.run.end:
             return
         c = self.c
@@ -150,7 +147,7 @@ class _Journey:
         event: Event = {
             "event_id": f"{c.id_prefix}{self.n:012x}",
             "source": src,
-            "type": etype,
+            "type": kind,
             "occurred_at": rfc3339(ts, off),
             "ids": ids,
             "consent": {"analytics": c.analytics, "marketing": c.marketing},
@@ -159,19 +156,14 @@ class _Journey:
             event["context"] = ctx
         if props:
             event["properties"] = props
-        heapq.heappush(self.pending, (ts, self.n, event))
+        heapq.heappush(self.pending, (ts, c.index, self.n, event))
 
     def _items(self, most: int) -> list[Obj]:
-        r = self.rng.random
-        return [
-            w.line_item(CATALOG[int(r() * len(CATALOG))], 1 + (r() < 0.15))
-            for _ in range(1 + int(r() * most))
-        ]
+        r, n = self.rng.random, len(CATALOG)
+        return [w.line_item(CATALOG[int(r() * n)], 1 + (r() < 0.15)) for _ in range(1 + int(r() * most))]
 
     def _code(self, prefix: str) -> str:
         return f"{prefix}-{self.c.id_prefix[:4].upper()}{self.rng.getrandbits(20):05X}"
-
-    # -- web ----------------------------------------------------------------------------------------
 
     def _web(self, ts: int, traffic: w.Traffic) -> None:
         c, r = self.c, self.rng.random
@@ -261,8 +253,6 @@ class _Journey:
         elif not collect and r() < 0.08:
             self._schedule(at, _RETURN, (store, "order_id", order_id, revenue, buyer))
 
-    # -- app ----------------------------------------------------------------------------------------
-
     def _app(self, ts: int, push: bool) -> None:
         c, r = self.c, self.rng.random
         off = tz(ts)
@@ -310,16 +300,16 @@ class _Journey:
             ids = {**ids, "loyalty_id": self.c.loyalty_id}  # the coupon is loaded onto the card
         self._emit(ts, "app", "coupon_claimed", ids, off, ctx, {"coupon_code": code, "discount_pct": 10})
 
-    # -- stores -------------------------------------------------------------------------------------
-
     def _visit(self, ts: int, kind: int, args: tuple[Any, ...]) -> None:
         c, r = self.c, self.rng.random
         store = self.run.stores[args[0]]
+        ts = max(ts, self.free_at + 5 * MINUTE_MS)  # one store at a time
         geo = bool(c.device_id and c.location)
         device = {"device_id": c.device_id or ""}
         here = {"store_id": store.store_id, "geo": {"lat": store.lat, "lon": store.lon}}
         fence = {"store_id": store.store_id, "geofence_id": store.geofence_id}
         length = (4 + int(r() * 36)) * MINUTE_MS + int(r() * 60_000)
+        self.free_at = ts + length
         if geo:
             self._emit(ts, "geofence", "enter", device, 0, here, fence)
             for k in range(1, 4):

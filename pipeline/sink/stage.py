@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -30,7 +31,9 @@ class SinkHandler:
         """Buffer a batch of row messages."""
         for message in messages:
             table = self.tables[message.topic() or ""]
-            self.batcher.add(table, message.value() or b"", message.headers() or ())
+            raw_headers: list[tuple[str, Any]] = list(message.headers() or [])  # type: ignore[arg-type]
+            headers = [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw_headers]
+            self.batcher.add(table, message.value() or b"", headers)
 
     def due(self) -> bool:
         """Write when the batch is full or old enough."""

@@ -38,7 +38,13 @@ def test_merge_keeps_the_older_person_and_remaps_aliases() -> None:
     assert res.merged == [store]
     aliases = [row for table, row in res.rows if table == "person_aliases"]
     assert aliases == [
-        {"person_id": store, "canonical_id": web, "merged_at": 30, "reason": "shared_identifier", "version": 1}
+        {
+            "person_id": store,
+            "canonical_id": web,
+            "merged_at": 30,
+            "reason": "shared_identifier",
+            "version": 1,
+        }
     ]
     assert g.ids["loyalty_id:card"][0] == web
     assert store not in g.persons

@@ -12,7 +12,9 @@ NOW = 1_790_000_000_000  # 2026-09-21
 
 
 def normalizer() -> EventNormalizer:
-    return EventNormalizer(salt="test-salt", max_bytes=10_000, max_future_ms=23 * 3600_000, max_age_ms=10 * 86400_000)
+    return EventNormalizer(
+        salt="test-salt", max_bytes=10_000, max_future_ms=23 * 3600_000, max_age_ms=10 * 86400_000
+    )
 
 
 def event(**overrides: object) -> dict[str, object]:
@@ -36,7 +38,9 @@ def reason_of(doc: object | bytes) -> str:
 
 def test_valid_event_is_normalised_to_utc_millis_and_hashed_pii() -> None:
     out = normalizer().normalise(orjson.dumps(event()), NOW)
-    assert out["occurred_at"] == int(__import__("datetime").datetime.fromisoformat("2026-09-21T08:00:00+00:00").timestamp() * 1000)
+    assert out["occurred_at"] == int(
+        __import__("datetime").datetime.fromisoformat("2026-09-21T08:00:00+00:00").timestamp() * 1000
+    )
     assert out["ids"]["anonymous_id"] == "a1"
     assert out["ids"]["email"] == hash_pii("alice@example.com", "test-salt")
     assert "alice" not in orjson.dumps(out).decode().lower()

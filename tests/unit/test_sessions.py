@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -17,9 +18,18 @@ def sessionizer() -> Sessionizer:
     return Sessionizer(timeout_ms=30 * MIN, max_length_ms=24 * HOUR, visit_timeout_ms=30 * MIN)
 
 
-def ev(at: int, source: str = "web", etype: str = "page_view", n: list[int] = [0], **extra: Any) -> dict[str, Any]:
-    n[0] += 1
-    return {"event_id": f"e{n[0]}", "person_id": "p1", "source": source, "type": etype, "occurred_at": at, **extra}
+COUNTER = itertools.count()
+
+
+def ev(at: int, source: str = "web", etype: str = "page_view", **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e{next(COUNTER)}",
+        "person_id": "p1",
+        "source": source,
+        "type": etype,
+        "occurred_at": at,
+        **extra,
+    }
 
 
 def run(events: list[dict[str, Any]], flush: bool = True) -> list[Output]:
@@ -70,7 +80,12 @@ def test_store_visit_from_enter_to_exit_with_pos_inside() -> None:
     out = run(
         [
             ev(0, "geofence", "enter", **store),
-            ev(10 * MIN, "pos", "purchase", properties={"store_id": "s1", "revenue": 50, "transaction_id": "t"}),
+            ev(
+                10 * MIN,
+                "pos",
+                "purchase",
+                properties={"store_id": "s1", "revenue": 50, "transaction_id": "t"},
+            ),
             ev(20 * MIN, "geofence", "exit", **store),
         ]
     )
@@ -113,11 +128,16 @@ def test_expire_closes_idle_sessions_at_the_watermark() -> None:
     assert out[-1][0] == "session" and out[-1][1]["version"] == 2
 
 
-def campaign(medium: str = "", referrer: str = "", source: str = "web", etype: str = "page_view") -> dict[str, Any]:
+def campaign(
+    medium: str = "", referrer: str = "", source: str = "web", etype: str = "page_view"
+) -> dict[str, Any]:
     return {
         "source": source,
         "type": etype,
-        "context": {"campaign": {"medium": medium}, "page": {"url": "https://shop.example/x", "referrer": referrer}},
+        "context": {
+            "campaign": {"medium": medium},
+            "page": {"url": "https://shop.example/x", "referrer": referrer},
+        },
     }
 
 
