@@ -18,7 +18,7 @@ import psutil
 
 from pipeline.cli.common import console, handle_errors, settings_of
 from pipeline.config import Settings
-from pipeline.kafka.clients import make_consumer, make_producer, produce
+from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer, produce
 
 
 @dataclass
@@ -52,9 +52,17 @@ class MemorySampler:
 
 def passthrough(settings: Settings, topics: list[str], expected: int) -> float:
     """Bare confluent-kafka: consume ``expected`` messages, produce each again; returns seconds."""
-    consumer = make_consumer(settings, settings.group("bench-passthrough"))
-    producer = make_producer(settings)
-    out_topic = settings.topic("bench.passthrough")
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    from pipeline.kafka.admin import admin_client
+
+    out_topic = settings.topic("passthrough")
+    admin = admin_client(settings)
+    for future in admin.create_topics([NewTopic(out_topic, settings.partitions, 1)]).values():
+        future.result()
+    consumer = make_consumer(settings, settings.group("passthrough"))
+    delivery = DeliveryTracker()
+    producer = make_producer(settings, on_delivery=delivery)
     consumer.subscribe(topics)
     seen = 0
     start = time.monotonic()
@@ -65,6 +73,7 @@ def passthrough(settings: Settings, topics: list[str], expected: int) -> float:
                 seen += 1
         producer.poll(0)
     producer.flush()
+    delivery.raise_if_failed()
     consumer.commit(asynchronous=False)
     seconds = time.monotonic() - start
     consumer.close()

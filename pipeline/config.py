@@ -109,7 +109,6 @@ class Settings(BaseSettings):
     # Sink
     sink_batch_rows: int = Field(20_000, ge=1)
     sink_flush_seconds: float = Field(1.0, gt=0)
-    sink_max_retries: int = Field(0, ge=0, description="0: retry forever")
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -149,7 +148,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_dsn(cls, value: str) -> str:
         if value and not value.startswith(("chdb://", "http://", "https://", "clickhouse://")):
-            raise ValueError("must start with chdb://, http:// or https://")
+            raise ValueError("must start with chdb://, http://, https:// or clickhouse://")
         return value
 
     @model_validator(mode="after")
@@ -177,8 +176,16 @@ class Settings(BaseSettings):
         return f"{self.consumer_group_prefix}{stage}"
 
 
+# Read elsewhere, not settings: the config file and the Kafka download cache.
+OTHER_VARIABLES = frozenset({"O2O_CONFIG", "O2O_KAFKA_DIST_CACHE"})
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate the settings, turning validation errors into one clear ConfigError."""
+    known = {f"O2O_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    unknown = sorted(k for k in os.environ if k.startswith("O2O_") and k not in known)
+    if unknown:
+        raise ConfigError(f"unknown settings in the environment: {', '.join(unknown)} (misspelt?)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -47,6 +47,10 @@ class FatalError(PipelineError):
     """The process cannot go on; report the message and exit non-zero."""
 
 
+class DeliveryFailed(FatalError):
+    """Kafka gave up delivering an output; stop before committing its input."""
+
+
 class ConfigError(FatalError):
     """Settings are missing or invalid."""
 

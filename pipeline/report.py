@@ -23,20 +23,17 @@ def report_queries(db: str) -> dict[str, str]:
     }
 
 
-def pivot(rows: list[tuple[Any, ...]], models: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Channel x model table of 'conversions / revenue' cells from (channel, model, conv, revenue) rows."""
-    cells: dict[str, dict[str, tuple[float, float]]] = {}
-    for channel, model, conversions, revenue in rows:
-        cells.setdefault(channel, {})[model] = (float(conversions), float(revenue))
-    order = sorted(cells, key=lambda ch: -sum(v[1] for v in cells[ch].values()))
-    table = [[channel, *(_cell(cells[channel].get(model)) for model in models)] for channel in order]
+def pivot(rows: list[tuple[Any, ...]], models: list[str], measure: int) -> tuple[list[str], list[list[Any]]]:
+    """Channel x model table of one measure (2: conversions, 3: revenue) of (channel, model, conv, rev) rows."""
+    cells: dict[str, dict[str, float]] = {}
+    for row in rows:
+        cells.setdefault(row[0], {})[row[1]] = float(row[measure])
+    order = sorted(cells, key=lambda ch: -sum(cells[ch].values()))
+    digits = 1 if measure == 2 else 0
+    table = [
+        [channel, *(round(cells[channel].get(model, 0.0), digits) for model in models)] for channel in order
+    ]
     return ["channel", *models], table
-
-
-def _cell(value: tuple[float, float] | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value[0]:,.1f} / {value[1]:,.0f}"
 
 
 def build_report(settings: Settings) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -47,7 +44,8 @@ def build_report(settings: Settings) -> dict[str, tuple[list[str], list[list[Any
     out: dict[str, tuple[list[str], list[list[Any]]]] = {}
     _cols, credit_rows = query_any(settings, queries["credits"])
     models = [m for m in settings.models if any(r[1] == m for r in credit_rows)]
-    out["Credited conversions / revenue per channel and model"] = pivot(list(credit_rows), models)
+    out["Credited revenue per channel, by model"] = pivot(list(credit_rows), models, 3)
+    out["Credited conversions per channel, by model"] = pivot(list(credit_rows), models, 2)
     for title, key in (
         ("Totals", "totals"),
         ("Online-to-offline split", "o2o"),

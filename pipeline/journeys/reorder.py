@@ -88,11 +88,7 @@ class DurableReorder:
 
     def add_all(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hold a batch; returns the events that may be processed now, oldest first."""
-        if not self._restored:
-            self._restored = True
-            for held in list(self.table.values()):
-                for event in held or ():
-                    self.buffer.add(event)
+        self._restore()
         ready: list[dict[str, Any]] = []
         for event in events:
             late = self.buffer.add(event)
@@ -105,7 +101,17 @@ class DurableReorder:
 
     def release(self, everything: bool = False) -> list[dict[str, Any]]:
         """Events the watermark (or the end of input) lets through."""
+        self._restore()
         return self._forget(self.buffer.release(everything=everything))
+
+    def _restore(self) -> None:
+        """After a restart, put the events held before it back in the buffer (once)."""
+        if self._restored:
+            return
+        self._restored = True
+        for held in list(self.table.values()):
+            for event in held or ():
+                self.buffer.add(event)
 
     def _forget(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_key: dict[str, set[str]] = {}

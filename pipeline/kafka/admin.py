@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 def admin_client(settings: Settings) -> AdminClient:
     """An AdminClient for the configured cluster."""
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10000})
+    return AdminClient(
+        {"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10000, "log_level": 4}
+    )
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:

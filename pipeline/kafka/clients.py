@@ -8,7 +8,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from pipeline.config import Settings
-from pipeline.errors import KafkaUnavailable
+from pipeline.errors import DeliveryFailed
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,14 @@ class DeliveryTracker:
             self.delivered += 1
 
     def raise_if_failed(self) -> None:
-        """Raise KafkaUnavailable when any delivery failed since the last call."""
+        """Raise DeliveryFailed when any delivery failed.
+
+        The failure stays recorded: the messages are gone from the producer,
+        so retrying the flush would commit offsets of inputs whose outputs were
+        lost. The process stops instead, and a restart re-processes them.
+        """
         if self.error is not None:
-            err, self.error = self.error, None
-            raise KafkaUnavailable(f"a produced message was not delivered: {err}")
+            raise DeliveryFailed(f"a produced message was not delivered: {self.error}")
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: bytes | None = None, **kw: Any) -> None:

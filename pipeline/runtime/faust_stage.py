@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
 import faust
@@ -67,9 +67,84 @@ class _Utf8KeyCodec(codecs.Codec):
         return s.decode()
 
 
+class _OrjsonCodec(codecs.Codec):
+    """State values as orjson: several times faster than faust's json codec."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
 def register_codecs() -> None:
     """Make the pipeline's faust codecs known (idempotent)."""
     codecs.register("o2o_utf8", _Utf8KeyCodec())
+    codecs.register("o2o_orjson", _OrjsonCodec())
+
+
+_DELETED = object()
+
+
+class BatchCache(MutableMapping[str, Any]):
+    """A write-behind view of a state table for one batch.
+
+    Handlers read and write it like a dict; :meth:`write_back` then writes
+    each changed key once. An event held and released within one batch, or a
+    person touched by many events of a batch, costs one changelog record
+    instead of one per change.
+    """
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        self.dirty: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.dirty[key] if key in self.dirty else self.table[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.dirty[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.dirty[key] = _DELETED
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.dirty:
+            return self.dirty[key] is not _DELETED  # type: ignore[index]
+        return key in self.table
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self.table:
+            if key not in self.dirty:
+                yield key
+        for key, value in self.dirty.items():
+            if value is not _DELETED:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def write_back(self) -> None:
+        """Write every changed key to the table, once."""
+        for key, value in self.dirty.items():
+            if value is _DELETED:
+                if key in self.table:
+                    del self.table[key]
+            else:
+                self.table[key] = value
+        self.dirty.clear()
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -106,10 +181,13 @@ class FaustStage:
     def _build_app(self) -> faust.App:
         settings = self.settings
         register_codecs()
+        datadir = settings.state_dir / "faust" / settings.group(self.stage)
+        datadir.parent.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             settings.group(self.stage),
             broker=faust_broker_url(settings.bootstrap_servers),
             store="memory://",
+            datadir=str(datadir),
             autodiscover=False,
             web_enabled=False,
             topic_partitions=settings.partitions,
@@ -117,7 +195,9 @@ class FaustStage:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_compression_type="lz4",
-            commit_interval=0.5 if self.drain else 2.0,
+            producer_linger=0.02,  # batch outputs; aiokafka sends one request per message otherwise
+            producer_max_batch_size=1 << 20,
+            broker_commit_interval=0.5 if self.drain else 2.0,
             broker_commit_every=self.batch_size,
             table_standby_replicas=0,
             stream_buffer_maxsize=8192,
@@ -129,14 +209,18 @@ class FaustStage:
             table = app.Table(name, default=None, partitions=settings.partitions, use_partitioner=True)
             # read when the store and the changelog topic are created
             table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
-            tables[name] = table
+            table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
+            tables[name] = BatchCache(table)
+        self._caches = list(tables.values())
         self.handler.bind(tables)
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
 
         async def agent(stream: Any) -> None:
             async for batch in stream.take(self.batch_size, within=0.2):
                 records = [orjson.loads(value) for value in batch]
-                await self._send(self.handler.process(records))
+                emitted = self.handler.process(records)
+                self._write_back()
+                await self._send(emitted)
                 self.processed += len(records)
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
@@ -161,9 +245,15 @@ class FaustStage:
         for name, key, value in emissions:
             await self._topic(name).send(key=key.encode(), value=orjson.dumps(value), force=force)
 
+    def _write_back(self) -> None:
+        for cache in self._caches:
+            cache.write_back()
+
     async def _tick(self) -> None:
         if not self._finished:
-            await self._send(self.handler.tick(), force=True)
+            emitted = self.handler.tick()
+            self._write_back()
+            await self._send(emitted, force=True)
 
     async def _check_drained(self) -> None:
         assert self.drain is not None
@@ -178,7 +268,9 @@ class FaustStage:
         if lag:
             return
         self._finished = True
-        await self._send(self.handler.flush(), force=True)
+        emitted = self.handler.flush()
+        self._write_back()
+        await self._send(emitted, force=True)
         await self.app.producer.flush()
         self.drain.mark_done()
         log.info("%s: drained after %d records", self.stage, self.processed)
@@ -187,6 +279,9 @@ class FaustStage:
 
     def run(self) -> None:
         """Run the worker until stopped (a signal) or drained."""
+        # faust stalls a stream whenever more than 100 changelog records wait
+        # to be sent; batches write far more than that at once.
+        self.app.producer.buffer.max_messages = 50_000
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._worker = faust.Worker(
             self.app, loglevel=level.lower() if level != "WARNING" else "warn", quiet=True,
