@@ -24,7 +24,7 @@ def report_queries(db: str) -> dict[str, str]:
 
 
 def pivot(rows: list[tuple[Any, ...]], models: list[str], measure: int) -> tuple[list[str], list[list[Any]]]:
-    """Channel x model table of one measure (2: conversions, 3: revenue) of (channel, model, conv, rev) rows."""
+    """Channel x model table of one measure (2: conversions, 3: revenue) of credit rows."""
     cells: dict[str, dict[str, float]] = {}
     for row in rows:
         cells.setdefault(row[0], {})[row[1]] = float(row[measure])

@@ -7,14 +7,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-import orjson
 from confluent_kafka import Message
 
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer
 from pipeline.kafka import topics
+from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+from pipeline.kafka.envelopes import pack
 from pipeline.model.contract import strongest_id
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class IngestHandler:
         self.dedup = Deduplicator()
         self.counts: Counter[str] = Counter()
         self.valid_topic = settings.topic(topics.VALID)
+        self.partitions = {self.valid_topic: partition_counts(settings)[self.valid_topic]}
         self.dlq_topic = settings.topic(topics.DLQ)
         self.delivery = DeliveryTracker()
         self.producer = make_producer(settings, on_delivery=self.delivery)
@@ -55,6 +57,7 @@ class IngestHandler:
     def handle(self, messages: Sequence[Message]) -> None:
         """Normalise a batch and produce its outputs."""
         now = int(time.time() * 1000)
+        valid: list[tuple[str, str, dict[str, object]]] = []
         for message in messages:
             raw = message.value() or b""
             try:
@@ -72,8 +75,10 @@ class IngestHandler:
                 continue
             self.counts["valid"] += 1
             strongest = strongest_id(event["ids"])
-            key = f"{strongest[0]}:{strongest[1]}".encode() if strongest else None
-            produce(self.producer, self.valid_topic, orjson.dumps(event), key)
+            key = f"{strongest[0]}:{strongest[1]}" if strongest else event["event_id"]
+            valid.append((self.valid_topic, key, dict(event)))
+        for topic, partition, value in pack(valid, self.partitions):
+            produce(self.producer, topic, value, partition=partition)
         self.producer.poll(0)
 
     def due(self) -> bool:

@@ -165,3 +165,9 @@ def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> N
         if not left:
             return
         time.sleep(0.2)
+
+
+def partition_counts(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Partitions of every existing topic under the configured prefix, by full name."""
+    metadata = admin_client(settings).list_topics(timeout=timeout).topics
+    return {name: len(t.partitions) for name, t in metadata.items() if name.startswith(settings.topic_prefix)}

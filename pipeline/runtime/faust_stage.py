@@ -20,7 +20,9 @@ import orjson
 from faust.serializers import codecs
 
 from pipeline.config import Settings
-from pipeline.kafka.admin import group_lag
+from pipeline.errors import FatalError
+from pipeline.kafka.admin import group_lag, partition_counts
+from pipeline.kafka.envelopes import pack, unpack
 from pipeline.runtime.drain import DrainGate
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,11 @@ class FaustStage:
         self._worker: faust.Worker | None = None
         self._outputs: dict[str, Any] = {}
         self._finished = False
+        # keyed by the name without prefix, as handlers emit them
+        prefix = settings.topic_prefix
+        self._partitions = {
+            name.removeprefix(prefix): count for name, count in partition_counts(settings).items()
+        }
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -217,7 +224,7 @@ class FaustStage:
 
         async def agent(stream: Any) -> None:
             async for batch in stream.take(self.batch_size, within=0.2):
-                records = [orjson.loads(value) for value in batch]
+                records = [record for value in batch for record in unpack(value)]
                 emitted = self.handler.process(records)
                 self._write_back()
                 await self._send(emitted)
@@ -236,14 +243,19 @@ class FaustStage:
                 self.settings.topic(name),
                 key_serializer="raw",
                 value_serializer="raw",
-                partitions=self.settings.partitions,
+                partitions=self._partitions.get(name, self.settings.partitions),
             )
             self._outputs[name] = topic
         return topic
 
     async def _send(self, emissions: Sequence[Emission], force: bool = False) -> None:
-        for name, key, value in emissions:
-            await self._topic(name).send(key=key.encode(), value=orjson.dumps(value), force=force)
+        if not emissions:
+            return
+        missing = {name for name, _k, _v in emissions} - self._partitions.keys()
+        if missing:
+            raise FatalError(f"topics {sorted(missing)} do not exist; run `o2o init`")
+        for name, partition, value in pack(emissions, self._partitions):
+            await self._topic(name).send(value=value, partition=partition, force=force)
 
     def _write_back(self) -> None:
         for cache in self._caches:

@@ -8,9 +8,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import orjson
-
 from pipeline.errors import ClickHouseUnavailable, PipelineError
+from pipeline.kafka.envelopes import unpack
 from pipeline.model.rows import DEAD_LETTERS, RowTable
 
 log = logging.getLogger(__name__)
@@ -55,16 +54,16 @@ class RowBatcher:
         self._first_at = 0.0
 
     def add(self, table: RowTable, value: bytes, headers: Iterable[tuple[str, bytes | None]] = ()) -> None:
-        """Buffer one row message of ``table``."""
+        """Buffer the rows of one message of ``table`` (an envelope, one row, or a dead letter)."""
         if table is DEAD_LETTERS:
-            row = dead_letter_row(value, headers)
+            rows = [dead_letter_row(value, headers)]
         else:
-            doc = orjson.loads(value)
-            row = [doc.get(column) for column in table.columns]
+            columns = table.columns
+            rows = [[doc.get(column) for column in columns] for doc in unpack(value)]
         if not self.pending:
             self._first_at = time.monotonic()
-        self.buffers.setdefault(table, []).append(row)
-        self.pending += 1
+        self.buffers.setdefault(table, []).extend(rows)
+        self.pending += len(rows)
 
     def due(self) -> bool:
         """True when the buffer is full or its oldest row waited long enough."""
