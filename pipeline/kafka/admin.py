@@ -67,19 +67,20 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
         _wait(
             admin.create_topics(to_create, operation_timeout=timeout),
             timeout,
-            tolerate="TOPIC_ALREADY_EXISTS",
+            tolerate=("TOPIC_ALREADY_EXISTS",),
         )
     for name, what in result.items():
         log.debug("topic %s: %s", name, what)
     return result
 
 
-def _wait(futures: Mapping[Any, Future[Any]], timeout: float, tolerate: str = "") -> None:
+def _wait(futures: Mapping[Any, Future[Any]], timeout: float, tolerate: tuple[str, ...] = ()) -> None:
     for key, future in futures.items():
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
-            if tolerate and tolerate in str(exc):
+            if any(code in str(exc) for code in tolerate):
+                log.warning("%s: %s (ignored)", key, exc)
                 continue
             raise KafkaUnavailable(f"admin operation on {key} failed: {exc}") from exc
 
@@ -140,7 +141,7 @@ def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
     prefix = settings.topic_prefix
     names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
     if names:
-        _wait(admin.delete_topics(names, operation_timeout=timeout), timeout, tolerate="UNKNOWN_TOPIC")
+        _wait(admin.delete_topics(names, operation_timeout=timeout), timeout, tolerate=("UNKNOWN_TOPIC",))
     groups = [
         g.group_id
         for g in admin.list_consumer_groups(request_timeout=timeout).result().valid
@@ -150,7 +151,7 @@ def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
         _wait(
             admin.delete_consumer_groups(groups, request_timeout=timeout),
             timeout,
-            tolerate="GROUP_ID_NOT_FOUND",
+            tolerate=("GROUP_ID_NOT_FOUND", "NON_EMPTY_GROUP"),
         )
     _wait_topics_gone(admin, names, timeout)
     return names

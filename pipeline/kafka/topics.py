@@ -60,6 +60,9 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+COMPACTED = frozenset(spec.name for spec in TOPICS if spec.cleanup_policy == "compact")
+
+
 def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(full name, partitions, config) of every topic for these settings."""
     return [

@@ -23,6 +23,7 @@ from pipeline.config import Settings
 from pipeline.errors import FatalError
 from pipeline.kafka.admin import group_lag, partition_counts
 from pipeline.kafka.envelopes import pack, unpack
+from pipeline.kafka.topics import COMPACTED
 from pipeline.runtime.drain import DrainGate
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,24 @@ class FaustStage:
         missing = {name for name, _k, _v in emissions} - self._partitions.keys()
         if missing:
             raise FatalError(f"topics {sorted(missing)} do not exist; run `o2o init`")
-        for name, partition, value in pack(emissions, self._partitions):
-            await self._topic(name).send(value=value, partition=partition, force=force)
+        batched = [e for e in emissions if e[0] not in COMPACTED]
+        for name, partition, value in pack(batched, self._partitions):
+            self._watch(await self._topic(name).send(value=value, partition=partition, force=force))
+        for name, key, record in emissions:
+            if name in COMPACTED:  # compaction needs one keyed message per record
+                self._watch(
+                    await self._topic(name).send(key=key.encode(), value=orjson.dumps(record), force=force)
+                )
+
+    def _watch(self, future: Any) -> None:
+        """Stop the worker when Kafka refuses an output, so nothing after it is committed."""
+
+        def check(done: Any) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("%s: output not delivered: %r; stopping", self.stage, done.exception())
+                self.app._crash(done.exception())
+
+        future.add_done_callback(check)
 
     def _write_back(self) -> None:
         for cache in self._caches:
