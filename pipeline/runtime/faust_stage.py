@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import faust
@@ -22,7 +23,7 @@ from faust.serializers import codecs
 from pipeline.config import Settings
 from pipeline.errors import FatalError
 from pipeline.kafka.admin import group_lag, partition_counts
-from pipeline.kafka.envelopes import pack, unpack
+from pipeline.kafka.envelopes import pack, partition_for, unpack
 from pipeline.kafka.topics import COMPACTED
 from pipeline.runtime.drain import DrainGate
 
@@ -78,6 +79,10 @@ class _OrjsonCodec(codecs.Codec):
 
     def _loads(self, s: bytes) -> Any:
         return orjson.loads(s)
+
+
+def _key_partition(key: Any, partitions: int) -> int:
+    return partition_for(key.encode() if isinstance(key, str) else bytes(key), partitions)
 
 
 def register_codecs() -> None:
@@ -211,11 +216,17 @@ class FaustStage:
             stream_buffer_maxsize=8192,
         )
         tables = {}
+        source_partitions = max(
+            self._partitions.get(name, settings.partitions) for name in self.handler.inputs
+        )
         for name in self.handler.table_names:
-            # use_partitioner: state can change outside stream iteration too
-            # (timers closing sessions, the drain flush)
-            table = app.Table(name, default=None, partitions=settings.partitions, use_partitioner=True)
-            # read when the store and the changelog topic are created
+            table = app.Table(name, default=None, partitions=source_partitions)
+            # A key's changelog partition is the partition its source messages
+            # hash to (murmur2, like the producers'), computed here: faust's
+            # default needs the current event (no timers, no drain flush) and
+            # its use_partitioner mode needs producer metadata that may not be
+            # loaded yet on the first write.
+            table.partition_for_key = partial(_key_partition, partitions=source_partitions)  # type: ignore[method-assign]
             table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
             table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
             tables[name] = BatchCache(table)
