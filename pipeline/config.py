@@ -94,7 +94,13 @@ class Settings(BaseSettings):
     salt: str = Field("o2o-development-salt", min_length=8, description="salt of PII hashes")
     max_event_bytes: int = Field(1_000_000, ge=1024)
     max_future_hours: float = Field(23.0, ge=0)
-    max_age_days: float = Field(3650.0, gt=0)
+    max_age_days: float = Field(3650.0, gt=0, description="older events are dead letters (backfills!)")
+    phone_region: str = Field("", pattern=r"^([A-Za-z]{2})?$", description="region of national phone numbers")
+    dedup_window_minutes: float = Field(1440.0, ge=0, description="exact duplicates dropped within this")
+    dedup_max_ids: int = Field(2_000_000, ge=1, description="memory bound of the duplicate window")
+    keep_without_analytics_consent: bool = Field(
+        True, description="store events with analytics consent false (never used for journeys)"
+    )
 
     # Journeys
     session_timeout_minutes: float = Field(30.0, gt=0)

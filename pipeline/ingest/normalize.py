@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import phonenumbers
 
 from pipeline.errors import InvalidEvent
 from pipeline.model.contract import ID_TYPES, PII_ID_TYPES, SOURCES, Event
@@ -33,16 +34,32 @@ def hash_pii(value: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()
 
 
-def normalise_id(id_type: str, value: str) -> str:
-    """The canonical spelling of an identifier before hashing (email, phone) or as is."""
+def normalise_id(id_type: str, value: str, phone_region: str = "") -> str:
+    """The canonical spelling of an identifier before hashing, or as is.
+
+    Emails are trimmed and lower-cased; phones become E.164 (``+4917012345``),
+    national numbers read in ``phone_region``; a phone that cannot be read
+    comes back empty, which makes it a placeholder that never links.
+    """
     if id_type == "email":
         return value.strip().lower()
     if id_type == "phone":
-        digits = _PHONE_JUNK.sub("", value.strip())
-        if digits.startswith("00"):
-            digits = "+" + digits[2:]
-        return digits
+        return to_e164(value, phone_region)
     return value.strip()
+
+
+def to_e164(value: str, region: str = "") -> str:
+    """A phone number in E.164, or "" when it is not a valid number."""
+    text = _PHONE_JUNK.sub("", value.strip())
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, region.upper() or None)
+    except phonenumbers.NumberParseException:
+        return ""
+    if not phonenumbers.is_possible_number(number):
+        return ""
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def parse_time(value: Any, field: str) -> int:
@@ -59,27 +76,35 @@ def parse_time(value: Any, field: str) -> int:
 
 
 class Deduplicator:
-    """Remembers the last ``capacity`` event ids and reports repeats."""
+    """Remembers event ids received within ``window_ms`` (at most ``capacity``) and reports repeats."""
 
-    def __init__(self, capacity: int = 1_000_000) -> None:
-        self._seen: OrderedDict[str, None] = OrderedDict()
+    def __init__(self, capacity: int = 1_000_000, window_ms: int = 86_400_000) -> None:
+        self._seen: OrderedDict[str, int] = OrderedDict()
         self._capacity = capacity
+        self._window_ms = window_ms
 
-    def seen(self, event_id: str) -> bool:
-        """True when ``event_id`` was already seen; otherwise remember it."""
-        if event_id in self._seen:
+    def seen(self, event_id: str, now_ms: int = 0) -> bool:
+        """True when ``event_id`` was seen within the window; otherwise remember it."""
+        seen = self._seen
+        horizon = now_ms - self._window_ms
+        while seen and next(iter(seen.values())) < horizon:
+            seen.popitem(last=False)
+        if event_id in seen:
             return True
-        self._seen[event_id] = None
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+        if len(seen) >= self._capacity:
+            seen.popitem(last=False)
+        seen[event_id] = now_ms
         return False
 
 
 class EventNormalizer:
     """Validates raw events against the contract and normalises them."""
 
-    def __init__(self, salt: str, max_bytes: int, max_future_ms: int, max_age_ms: int) -> None:
+    def __init__(
+        self, salt: str, max_bytes: int, max_future_ms: int, max_age_ms: int, phone_region: str = ""
+    ) -> None:
         self.salt = salt
+        self.phone_region = phone_region
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
         self.max_age_ms = max_age_ms
@@ -103,6 +128,13 @@ class EventNormalizer:
         if etype not in types:
             raise InvalidEvent("unknown_type", f"$.type: {etype[:64]!r} is not a {source} event type")
         occurred_at = parse_time(doc.get("occurred_at"), "occurred_at")
+        original = occurred_at
+        sent_at = doc.get("sent_at")
+        if sent_at is not None:
+            # The device clock may be wrong; it is wrong by the same amount at
+            # occurred_at and at sent_at, so shift by the send-receive gap
+            # (what established trackers do).
+            occurred_at += received_at - parse_time(sent_at, "sent_at")
         if occurred_at > received_at + self.max_future_ms:
             raise InvalidEvent("timestamp_out_of_range", "$.occurred_at: too far in the future")
         if occurred_at < received_at - self.max_age_ms:
@@ -115,12 +147,18 @@ class EventNormalizer:
             "received_at": received_at,
             "ids": self._ids(doc.get("ids")),
         }
+        if original != occurred_at:
+            event["original_occurred_at"] = original
         for name in _OPTIONAL_OBJECTS:
             value = doc.get(name)
             if value is None:
                 continue
             if not isinstance(value, dict):
                 raise InvalidEvent("schema_violation", f"$.{name}: expected an object")
+            if name != "consent":
+                encoded = orjson.dumps(value)
+                if _EMAIL.search(encoded) or _PII_FIELD.search(encoded):
+                    value = orjson.loads(redact_pii(encoded, self.salt, self.phone_region))
             event[name] = value  # type: ignore[literal-required]
         consent = event.get("consent")
         if consent:
@@ -142,7 +180,7 @@ class EventNormalizer:
                 continue
             if not isinstance(value, str):
                 raise InvalidEvent("schema_violation", f"$.ids.{id_type}: expected a string")
-            normal = normalise_id(id_type, value)
+            normal = normalise_id(id_type, value, self.phone_region)
             if normal.lower() in BLOCKED_ID_VALUES:
                 blocked += 1
                 continue
@@ -152,6 +190,42 @@ class EventNormalizer:
                 raise InvalidEvent("blocked_identifier", "$.ids: every identifier is a placeholder value")
             raise InvalidEvent("missing_identifier", "$.ids: at least one identifier is required")
         return out
+
+
+_EMAIL = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+_PII_FIELD = re.compile(rb'"(phone|payment_token|email)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def redact_pii(raw: bytes, salt: str, phone_region: str = "") -> bytes:
+    """The payload of a dead letter with raw email, phone and payment token replaced by their hashes.
+
+    A parsable event keeps its structure (ids hashed exactly as ingest would);
+    anything else is scrubbed by pattern. Bytes without PII come back unchanged.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("ids"), dict):
+        ids = doc["ids"]
+        changed = False
+        for id_type in PII_ID_TYPES:
+            value = ids.get(id_type)
+            if isinstance(value, str) and value:
+                ids[id_type] = "sha256:" + hash_pii(normalise_id(id_type, value, phone_region), salt)
+                changed = True
+        if changed:
+            raw = orjson.dumps(doc)
+
+    def field(match: re.Match[bytes]) -> bytes:
+        value = match.group(2)
+        if value.startswith(b"sha256:"):
+            return match.group(0)
+        digest = hash_pii(value.decode("utf-8", "replace").strip().lower(), salt)
+        return b'"' + match.group(1) + b'": "sha256:' + digest.encode() + b'"'
+
+    raw = _PII_FIELD.sub(field, raw)
+    return _EMAIL.sub(lambda m: b"sha256:" + hash_pii(m.group(0).decode().lower(), salt).encode(), raw)
 
 
 def _required_str(doc: dict[str, Any], field: str) -> str:

@@ -11,12 +11,14 @@ from confluent_kafka import Message
 
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
-from pipeline.ingest.normalize import Deduplicator, EventNormalizer
+from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_pii
+from pipeline.journeys.sessions import event_row
 from pipeline.kafka import topics
 from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
-from pipeline.model.contract import strongest_id
+from pipeline.model.contract import Event, strongest_id
+from pipeline.model.rows import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,15 @@ class IngestHandler:
             max_bytes=settings.max_event_bytes,
             max_future_ms=int(settings.max_future_hours * 3600_000),
             max_age_ms=int(settings.max_age_days * 86400_000),
+            phone_region=settings.phone_region,
         )
-        self.dedup = Deduplicator()
+        self.dedup = Deduplicator(settings.dedup_max_ids, int(settings.dedup_window_minutes * 60_000))
+        self.keep_without_consent = settings.keep_without_analytics_consent
+        self.events_topic = settings.topic(EVENTS.topic)
         self.counts: Counter[str] = Counter()
         self.valid_topic = settings.topic(topics.VALID)
-        self.partitions = {self.valid_topic: partition_counts(settings)[self.valid_topic]}
+        counts = partition_counts(settings)
+        self.partitions = {topic: counts[topic] for topic in (self.valid_topic, settings.topic(EVENTS.topic))}
         self.dlq_topic = settings.topic(topics.DLQ)
         self.delivery = DeliveryTracker()
         self.producer = make_producer(settings, on_delivery=self.delivery)
@@ -68,10 +74,22 @@ class IngestHandler:
                     exc.reason, exc.detail, message.topic() or "", message.partition() or 0,
                     message.offset() or 0, now,
                 )  # fmt: skip
-                produce(self.producer, self.dlq_topic, raw, message.key(), headers=headers)
+                payload = redact_pii(raw, self.settings.salt, self.settings.phone_region)
+                dlq_key = message.key()
+                if dlq_key is not None:
+                    dlq_key = redact_pii(dlq_key, self.settings.salt, self.settings.phone_region)
+                produce(self.producer, self.dlq_topic, payload, dlq_key, headers=headers)
                 continue
-            if self.dedup.seen(event["event_id"]):
+            if self.dedup.seen(event["event_id"], now):
                 self.counts["duplicate"] += 1
+                continue
+            if (event.get("consent") or {}).get("analytics") is False:
+                # Never used for identity, sessions or attribution; stored
+                # (without person or session) only if the settings say so.
+                self.counts["no_analytics_consent"] += 1
+                if self.keep_without_consent:
+                    unlinked: Event = {**event, "person_id": ""}
+                    valid.append((self.events_topic, event["event_id"], event_row(unlinked, "")))
                 continue
             self.counts["valid"] += 1
             strongest = strongest_id(event["ids"])

@@ -56,6 +56,7 @@ class Event(TypedDict, total=False):
     source: str
     type: str
     occurred_at: int
+    original_occurred_at: int  # the device's time, when ingest corrected clock skew
     received_at: int
     ids: dict[str, str]
     consent: dict[str, bool]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import orjson
 import pytest
 
 from pipeline.errors import InvalidEvent
-from pipeline.ingest.normalize import Deduplicator, EventNormalizer, hash_pii, normalise_id
+from pipeline.ingest.normalize import (
+    Deduplicator,
+    EventNormalizer,
+    hash_pii,
+    normalise_id,
+    redact_pii,
+    to_e164,
+)
 
 NOW = 1_790_000_000_000  # 2026-09-21
 
@@ -87,6 +96,36 @@ def test_phone_normalisation() -> None:
 
 
 def test_deduplicator_remembers_a_bounded_window() -> None:
-    dedup = Deduplicator(capacity=2)
-    assert [dedup.seen(x) for x in ("a", "b", "a", "c", "a")] == [False, False, True, False, False]
-    assert dedup.seen("b") is False  # fell out of the window
+    dedup = Deduplicator(capacity=2, window_ms=1000)
+    assert [dedup.seen(x, 0) for x in ("a", "b", "a", "c", "a")] == [False, False, True, False, False]
+    assert dedup.seen("b", 0) is False  # pushed out by the capacity
+
+
+def test_deduplicator_forgets_after_the_time_window() -> None:
+    dedup = Deduplicator(capacity=100, window_ms=1000)
+    assert dedup.seen("a", 0) is False
+    assert dedup.seen("a", 999) is True
+    assert dedup.seen("a", 2000) is False
+
+
+def test_clock_skew_is_corrected_and_the_device_time_kept() -> None:
+    doc = event(occurred_at="2026-09-21T10:00:00+02:00", sent_at="2026-09-21T10:05:00+02:00")
+    received = int(datetime.fromisoformat("2026-09-21T08:02:00+00:00").timestamp() * 1000)
+    out = normalizer().normalise(orjson.dumps(doc), received)
+    device = int(datetime.fromisoformat("2026-09-21T08:00:00+00:00").timestamp() * 1000)
+    assert out["original_occurred_at"] == device
+    assert out["occurred_at"] == device - 3 * 60_000  # the device clock ran 3 minutes fast
+
+
+def test_pii_in_properties_is_hashed_and_dead_letters_are_redacted() -> None:
+    out = normalizer().normalise(orjson.dumps(event(properties={"contact": "bob@shop.example"})), NOW)
+    assert "bob@" not in orjson.dumps(out).decode()
+    redacted = redact_pii(b'{"ids": {"email": "bob@shop.example", "phone": "+49 170 1234567"', "s")
+    assert b"bob@" not in redacted and b"1234567" not in redacted
+    assert redact_pii(b"nothing personal", "s") == b"nothing personal"
+
+
+def test_e164() -> None:
+    assert to_e164("+49 (170) 123-4567") == "+491701234567"
+    assert to_e164("0170 1234567", "DE") == "+491701234567"
+    assert to_e164("not a phone") == ""
