@@ -156,7 +156,10 @@ class EventNormalizer:
             if not isinstance(value, dict):
                 raise InvalidEvent("schema_violation", f"$.{name}: expected an object")
             if name != "consent":
-                encoded = orjson.dumps(value)
+                try:
+                    encoded = orjson.dumps(value)
+                except TypeError as exc:  # nested deeper than JSON tooling handles downstream
+                    raise InvalidEvent("schema_violation", f"$.{name}: {exc}") from None
                 if _EMAIL.search(encoded) or _PII_FIELD.search(encoded):
                     value = orjson.loads(redact_pii(encoded, self.salt, self.phone_region))
             event[name] = value  # type: ignore[literal-required]
