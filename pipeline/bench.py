@@ -91,6 +91,7 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
 
     Uses its own topic prefix and ClickHouse database (`bench.`, `bench`), wiped first.
     """
+    from pipeline.bench_parts import collector_rate, ingest_rate
     from pipeline.cli.demo import prepare, run_drained
     from pipeline.kafka.admin import ensure_topics
     from pipeline.kafka.topics import raw_topics
@@ -116,6 +117,9 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
         pipe_s = run_drained(settings, n)
     written = _count_rows(settings)
     pipe_rate, pass_rate = n / pipe_s, n / pass_s
+    console.print("measuring the ingest stage alone and the HTTP collector ...")
+    ingest_n, ingest_s = ingest_rate(base, n, seed)
+    requests, accepted, collector_s = collector_rate(base, min(n, 50_000), seed)
     rows = [
         ("events", f"{n:,}"),
         ("rows written to ClickHouse", f"{written:,}"),
@@ -124,6 +128,11 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
         ("pipeline peak memory (all stage processes)", f"{memory.peak_bytes / 2**20:,.0f} MiB"),
         ("bare confluent-kafka passthrough", f"{pass_rate:,.0f} events/s ({pass_s:.1f} s)"),
         ("ratio pipeline / passthrough", f"{pipe_rate / pass_rate:.3f}"),
+        ("ingest stage alone (drain, start-up included)", f"{ingest_n / ingest_s:,.0f} events/s"),
+        (
+            "HTTP collector (8 clients, batches of 100)",
+            f"{requests / collector_s:,.0f} requests/s, {accepted / collector_s:,.0f} events/s",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         True, description="store events with analytics consent false (never used for journeys)"
     )
 
+    # HTTP collector
+    collector_host: str = Field("127.0.0.1", description="address `o2o collector` listens on")
+    collector_port: int = Field(8080, ge=1, le=65535)
+    collector_write_keys: str = Field("", description="comma-separated SOURCE=KEY pairs (secret)")
+    collector_max_body_bytes: int = Field(0, ge=0, description="0: 100 x max_event_bytes")
+    collector_delivery_timeout_ms: int = Field(30_000, ge=1000)
+
     # Journeys
     session_timeout_minutes: float = Field(30.0, gt=0)
     session_max_hours: float = Field(24.0, gt=0)

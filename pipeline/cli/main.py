@@ -166,10 +166,11 @@ def report(ctx: click.Context, fmt: str) -> None:
 
 def main() -> None:
     """Entry point of the ``o2o`` console script."""
-    from pipeline.cli import data, demo
+    from pipeline.cli import collector, data, demo
 
     data.register(cli)
     demo.register(cli)
+    collector.register(cli)
     cli(prog_name="o2o")
 
 

@@ -20,6 +20,7 @@ import orjson
 import phonenumbers
 
 from pipeline.errors import InvalidEvent
+from pipeline.ingest.schemas import SchemaRegistry
 from pipeline.model.contract import ID_TYPES, PII_ID_TYPES, SOURCES, Event
 
 BLOCKED_ID_VALUES = frozenset(
@@ -27,6 +28,7 @@ BLOCKED_ID_VALUES = frozenset(
 )
 _OPTIONAL_OBJECTS = ("consent", "context", "properties")
 _PHONE_JUNK = re.compile(r"[\s().\-/]")
+_HASHED = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def hash_pii(value: str, salt: str) -> str:
@@ -101,10 +103,17 @@ class EventNormalizer:
     """Validates raw events against the contract and normalises them."""
 
     def __init__(
-        self, salt: str, max_bytes: int, max_future_ms: int, max_age_ms: int, phone_region: str = ""
+        self,
+        salt: str,
+        max_bytes: int,
+        max_future_ms: int,
+        max_age_ms: int,
+        phone_region: str = "",
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.salt = salt
         self.phone_region = phone_region
+        self.registry = registry
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
         self.max_age_ms = max_age_ms
@@ -119,6 +128,8 @@ class EventNormalizer:
             raise InvalidEvent("malformed_json", str(exc)) from None
         if not isinstance(doc, dict):
             raise InvalidEvent("schema_violation", "$: an event is a JSON object")
+        if self.registry is not None:
+            self.registry.validate(doc)
         event_id = _required_str(doc, "event_id")
         source = _required_str(doc, "source")
         etype = _required_str(doc, "type")
@@ -183,6 +194,10 @@ class EventNormalizer:
                 continue
             if not isinstance(value, str):
                 raise InvalidEvent("schema_violation", f"$.ids.{id_type}: expected a string")
+            if id_type in PII_ID_TYPES and _HASHED.match(value):
+                # already hashed by this pipeline (a replayed dead letter) or by the producer
+                out[id_type] = value[7:]
+                continue
             normal = normalise_id(id_type, value, self.phone_region)
             if normal.lower() in BLOCKED_ID_VALUES:
                 blocked += 1

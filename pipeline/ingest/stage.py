@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from confluent_kafka import Message
 
 from pipeline.config import Settings
-from pipeline.errors import InvalidEvent
+from pipeline.errors import FatalError, InvalidEvent
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_pii
+from pipeline.ingest.schemas import default_registry
 from pipeline.journeys.sessions import event_row
 from pipeline.kafka import topics
 from pipeline.kafka.admin import partition_counts
@@ -48,6 +49,7 @@ class IngestHandler:
             max_future_ms=int(settings.max_future_hours * 3600_000),
             max_age_ms=int(settings.max_age_days * 86400_000),
             phone_region=settings.phone_region,
+            registry=default_registry(),
         )
         self.dedup = Deduplicator(settings.dedup_max_ids, int(settings.dedup_window_minutes * 60_000))
         self.keep_without_consent = settings.keep_without_analytics_consent
@@ -55,6 +57,8 @@ class IngestHandler:
         self.counts: Counter[str] = Counter()
         self.valid_topic = settings.topic(topics.VALID)
         counts = partition_counts(settings)
+        if self.valid_topic not in counts:
+            raise FatalError(f"topic {self.valid_topic} does not exist; run `o2o init`")
         self.partitions = {topic: counts[topic] for topic in (self.valid_topic, settings.topic(EVENTS.topic))}
         self.dlq_topic = settings.topic(topics.DLQ)
         self.delivery = DeliveryTracker()

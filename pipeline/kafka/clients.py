@@ -43,6 +43,7 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
         "fetch.wait.max.ms": 100,
         "queued.max.messages.kbytes": 256 * 1024,
         "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10000,  # a crashed member's partitions move on after 10 s
     }
     conf.update(extra)
     return conf

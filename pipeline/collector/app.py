@@ -1,0 +1,461 @@
+"""The collector's ASGI app: HTTP in, raw topics out, answered once Kafka acknowledged.
+
+* ``POST /v1/events``: contract v1 events (one object, ``{"batch": [...]}`` or an
+  array) -> ``{"accepted": n, "rejected": [{"index", "reason", "detail", "event_id"}]}``,
+  200 when at least one was accepted, else 400. An event whose ``source`` is
+  not its write key's source is rejected with reason ``forbidden_source``.
+* Segment tracking API (``/v1/track``, ``identify``, ``page``, ``screen``, ``alias``,
+  ``group``, ``batch``, ``import`` and the short forms ``/v1/t`` ...), mapped by
+  :mod:`pipeline.collector.segment`: always 200 ``{"success": true, "accepted",
+  "rejected"}`` once authenticated and parsed. Segment clients retry other
+  statuses or drop the whole batch, so per-message rejections are only in the
+  body, the dead-letter topic and the metrics.
+* ``GET /healthz`` (``ok`` when Kafka answers, else 503), ``GET /metrics`` (Prometheus).
+
+Write key: HTTP Basic user name (Segment's scheme), else ``writeKey`` in the
+body; it maps to the source of its events; unknown or missing: 401. Bodies may
+be gzip; over ``max_body_bytes`` (also decompressed): 413; bad JSON: 400.
+Events are validated by ingest's :class:`EventNormalizer`; valid ones go as raw
+JSON to ``raw.<source>`` keyed by :func:`pipeline.producer.raw_key`, rejected
+ones to the dead-letter topic with ingest's headers (``o2o.topic`` =
+``collector<route>``). If Kafka fails a message: 503, the tracker retries, and
+ingest drops duplicates by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from pipeline.collector.kafka_sink import EventSink, KafkaSink
+from pipeline.collector.segment import batch_messages, map_message
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, DeliveryFailed, InvalidEvent
+from pipeline.ingest.normalize import EventNormalizer, redact_pii
+from pipeline.kafka import topics
+from pipeline.model.contract import SOURCES
+from pipeline.producer import raw_key, raw_topic_for
+
+log = logging.getLogger(__name__)
+
+EVENTS_ROUTE = "/v1/events"
+SEGMENT_ROUTES: dict[str, str | None] = {
+    **{f"/v1/{call}": call for call in ("track", "identify", "page", "screen", "alias", "group")},
+    **{f"/v1/{call[0]}": call for call in ("track", "identify", "page", "screen", "alias", "group")},
+    "/v1/batch": None,
+    "/v1/import": None,
+    "/v1/b": None,
+}
+OFFLOAD_ITEMS = 500  # bigger batches are validated in a worker thread, not on the event loop
+DELIVERY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class HTTPProblem(Exception):
+    """A request-level failure, answered as ``{"error": ..., "detail": ...}`` with ``status``."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> Response:
+        """The JSON error response."""
+        headers = {"WWW-Authenticate": 'Basic realm="o2o collector"'} if self.status == 401 else None
+        return json_response(self.status, {"error": self.error, "detail": self.detail}, headers)
+
+
+def json_response(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON response serialised with orjson."""
+    return Response(orjson.dumps(doc), status, headers=headers, media_type="application/json")
+
+
+class CollectorMetrics:
+    """The collector's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "o2o_collector_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.accepted = Counter(
+            "o2o_collector_events_accepted", "events produced to a raw topic, by source", ["source"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "o2o_collector_events_rejected", "events rejected, by reason", ["reason"], registry=self.registry
+        )
+        self.delivery = Histogram(
+            "o2o_collector_delivery_seconds", "seconds from produce to Kafka's acknowledgement",
+            buckets=DELIVERY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+
+@dataclass
+class Item:
+    """One event of a request: where it was, what was sent, what it became."""
+
+    index: int
+    original: Any  # the message as received (dead-letter payload)
+    event: Any = None  # the contract event to validate and produce
+    error: InvalidEvent | None = None
+
+    def event_id(self) -> str | None:
+        """The event id (Segment: messageId), when the item has a usable one."""
+        docs = [d for d in (self.event, self.original) if isinstance(d, dict)]
+        found = [d[f] for d in docs for f in ("event_id", "messageId") if isinstance(d.get(f), str)]
+        return str(found[0]) if found else None
+
+
+class Collector:
+    """Request handling, independent of the ASGI plumbing (see :func:`create_app`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        write_keys: Mapping[str, str],
+        sink: EventSink,
+        max_body_bytes: int,
+        dead_letters: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.write_keys = dict(write_keys)
+        self.sink = sink
+        self.max_body_bytes = max_body_bytes
+        self.dead_letters = dead_letters
+        self.dlq_topic = settings.topic(topics.DLQ)
+        self.metrics = CollectorMetrics()
+        self.normalizer = EventNormalizer(
+            salt=settings.salt,
+            max_bytes=settings.max_event_bytes,
+            max_future_ms=int(settings.max_future_hours * 3600_000),
+            max_age_ms=int(settings.max_age_days * 86400_000),
+        )
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        """Every route of the collector, each counted in the request metrics."""
+        routes = [
+            Route(EVENTS_ROUTE, self._counted(EVENTS_ROUTE, self.events), methods=["POST"]),
+            Route("/healthz", self._counted("/healthz", self.healthz), methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+        ]
+        for path, call in SEGMENT_ROUTES.items():
+            handler = functools.partial(self.segment, route=path, call=call)
+            routes.append(Route(path, self._counted(path, handler), methods=["POST"]))
+        return routes
+
+    def _counted(
+        self, route: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except HTTPProblem as problem:
+                response = problem.response()
+            except Exception:
+                self.metrics.requests.labels(route, "500").inc()
+                raise
+            self.metrics.requests.labels(route, str(response.status_code)).inc()
+            return response
+
+        return endpoint
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        """``POST /v1/events``: contract v1 events."""
+        source, doc = await self._authenticated_body(request)
+        if isinstance(doc, list):
+            docs = doc
+        elif isinstance(doc, dict) and "batch" in doc:
+            if not isinstance(doc["batch"], list):
+                raise HTTPProblem(400, "schema_violation", "batch: expected an array of events")
+            docs = doc["batch"]
+        elif isinstance(doc, dict):
+            docs = [{k: v for k, v in doc.items() if k != "writeKey"}]
+        else:
+            raise HTTPProblem(400, "schema_violation", "expected an event, an array or {'batch': [...]}")
+        if not docs:
+            raise HTTPProblem(400, "empty_batch", "no events in the request")
+        items = []
+        for index, event in enumerate(docs):
+            item = Item(index, event, event)
+            claimed = event.get("source") if isinstance(event, dict) else None
+            if isinstance(claimed, str) and claimed != source:
+                item.error = InvalidEvent(
+                    "forbidden_source",
+                    f"$.source: this write key sends {source} events, not {claimed[:16]!r}",
+                )
+            items.append(item)
+        accepted, rejected = await self._deliver(EVENTS_ROUTE, items)
+        return json_response(200 if accepted else 400, {"accepted": accepted, "rejected": rejected})
+
+    async def segment(self, request: Request, route: str, call: str | None) -> Response:
+        """A Segment tracking API call (``call`` None: a batch)."""
+        source, doc = await self._authenticated_body(request)
+        if call is None:
+            try:
+                messages = batch_messages(doc)
+            except InvalidEvent as exc:
+                raise HTTPProblem(400, exc.reason, exc.detail) from None
+        elif isinstance(doc, dict):
+            messages = [{k: v for k, v in doc.items() if k != "writeKey"}]
+        else:
+            raise HTTPProblem(400, "schema_violation", f"{route}: expected a JSON object")
+        received = datetime.now(UTC).isoformat(timespec="milliseconds")
+        items = [Item(index, message) for index, message in enumerate(messages)]
+        for item in items:
+            try:
+                item.event = map_message(item.original, source, received, call)
+            except InvalidEvent as exc:
+                item.error = exc
+        accepted, rejected = await self._deliver(route, items)
+        return json_response(200, {"success": True, "accepted": accepted, "rejected": rejected})
+
+    async def healthz(self, _request: Request) -> Response:
+        """``GET /healthz``: 200 ``ok`` when Kafka answers."""
+        if await self.sink.healthy():
+            return PlainTextResponse("ok")
+        return PlainTextResponse("kafka unavailable", 503)
+
+    async def metrics_endpoint(self, _request: Request) -> Response:
+        """``GET /metrics``: Prometheus text format."""
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- request pieces ------------------------------------------------------------------------
+
+    async def _authenticated_body(self, request: Request) -> tuple[str, Any]:
+        """(source of the write key, parsed JSON body); a bad key in the header fails before reading."""
+        header = request.headers.get("authorization")
+        source = self._source_of(basic_user(header)) if header else None
+        if header and source is None:
+            raise HTTPProblem(401, "unauthorized", "unknown write key")
+        body = await self._read_body(request)
+        try:
+            doc = await _maybe_offloaded(len(body) > 1_000_000, orjson.loads, body)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPProblem(400, "malformed_json", str(exc)) from None
+        if source is None:
+            key = doc.get("writeKey") if isinstance(doc, dict) else None
+            source = self._source_of(key if isinstance(key, str) else None)
+            if source is None:
+                raise HTTPProblem(401, "unauthorized", "missing or unknown write key")
+        return source, doc
+
+    def _source_of(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        found = None
+        for known, source in self.write_keys.items():  # constant time per key
+            if hmac.compare_digest(known.encode(), key.encode()):
+                found = source
+        return found
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise HTTPProblem(413, "too_large", f"body of {length} bytes, limit {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPProblem(413, "too_large", f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            return gunzip(body, limit)
+        if encoding not in ("", "identity"):
+            raise HTTPProblem(415, "unsupported_encoding", f"content-encoding {encoding[:32]!r}")
+        return body
+
+    # -- validation and delivery ---------------------------------------------------------------
+
+    async def _deliver(self, route: str, items: list[Item]) -> tuple[int, list[dict[str, Any]]]:
+        """Validate, produce valid events and dead letters, and wait for every acknowledgement."""
+        now = int(time.time() * 1000)
+        await _maybe_offloaded(len(items) > OFFLOAD_ITEMS, self._validate, items, now)
+        sends: list[Awaitable[float]] = []
+        rejected: list[dict[str, Any]] = []
+        sources: list[str] = []
+        for item in items:
+            if item.error is None:
+                sources.append(item.event["source"])
+                sends.append(
+                    self.sink.send(
+                        raw_topic_for(self.settings, item.event),
+                        orjson.dumps(item.event),
+                        raw_key(item.event),
+                    )
+                )
+                continue
+            error = item.error
+            entry: dict[str, Any] = {"index": item.index, "reason": error.reason, "detail": error.detail}
+            event_id = item.event_id()
+            if event_id is not None:
+                entry["event_id"] = event_id
+            rejected.append(entry)
+            log.debug("%s: event %d rejected: %s", route, item.index, item.error)
+            if self.dead_letters:
+                sends.append(self._dead_letter(route, item, now))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for result in results:
+            if isinstance(result, float):
+                self.metrics.delivery.observe(result)
+        if failures:
+            log.warning(
+                "%s: %d of %d messages not delivered: %s", route, len(failures), len(sends), failures[0]
+            )
+            if not all(isinstance(f, DeliveryFailed) for f in failures):
+                raise failures[0]
+            raise HTTPProblem(503, "kafka_unavailable", str(failures[0]))
+        for source in sources:
+            self.metrics.accepted.labels(source).inc()
+        for entry in rejected:
+            self.metrics.rejected.labels(entry["reason"]).inc()
+        return len(sources), rejected
+
+    def _validate(self, items: Sequence[Item], now: int) -> None:
+        for item in items:
+            if item.error is not None:
+                continue
+            try:
+                self.normalizer.normalise(orjson.dumps(item.event), now)
+            except InvalidEvent as exc:
+                item.error = exc
+
+    def _dead_letter(self, route: str, item: Item, now: int) -> Awaitable[float]:
+        assert item.error is not None
+        salt, region = self.settings.salt, self.settings.phone_region
+        payload = redact_pii(orjson.dumps(item.original), salt, region)  # no raw PII past the edge
+        # offset: a hash of the payload, so the dead letter of a retried request collapses into one row
+        offset = int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big") & (2**63 - 1)
+        headers = [
+            ("o2o.reason", item.error.reason.encode()),
+            ("o2o.detail", item.error.detail.encode("utf-8", "replace")[:2000]),
+            ("o2o.topic", f"collector{route}".encode()),
+            ("o2o.partition", b"0"),
+            ("o2o.offset", str(offset).encode()),
+            ("o2o.received_at", str(now).encode()),
+        ]
+        key = raw_key(item.original)
+        return self.sink.send(self.dlq_topic, payload, key and redact_pii(key, salt, region), headers)
+
+
+def basic_user(header: str) -> str | None:
+    """The user name of an HTTP Basic ``Authorization`` header (Segment: the write key)."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, refusing (413) output over ``limit`` bytes (no zip bombs)."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HTTPProblem(400, "malformed_body", f"invalid gzip data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise HTTPProblem(413, "too_large", f"decompressed body over the limit of {limit} bytes")
+    return out
+
+
+async def _maybe_offloaded(offload: bool, func: Callable[..., Any], *args: Any) -> Any:
+    if offload:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
+
+
+def create_app(
+    settings: Settings,
+    write_keys: dict[str, str],
+    producer: EventSink | Producer | None = None,
+    *,
+    max_body_bytes: int | None = None,
+    dead_letters: bool = True,
+    cors_origins: Sequence[str] = ("*",),
+) -> Starlette:
+    """The collector's ASGI app.
+
+    ``write_keys`` maps write key -> source. ``producer``: an :class:`EventSink`,
+    a confluent-kafka ``Producer`` (wrapped in a :class:`KafkaSink`), or None
+    for a new producer from ``settings``. The app starts the sink on start-up
+    and flushes and closes it on shutdown. ``max_body_bytes`` defaults to
+    ``settings.max_event_bytes * 100``; ``dead_letters`` sends rejected events
+    to the dead-letter topic; ``cors_origins`` may post from browsers.
+    """
+    for key, source in write_keys.items():
+        if not key:
+            raise ConfigError("collector: a write key cannot be empty")
+        if source not in SOURCES:
+            known = ", ".join(SOURCES)
+            raise ConfigError(f"collector: write key for unknown source {source!r} (known: {known})")
+    sink: EventSink
+    if producer is None:
+        sink = KafkaSink(settings)
+    elif isinstance(producer, Producer):
+        sink = KafkaSink(settings, producer)
+    else:
+        sink = producer
+    collector = Collector(
+        settings, write_keys, sink, max_body_bytes or settings.max_event_bytes * 100, dead_letters
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await sink.start()
+        sources = sorted(set(write_keys.values()))
+        log.info("collector ready: %d write keys, sources %s", len(write_keys), sources)
+        try:
+            yield
+        finally:
+            log.info("collector stopping: flushing the producer")
+            await sink.close()
+
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    ]
+    app = Starlette(
+        routes=collector.routes(), middleware=middleware if cors_origins else [], lifespan=lifespan
+    )
+    app.state.collector = collector
+    return app
