@@ -10,6 +10,7 @@ its own database and topic prefix.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -74,14 +75,23 @@ def o2o(
     settings: Settings, *args: str, timeout: float = 240, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``o2o`` CLI as a child process with these settings."""
-    proc = subprocess.run(
+    child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *args],
         env=settings_env(settings),
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,  # so a timeout can stop the stages `run all` started too
     )
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        command = " ".join(args)
+        raise AssertionError(f"o2o {command} did not finish in {timeout} s\n{stderr[-4000:]}") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         (settings.state_dir / "failed-command.log").parent.mkdir(parents=True, exist_ok=True)
         (settings.state_dir / "failed-command.log").write_text(proc.stderr)

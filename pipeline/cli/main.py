@@ -166,11 +166,12 @@ def report(ctx: click.Context, fmt: str) -> None:
 
 def main() -> None:
     """Entry point of the ``o2o`` console script."""
-    from pipeline.cli import collector, data, demo
+    from pipeline.cli import collector, data, demo, dlq
 
     data.register(cli)
     demo.register(cli)
     collector.register(cli)
+    dlq.register(cli)
     cli(prog_name="o2o")
 
 

@@ -146,9 +146,18 @@ class ConfluentStageLoop:
         if not assignment:
             return False
         positions = self._consumer.position(assignment)
+        # Nothing consumed yet on a partition (a restart after everything was
+        # committed): its position is unknown, the committed offset tells.
+        unknown = [tp for tp in positions if tp.offset < 0]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in (self._consumer.committed(unknown, timeout=10) if unknown else [])
+        }
         for tp in positions:
-            _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            position = tp.offset if tp.offset >= 0 else _low
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            position = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+            if position < 0:
+                position = low
             if position < high:
                 return False
         return not self._uncommitted

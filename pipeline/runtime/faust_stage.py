@@ -79,7 +79,8 @@ class _OrjsonCodec(codecs.Codec):
         return orjson.dumps(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return orjson.loads(s)
+        # a deleted key's changelog record (tombstone) has an empty value
+        return orjson.loads(s) if s else None
 
 
 def _key_partition(key: Any, partitions: int) -> int:
@@ -110,7 +111,7 @@ class BatchCache(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         value = self.dirty[key] if key in self.dirty else self.table[key]
-        if value is _DELETED:
+        if value is _DELETED or value is None:  # None: a deleted key restored from the changelog
             raise KeyError(key)
         return value
 
@@ -125,11 +126,11 @@ class BatchCache(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         if key in self.dirty:
             return self.dirty[key] is not _DELETED  # type: ignore[index]
-        return key in self.table
+        return key in self.table and self.table[key] is not None  # type: ignore[index]
 
     def __iter__(self) -> Iterator[str]:
         for key in self.table:
-            if key not in self.dirty:
+            if key not in self.dirty and self.table[key] is not None:
                 yield key
         for key, value in self.dirty.items():
             if value is not _DELETED:
@@ -232,6 +233,9 @@ class FaustStage:
             table.partition_for_key = partial(_key_partition, partitions=source_partitions)  # type: ignore[method-assign]
             table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
             table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
+            # the changelog topic was already made (with JSON codecs) when the
+            # table registered itself; make it again with these codecs
+            table.changelog_topic = table._new_changelog_topic()  # type: ignore[attr-defined]
             tables[name] = BatchCache(table)
         self._caches = list(tables.values())
         self.handler.bind(tables)

@@ -223,7 +223,11 @@ class LocalKafka:
     def _is_our_broker(self, pid: int) -> bool:
         """True when ``pid`` is a live (non-zombie) broker started on this state folder."""
         child = _CHILDREN.get(pid)
-        if child is not None and child.poll() is not None:
+        if child is not None:
+            # Our own child: its exit status is the truth. (Reading its command
+            # line right after the start can catch the JVM mid-launch.)
+            if child.poll() is None:
+                return True
             del _CHILDREN[pid]
             return False
         try:

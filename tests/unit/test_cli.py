@@ -14,17 +14,20 @@ from pipeline.cli.main import cli
 
 
 def full_cli() -> None:
-    from pipeline.cli import data
+    from pipeline.cli import collector, data, dlq
 
     data.register(cli)
     register_demo(cli)
+    collector.register(cli)
+    dlq.register(cli)
 
 
 full_cli()
 
 COMMANDS = [
     [], ["stack"], ["stack", "up"], ["stack", "status"], ["stack", "down"], ["init"], ["run"],
-    ["sql"], ["report"], ["simulate"], ["produce"], ["demo"], ["bench"],
+    ["sql"], ["report"], ["simulate"], ["produce"], ["demo"], ["bench"], ["collector"],
+    ["dlq"], ["dlq", "list"], ["dlq", "replay"],
 ]  # fmt: skip
 
 
