@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,10 +28,14 @@ log = logging.getLogger(__name__)
 def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequence[str] = ()) -> None:
     """Run one stage in this process until stopped, or until drained with ``drain``."""
     gate = DrainGate(settings, stage, after) if drain else None
+    from pipeline.metrics import counter_of, serve_metrics
+
     if stage == "ingest":
         from pipeline.ingest.stage import IngestHandler
 
-        loop = ConfluentStageLoop(settings, stage, topics.raw_topics(settings), IngestHandler(settings), gate)
+        ingest = IngestHandler(settings)
+        loop = ConfluentStageLoop(settings, stage, topics.raw_topics(settings), ingest, gate)
+        serve_metrics(settings, stage, {"": counter_of(ingest.counts)})
         loop.install_signal_handlers()
         loop.run()
     elif stage == "sink":
@@ -40,7 +44,15 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         from pipeline.runtime.faust_stage import FaustStage
 
         handler = _stateful_handler(settings, stage)
-        FaustStage(settings, stage, handler.inputs, handler, gate).run()
+        faust_stage = FaustStage(settings, stage, handler.inputs, handler, gate)
+        graph = getattr(handler, "graph", None)
+        sources: dict[str, Callable[[], Mapping[str, int]]] = {
+            "": lambda: {"processed": faust_stage.processed}
+        }
+        if graph is not None:
+            sources["identity"] = counter_of(graph.counts)
+        serve_metrics(settings, stage, sources)
+        faust_stage.run()
     else:
         raise FatalError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
@@ -72,8 +84,11 @@ def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
         if server is not None:
             server.start()
         try:
+            from pipeline.metrics import counter_of, serve_metrics
+
             handler = SinkHandler(settings, ch)
             loop = ConfluentStageLoop(settings, "sink", handler.topics, handler, gate, batch_size=5000)
+            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)})
             loop.install_signal_handlers()
             loop.run()
         finally:

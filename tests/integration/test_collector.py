@@ -24,6 +24,7 @@ from pipeline.config import Settings
 from pipeline.kafka.admin import ensure_topics
 from pipeline.kafka.clients import make_consumer
 from pipeline.stack.local_kafka import free_port
+from tests.conftest import o2o, query
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,18 @@ def test_segment_client_calls_arrive_as_contract_events(settings: Settings, coll
     assert screen.value["ids"] == {"user_id": "u-1", "device_id": "d-1"}
     for i in range(3):
         assert got[f"seg-view-{i}"].value["type"] == "product_view"
+
+    # ... and on through every stage into ClickHouse
+    o2o(settings, "run", "all", "--drain")
+    stored = query(settings, "SELECT event_id, type, person_id FROM {db}.events WHERE event_id LIKE 'seg-%'")
+    assert {row[0] for row in stored} == set(got)
+    person = {row[0]: row[2] for row in stored}
+    assert person["seg-order"] == person["seg-identify"] == person["seg-page"] == person["seg-screen"]
+    assert person["seg-view-0"] != person["seg-order"]  # another browser, never identified
+    conversions = query(settings, "SELECT event_id, revenue FROM {db}.conversions")
+    assert conversions == [("seg-order", 42.5)]
+    emails = query(settings, "SELECT id_value FROM {db}.identities WHERE id_type = 'email'")
+    assert len(emails) == 1 and "alice" not in emails[0][0]
 
 
 def test_rudderstack_client_calls_arrive_as_contract_events(settings: Settings, collector: Running) -> None:

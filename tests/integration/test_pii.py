@@ -54,11 +54,15 @@ def all_messages(settings: Settings) -> list[tuple[str, bytes]]:
             if high <= low:
                 continue
             consumer.assign([TopicPartition(name, p, low)])
-            seen = 0
-            while seen < high - low:
-                for m in consumer.consume(1000, timeout=2):
+            next_offset, idle = low, 0
+            # offsets can have gaps (transaction markers, compaction): read up
+            # to the end offset, not a count of messages
+            while next_offset < high and idle < 5:
+                batch = consumer.consume(1000, timeout=1)
+                idle = 0 if batch else idle + 1
+                for m in batch:
                     if m.error() is None:
-                        seen += 1
+                        next_offset = (m.offset() or 0) + 1
                         found.append((name, (m.key() or b"") + b"|" + (m.value() or b"")))
                         for _k, v in m.headers() or []:
                             found.append((name, v or b""))
