@@ -71,11 +71,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def o2o(
-    settings: Settings, *args: str, timeout: float = 240, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run the ``o2o`` CLI as a child process with these settings."""
-    child = subprocess.Popen(
+def start_o2o(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """Start the ``o2o`` CLI in the background, in its own process group."""
+    return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *args],
         env=settings_env(settings),
         cwd=REPO,
@@ -84,6 +82,13 @@ def o2o(
         text=True,
         start_new_session=True,  # so a timeout can stop the stages `run all` started too
     )
+
+
+def o2o(
+    settings: Settings, *args: str, timeout: float = 240, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``o2o`` CLI as a child process with these settings, and wait for it."""
+    child = start_o2o(settings, *args)
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

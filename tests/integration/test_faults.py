@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,7 +14,7 @@ from pipeline.kafka.admin import committed_offsets, ensure_topics
 from pipeline.kafka.clients import make_producer
 from pipeline.model.rows import EVENTS
 from pipeline.stack.local_kafka import free_port
-from tests.conftest import REPO, o2o, query, settings_env
+from tests.conftest import o2o, query, start_o2o
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +38,7 @@ def produce_rows(settings: Settings, rows: list[dict[str, Any]]) -> None:
     producer.flush()
 
 
-def start(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=settings_env(settings),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+start = start_o2o
 
 
 def test_sink_waits_for_clickhouse_commits_nothing_then_writes_once(settings: Settings) -> None:
