@@ -53,7 +53,8 @@ from pipeline.collector.kafka_sink import EventSink, KafkaSink
 from pipeline.collector.segment import batch_messages, map_message
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, DeliveryFailed, InvalidEvent
-from pipeline.ingest.normalize import EventNormalizer, redact_pii
+from pipeline.ingest.normalize import EventNormalizer, redact_key, redact_pii
+from pipeline.ingest.schemas import default_registry
 from pipeline.kafka import topics
 from pipeline.model.contract import SOURCES
 from pipeline.producer import raw_key, raw_topic_for
@@ -153,6 +154,8 @@ class Collector:
             max_bytes=settings.max_event_bytes,
             max_future_ms=int(settings.max_future_hours * 3600_000),
             max_age_ms=int(settings.max_age_days * 86400_000),
+            phone_region=settings.phone_region,
+            registry=default_registry(),
         )
 
     # -- routing -------------------------------------------------------------------------------
@@ -351,11 +354,17 @@ class Collector:
                 self.normalizer.normalise(orjson.dumps(item.event), now)
             except InvalidEvent as exc:
                 item.error = exc
+            except TypeError as exc:  # nested deeper than JSON tooling handles
+                item.error = InvalidEvent("schema_violation", f"$: {exc}")
 
     def _dead_letter(self, route: str, item: Item, now: int) -> Awaitable[float]:
         assert item.error is not None
         salt, region = self.settings.salt, self.settings.phone_region
-        payload = redact_pii(orjson.dumps(item.original), salt, region)  # no raw PII past the edge
+        try:
+            payload = redact_pii(orjson.dumps(item.original), salt, region)  # no raw PII past the edge
+        except TypeError:
+            payload = b'"(nested too deeply to keep)"'
+
         # offset: a hash of the payload, so the dead letter of a retried request collapses into one row
         offset = int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big") & (2**63 - 1)
         headers = [
@@ -367,7 +376,7 @@ class Collector:
             ("o2o.received_at", str(now).encode()),
         ]
         key = raw_key(item.original)
-        return self.sink.send(self.dlq_topic, payload, key and redact_pii(key, salt, region), headers)
+        return self.sink.send(self.dlq_topic, payload, key and redact_key(key, salt, region), headers)
 
 
 def basic_user(header: str) -> str | None:

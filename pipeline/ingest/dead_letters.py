@@ -364,7 +364,10 @@ class KafkaSender:
         """Queue one message (waits for room when the queue is full)."""
         from pipeline.kafka.clients import produce
 
-        produce(self.producer, topic, value, key, headers=list(headers))
+        received = dict(headers).get("o2o.received_at", b"")
+        timestamp = {"timestamp": int(received)} if received.isdigit() else {}
+        # the original receive time: ingest's clock-skew correction measures against it
+        produce(self.producer, topic, value, key, headers=list(headers), **timestamp)
 
     def finish(self) -> None:
         """Wait until every message is acknowledged; DeliveryFailed otherwise."""

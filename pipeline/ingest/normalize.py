@@ -229,21 +229,39 @@ def redact_pii(raw: bytes, salt: str, phone_region: str = "") -> bytes:
         changed = False
         for id_type in PII_ID_TYPES:
             value = ids.get(id_type)
-            if isinstance(value, str) and value:
-                ids[id_type] = "sha256:" + hash_pii(normalise_id(id_type, value, phone_region), salt)
+            if isinstance(value, str) and value and not _HASHED.match(value):
+                normal = normalise_id(id_type, value, phone_region)
+                # a placeholder or unreadable value stays one ("" never links)
+                blocked = not normal or normal.lower() in BLOCKED_ID_VALUES
+                ids[id_type] = "" if blocked else "sha256:" + hash_pii(normal, salt)
                 changed = True
         if changed:
             raw = orjson.dumps(doc)
 
     def field(match: re.Match[bytes]) -> bytes:
         value = match.group(2)
-        if value.startswith(b"sha256:"):
-            return match.group(0)
+        if (
+            value.startswith(b"sha256:")
+            or value.strip().lower().decode("utf-8", "replace") in BLOCKED_ID_VALUES
+        ):
+            return match.group(0)  # already a hash, or a placeholder (not personal data)
         digest = hash_pii(value.decode("utf-8", "replace").strip().lower(), salt)
         return b'"' + match.group(1) + b'": "sha256:' + digest.encode() + b'"'
 
     raw = _PII_FIELD.sub(field, raw)
     return _EMAIL.sub(lambda m: b"sha256:" + hash_pii(m.group(0).decode().lower(), salt).encode(), raw)
+
+
+def redact_key(key: bytes, salt: str, phone_region: str = "") -> bytes:
+    """A raw message key (``type:value``, as producers key by identifier) with PII values hashed."""
+    id_type, sep, value = key.partition(b":")
+    if sep and id_type.decode("ascii", "replace") in PII_ID_TYPES:
+        text = value.decode("utf-8", "replace")
+        if not _HASHED.match(text):
+            normal = normalise_id(id_type.decode(), text, phone_region)
+            return id_type + b":sha256:" + hash_pii(normal, salt).encode()
+        return key
+    return redact_pii(key, salt, phone_region)
 
 
 def _required_str(doc: dict[str, Any], field: str) -> str:

@@ -7,11 +7,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from pipeline.config import Settings
 from pipeline.errors import FatalError, InvalidEvent
-from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_pii
+from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_key, redact_pii
 from pipeline.ingest.schemas import default_registry
 from pipeline.journeys.sessions import event_row
 from pipeline.kafka import topics
@@ -70,18 +70,22 @@ class IngestHandler:
         valid: list[tuple[str, str, dict[str, object]]] = []
         for message in messages:
             raw = message.value() or b""
+            # received = when the event reached Kafka (producer/collector time),
+            # so ingest lag or a backfill is not mistaken for device clock skew
+            kind, stamp = message.timestamp()
+            received = stamp if kind != TIMESTAMP_NOT_AVAILABLE and 0 < stamp <= now else now
             try:
-                event = self.normalizer.normalise(raw, now)
+                event = self.normalizer.normalise(raw, received)
             except InvalidEvent as exc:
                 self.counts[f"dead_letter.{exc.reason}"] += 1
                 headers = dead_letter_headers(
                     exc.reason, exc.detail, message.topic() or "", message.partition() or 0,
-                    message.offset() or 0, now,
+                    message.offset() or 0, received,
                 )  # fmt: skip
                 payload = redact_pii(raw, self.settings.salt, self.settings.phone_region)
                 dlq_key = message.key()
                 if dlq_key is not None:
-                    dlq_key = redact_pii(dlq_key, self.settings.salt, self.settings.phone_region)
+                    dlq_key = redact_key(dlq_key, self.settings.salt, self.settings.phone_region)
                 produce(self.producer, self.dlq_topic, payload, dlq_key, headers=headers)
                 continue
             if self.dedup.seen(event["event_id"], now):

@@ -200,6 +200,7 @@ def event_row(event: Event, session_id: str, store_id: str = "") -> dict[str, An
         "type": event["type"],
         "occurred_at": event["occurred_at"],
         "received_at": event.get("received_at", event["occurred_at"]),
+        "original_occurred_at": event.get("original_occurred_at", event["occurred_at"]),
         "session_id": session_id,
         "store_id": store_id or _store_of(event),
         "conversion_kind": kind or "",

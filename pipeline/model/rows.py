@@ -32,12 +32,13 @@ EVENTS = RowTable(
     "events",
     "events_store",
     (
-        "event_id", "person_id", "source", "type", "occurred_at", "received_at", "session_id",
+        "event_id", "person_id", "source", "type", "occurred_at", "received_at", "original_occurred_at",
+        "session_id",
         "store_id", "conversion_kind", "revenue", "currency", "campaign_source", "campaign_medium",
         "campaign_name", "page_url", "referrer", "consent_analytics", "consent_marketing",
         "properties", "version",
     ),
-    frozenset({"occurred_at", "received_at"}),
+    frozenset({"occurred_at", "received_at", "original_occurred_at"}),
 )  # fmt: skip
 SESSIONS = RowTable(
     "sessions",

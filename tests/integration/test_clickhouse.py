@@ -38,6 +38,8 @@ from pipeline.model.rows import ATTRIBUTION, ROW_TABLES
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z in epoch ms
 REPO = Path(__file__).resolve().parents[2]
 
+SHIPPED = sorted(p.stem for p in DEFAULT_FOLDER.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
 
 @pytest.fixture(scope="session")
 def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -76,9 +78,9 @@ def _insert(ch: ClickHouse, table: str, rows: list[dict[str, object]]) -> None:
 
 @pytest.mark.integration
 def test_migrations_apply_once_and_are_recorded(ch: ClickHouse) -> None:
-    assert apply_migrations(ch) == ["0001_storage", "0002_views"]
+    assert apply_migrations(ch) == SHIPPED
     recorded = ch.query(ch.sql("SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"))
-    assert [row[0] for row in recorded.rows] == ["0001_storage", "0002_views"]
+    assert [row[0] for row in recorded.rows] == SHIPPED
     assert all(len(row[1]) == 64 for row in recorded.rows)
     assert apply_migrations(ch) == []
     # the database became the default: unqualified names work
@@ -89,7 +91,7 @@ def test_migrations_apply_once_and_are_recorded(ch: ClickHouse) -> None:
 def test_changed_migration_raises_and_new_one_applies(ch: ClickHouse, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(DEFAULT_FOLDER, folder)
-    assert apply_migrations(ch, folder) == ["0001_storage", "0002_views"]
+    assert apply_migrations(ch, folder) == SHIPPED
 
     views = folder / "0002_views.sql"
     original = views.read_text()
@@ -101,16 +103,16 @@ def test_changed_migration_raises_and_new_one_applies(ch: ClickHouse, tmp_path: 
         apply_migrations(ch, folder)
 
     views.write_text(original)
-    (folder / "0003_extra.sql").write_text(
+    (folder / "0100_extra.sql").write_text(
         "-- extra; with a semicolon in a comment\n"
         "CREATE TABLE IF NOT EXISTS {db}.extra (x String DEFAULT 'a;b') ENGINE = MergeTree ORDER BY x;\n"
         "CREATE OR REPLACE VIEW {db}.extra_view AS SELECT x FROM {db}.extra;\n"
     )
-    assert apply_migrations(ch, folder) == ["0003_extra"]
+    assert apply_migrations(ch, folder) == ["0100_extra"]
     assert apply_migrations(ch, folder) == []
 
-    (folder / "0004_broken.sql").write_text("CREATE TABLE {db}.broken (x Strin) ENGINE = Log;\n")
-    with pytest.raises(MigrationError, match=r"0004_broken\.sql, statement 1"):
+    (folder / "0101_broken.sql").write_text("CREATE TABLE {db}.broken (x Strin) ENGINE = Log;\n")
+    with pytest.raises(MigrationError, match=r"0101_broken\.sql, statement 1"):
         apply_migrations(ch, folder)
 
 

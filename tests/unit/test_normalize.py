@@ -13,6 +13,7 @@ from pipeline.ingest.normalize import (
     EventNormalizer,
     hash_pii,
     normalise_id,
+    redact_key,
     redact_pii,
     to_e164,
 )
@@ -129,3 +130,17 @@ def test_e164() -> None:
     assert to_e164("+49 (170) 123-4567") == "+491701234567"
     assert to_e164("0170 1234567", "DE") == "+491701234567"
     assert to_e164("not a phone") == ""
+
+
+def test_dead_letter_keys_and_placeholders_are_redacted() -> None:
+    key = redact_key(b"phone:+49 170 1234567", "s")
+    assert key.startswith(b"phone:sha256:") and b"1234567" not in key
+    assert redact_key(b"loyalty_id:L1", "s") == b"loyalty_id:L1"
+    redacted = orjson.loads(redact_pii(orjson.dumps({"ids": {"email": "unknown", "phone": "n/a"}}), "s"))
+    assert redacted["ids"] == {"email": "", "phone": ""}  # placeholders never link after a replay
+
+
+def test_already_hashed_ids_are_kept() -> None:
+    digest = hash_pii("a@b.c", "test-salt")
+    out = normalizer().normalise(orjson.dumps(event(ids={"email": f"sha256:{digest}"})), NOW)
+    assert out["ids"]["email"] == digest
