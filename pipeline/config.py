@@ -28,7 +28,9 @@ ATTRIBUTION_MODELS = (
     "time_decay",
     "u_shaped",
     "w_shaped",
+    "custom",
 )
+DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file
 STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
 
 
@@ -117,7 +119,8 @@ class Settings(BaseSettings):
     # Attribution
     lookback_days: float = Field(30.0, gt=0)
     half_life_days: float = Field(7.0, gt=0)
-    models: Annotated[tuple[str, ...], NoDecode] = Field(ATTRIBUTION_MODELS)
+    models: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_MODELS)
+    custom_rules: Path | None = Field(None, description="TOML rules of the custom model (needed for it)")
 
     # Sink
     sink_batch_rows: int = Field(20_000, ge=1)
@@ -170,6 +173,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().resolve()
+        if "custom" in self.models:
+            if self.custom_rules is None:
+                raise ValueError("the custom model needs O2O_CUSTOM_RULES (a TOML rules file)")
+            from pipeline.attribution.custom import load_rules
+
+            load_rules(self.custom_rules)  # fail at start-up, with the file's problems named
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
         if not self.kafka_controller_port:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from pipeline.attribution.custom import CustomRules
+
 __all__ = [
     "DAY_MS",
     "DEFAULT_HALF_LIFE_MS",
@@ -71,6 +73,7 @@ class Touch:
     started_at: int
     campaign_name: str = ""
     identified: bool = False
+    kind: str = "digital"  # or store_visit (the custom model may weight them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,7 @@ def attribute(
     revenue: float,
     models: Sequence[str],
     half_life_ms: int,
+    custom: CustomRules | None = None,
 ) -> dict[str, list[Credit]]:
     """Credits of one conversion for each requested model.
 
@@ -280,7 +284,7 @@ def attribute(
     records the conversion as unattributed. Raises ``ValueError`` for an unknown model name
     (before computing anything).
     """
-    unknown = [m for m in models if m not in MODEL_FUNCTIONS]
+    unknown = [m for m in models if m not in MODEL_FUNCTIONS and not (m == "custom" and custom)]
     if unknown:
         raise ValueError(f"unknown attribution models {unknown}; known: {', '.join(MODEL_FUNCTIONS)}")
     if not path:
@@ -291,6 +295,8 @@ def attribute(
             continue
         if name == "time_decay":
             weights = time_decay(path, converted_at, half_life_ms)
+        elif name == "custom" and custom is not None:
+            weights = custom.weights([t.channel for t in path], [t.kind for t in path])
         else:
             weights = MODEL_FUNCTIONS[name](path, converted_at)
         _fix_sum(weights, 1.0)

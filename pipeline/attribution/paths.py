@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.attribution.custom import CustomRules
 from pipeline.attribution.models import Touch, attribute, select_path
 from pipeline.model.rows import ATTRIBUTION, CONVERSIONS
 
@@ -50,8 +51,15 @@ def o2o_label(conversion_source: str, own_session: str, path: Sequence[Touch], s
 class PathAttributor:
     """Keeps each person's touchpoints and credits their conversions under every model."""
 
-    def __init__(self, models: Sequence[str], lookback_days: float, half_life_days: float) -> None:
+    def __init__(
+        self,
+        models: Sequence[str],
+        lookback_days: float,
+        half_life_days: float,
+        custom: CustomRules | None = None,
+    ) -> None:
         self.models = tuple(models)
+        self.custom = custom
         self.lookback_ms = int(lookback_days * DAY_MS)
         self.half_life_ms = int(half_life_days * DAY_MS)
 
@@ -75,7 +83,8 @@ class PathAttributor:
         """Credit one conversion over the person's current path; emit its rows."""
         at = conversion["occurred_at"]
         touches = [
-            Touch(sid, t[0], t[1], campaign_name=t[2], identified=t[3]) for sid, t in state["touches"].items()
+            Touch(sid, t[0], t[1], campaign_name=t[2], identified=t[3], kind=t[4])
+            for sid, t in state["touches"].items()
         ]
         store_sessions = {sid for sid, t in state["touches"].items() if t[4] == "store_visit"}
         path = select_path(touches, at, self.lookback_ms, state.get("last_conversion_at"))
@@ -85,7 +94,7 @@ class PathAttributor:
             # converting session, only the conversion's own session is credited.
             path = own
         conversion_id = conversion_id_for(conversion["event_id"])
-        credits = attribute(path, at, conversion["revenue"], self.models, self.half_life_ms)
+        credits = attribute(path, at, conversion["revenue"], self.models, self.half_life_ms, self.custom)
         for model, model_credits in credits.items():
             for c in model_credits:
                 out.append(

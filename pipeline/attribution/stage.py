@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+from pipeline.attribution.custom import load_rules
 from pipeline.attribution.paths import Output, PathAttributor, new_state
 from pipeline.config import Settings
 from pipeline.kafka import topics
@@ -19,7 +20,10 @@ class AttributionHandler:
     inputs = (topics.JOURNEYS,)
 
     def __init__(self, settings: Settings) -> None:
-        self.attributor = PathAttributor(settings.models, settings.lookback_days, settings.half_life_days)
+        custom = load_rules(settings.custom_rules) if settings.custom_rules else None
+        self.attributor = PathAttributor(
+            settings.models, settings.lookback_days, settings.half_life_days, custom
+        )
         self.state: MutableMapping[str, Any] = {}
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
