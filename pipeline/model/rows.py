@@ -21,6 +21,8 @@ class RowTable:
     columns: tuple[str, ...]
     datetime_columns: frozenset[str]
     topic_name: str = ""
+    # column -> column whose value a row without it takes (rows written before the column existed)
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
     @property
     def topic(self) -> str:
@@ -39,6 +41,7 @@ EVENTS = RowTable(
         "properties", "version",
     ),
     frozenset({"occurred_at", "received_at", "original_occurred_at"}),
+    fallbacks=(("original_occurred_at", "occurred_at"),),
 )  # fmt: skip
 SESSIONS = RowTable(
     "sessions",

@@ -210,6 +210,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as O2O_ variables, so child processes see exactly these values."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue  # unset stays unset
         if isinstance(value, tuple | list):
             value = ",".join(value)
         env[f"O2O_{name.upper()}"] = str(value)

@@ -59,7 +59,12 @@ class RowBatcher:
             rows = [dead_letter_row(value, headers)]
         else:
             columns = table.columns
-            rows = [[doc.get(column) for column in columns] for doc in unpack(value)]
+            docs = unpack(value)
+            for fallback_column, source in table.fallbacks:
+                for doc in docs:
+                    if doc.get(fallback_column) is None:
+                        doc[fallback_column] = doc.get(source)
+            rows = [[doc.get(column) for column in columns] for doc in docs]
         if not self.pending:
             self._first_at = time.monotonic()
         self.buffers.setdefault(table, []).extend(rows)

@@ -244,7 +244,13 @@ def test_http_errors_rejections_dead_letters_and_metrics(settings: Settings, col
         ]
         segment_batch = {
             "batch": [
-                {"type": "track", "event": "Order Completed", "messageId": "sb-1", "anonymousId": "a-9"},
+                {
+                    "type": "track",
+                    "event": "Order Completed",
+                    "messageId": "sb-1",
+                    "anonymousId": "a-9",
+                    "properties": {"orderId": "o-9", "revenue": 10, "currency": "EUR"},
+                },
                 {"type": "track", "event": "Video Played", "messageId": "sb-2", "anonymousId": "a-9"},
             ]
         }

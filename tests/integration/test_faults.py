@@ -24,7 +24,8 @@ def event_rows(n: int) -> list[dict[str, Any]]:
         dict.fromkeys(EVENTS.columns, "")
         | {
             "event_id": f"e{i}", "person_id": "p", "source": "web", "type": "page_view",
-            "occurred_at": 1_790_000_000_000 + i, "received_at": 1_790_000_000_000 + i, "revenue": 0.0,
+            "occurred_at": 1_790_000_000_000 + i, "received_at": 1_790_000_000_000 + i,
+            "original_occurred_at": None, "revenue": 0.0,
             "consent_analytics": 1, "consent_marketing": 1, "version": 1,
         }
         for i in range(n)

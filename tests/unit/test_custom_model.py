@@ -78,3 +78,14 @@ def test_custom_model_needs_a_valid_rules_file_at_start_up(tmp_path: Path) -> No
     good = tmp_path / "good.toml"
     good.write_text(RULES)
     assert load_settings(models="linear,custom", custom_rules=good).models == ("linear", "custom")
+
+
+def test_settings_pass_to_child_processes_unchanged(tmp_path: Path) -> None:
+    from pipeline.runtime.stages import settings_env
+
+    good = tmp_path / "good.toml"
+    good.write_text(RULES)
+    for settings in (load_settings(), load_settings(models="linear,custom", custom_rules=good)):
+        env = settings_env(settings)
+        assert "None" not in env.values()
+        assert load_settings(**{k[4:].lower(): v for k, v in env.items()}) == settings
