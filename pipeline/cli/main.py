@@ -42,6 +42,12 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level != "DEBUG":
+        # the libraries under the stages talk a lot at INFO; keep their warnings
+        for name in ("faust", "mode", "aiokafka", "clickhouse_connect", "uvicorn.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # timers that overrun under load are expected on a busy 2-core machine
+        logging.getLogger("mode.timers").setLevel(logging.ERROR)
     ctx.ensure_object(dict)
 
 
