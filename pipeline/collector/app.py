@@ -25,15 +25,12 @@ ingest drops duplicates by ``event_id``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import hashlib
 import hmac
 import logging
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from pipeline.collector.http import HTTPProblem, basic_user, gunzip, json_response
 from pipeline.collector.kafka_sink import EventSink, KafkaSink
 from pipeline.collector.segment import batch_messages, map_message
 from pipeline.config import Settings
@@ -71,26 +69,6 @@ SEGMENT_ROUTES: dict[str, str | None] = {
 }
 OFFLOAD_ITEMS = 500  # bigger batches are validated in a worker thread, not on the event loop
 DELIVERY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class HTTPProblem(Exception):
-    """A request-level failure, answered as ``{"error": ..., "detail": ...}`` with ``status``."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{status} {error}: {detail}")
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-    def response(self) -> Response:
-        """The JSON error response."""
-        headers = {"WWW-Authenticate": 'Basic realm="o2o collector"'} if self.status == 401 else None
-        return json_response(self.status, {"error": self.error, "detail": self.detail}, headers)
-
-
-def json_response(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:
-    """A JSON response serialised with orjson."""
-    return Response(orjson.dumps(doc), status, headers=headers, media_type="application/json")
 
 
 class CollectorMetrics:
@@ -377,30 +355,6 @@ class Collector:
         ]
         key = raw_key(item.original)
         return self.sink.send(self.dlq_topic, payload, key and redact_key(key, salt, region), headers)
-
-
-def basic_user(header: str) -> str | None:
-    """The user name of an HTTP Basic ``Authorization`` header (Segment: the write key)."""
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not token:
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return decoded.partition(":")[0] or None
-
-
-def gunzip(body: bytes, limit: int) -> bytes:
-    """Decompress a gzip body, refusing (413) output over ``limit`` bytes (no zip bombs)."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise HTTPProblem(400, "malformed_body", f"invalid gzip data: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise HTTPProblem(413, "too_large", f"decompressed body over the limit of {limit} bytes")
-    return out
 
 
 async def _maybe_offloaded(offload: bool, func: Callable[..., Any], *args: Any) -> Any:
