@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.attribution.custom import CustomRules
 from pipeline.attribution.models import Touch, attribute, select_path
-from pipeline.model.rows import ATTRIBUTION, CONVERSIONS
+from pipeline.model.rows import ADJUSTMENTS, ATTRIBUTION, CONVERSIONS
 
 Output = tuple[str, dict[str, Any]]
 DAY_MS = 86_400_000
@@ -24,9 +24,12 @@ def conversion_id_for(event_id: str) -> str:
     return "c_" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
 
 
+MAX_REMEMBERED_CONVERSIONS = 50  # per person, for returns
+
+
 def new_state() -> dict[str, Any]:
     """A person with no touchpoints yet."""
-    return {"touches": {}, "last_conversion_at": None}
+    return {"touches": {}, "last_conversion_at": None, "conversions": {}}
 
 
 def o2o_label(conversion_source: str, own_session: str, path: Sequence[Touch], store: set[str]) -> str:
@@ -141,4 +144,48 @@ class PathAttributor:
         )
         state = dict(state)
         state["last_conversion_at"] = max(at, state.get("last_conversion_at") or at)
+        if conversion["order_id"]:
+            # what a later return of this order needs: the credits per model
+            remembered = dict(state.get("conversions") or {})
+            remembered[conversion["order_id"]] = {
+                "conversion_id": conversion_id,
+                "credits": {
+                    model: [[c.session_id, c.channel, c.credit] for c in model_credits]
+                    for model, model_credits in credits.items()
+                },
+            }
+            while len(remembered) > MAX_REMEMBERED_CONVERSIONS:
+                remembered.pop(next(iter(remembered)))
+            state["conversions"] = remembered
         return state
+
+    def refund(self, state: dict[str, Any], ret: dict[str, Any], out: list[Output]) -> bool:
+        """Adjustment rows of a return: minus the refund, split like the original's credits.
+
+        Returns False when the returned order is not among the person's
+        remembered conversions (nothing is emitted then).
+        """
+        original = (state.get("conversions") or {}).get(ret["order_ref"])
+        if original is None or not ret["order_ref"]:
+            return False
+        for model, credits in original["credits"].items():
+            amounts = [-ret["refund"] * credit for _sid, _channel, credit in credits]
+            for (session_id, channel, _credit), amount in zip(credits, amounts, strict=True):
+                out.append(
+                    (
+                        ADJUSTMENTS.name,
+                        {
+                            "adjustment_id": f"{ret['event_id']}|{model}|{session_id}",
+                            "conversion_id": original["conversion_id"],
+                            "model": model,
+                            "session_id": session_id,
+                            "person_id": ret["person_id"],
+                            "channel": channel,
+                            "return_event_id": ret["event_id"],
+                            "returned_at": ret["occurred_at"],
+                            "revenue_adjustment": amount,
+                            "version": 1,
+                        },
+                    )
+                )
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ class AttributionHandler:
             settings.models, settings.lookback_days, settings.half_life_days, custom
         )
         self.state: MutableMapping[str, Any] = {}
+        self.counts: Counter[str] = Counter()
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
         """Use the given per-person path table."""
@@ -40,6 +42,10 @@ class AttributionHandler:
                 state = self.attributor.add_touch(state, record)
             elif record["record"] == "conversion":
                 state = self.attributor.convert(state, record, out)
+            elif record["record"] == "return":
+                self.counts[
+                    "returns" if self.attributor.refund(state, record, out) else "unmatched_returns"
+                ] += 1
             self.state[person] = state
         return [(ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out]
 
@@ -53,6 +59,8 @@ class AttributionHandler:
 
 
 def _key(table: str, row: dict[str, Any]) -> str:
+    if table == "attribution_adjustments":
+        return str(row["adjustment_id"])
     if table == "attribution":
         return f"{row['conversion_id']}|{row['model']}|{row['session_id']}"
     return str(row["conversion_id"])

@@ -92,6 +92,20 @@ class Sessionizer:
         kind = conversion_kind(event)
         if kind is not None:
             out.append(("conversion", conversion_record(event, kind, session)))
+        elif event["type"] == "return":
+            props = event.get("properties") or {}
+            out.append(
+                (
+                    "return",
+                    {
+                        "person_id": event["person_id"],
+                        "event_id": event["event_id"],
+                        "occurred_at": event["occurred_at"],
+                        "order_ref": str(props.get("transaction_id") or props.get("order_id") or ""),
+                        "refund": conversion_revenue(event),
+                    },
+                )
+            )
         return state
 
     def expire(self, state: dict[str, Any], watermark: int, out: list[Output]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def conversion_kind(event: Event) -> str | None:
 def conversion_revenue(event: Event) -> float:
     """The revenue a conversion event brings (upsell revenue for a pickup)."""
     props = event.get("properties") or {}
-    if event.get("type") == "click_and_collect_pickup":
+    if event.get("type") == "click_and_collect_pickup":  # the order was the conversion
         return _as_float(props.get("upsell_revenue"))
     return _as_float(props.get("revenue"))
 

@@ -72,6 +72,15 @@ ATTRIBUTION = RowTable(
     ),
     frozenset({"touch_at", "converted_at"}),
 )  # fmt: skip
+ADJUSTMENTS = RowTable(
+    "attribution_adjustments",
+    "attribution_adjustments_store",
+    (
+        "adjustment_id", "conversion_id", "model", "session_id", "person_id", "channel",
+        "return_event_id", "returned_at", "revenue_adjustment", "version",
+    ),
+    frozenset({"returned_at"}),
+)  # fmt: skip
 IDENTITIES = RowTable(
     "identities",
     "identities_store",
@@ -100,6 +109,7 @@ ROW_TABLES: tuple[RowTable, ...] = (
     SESSIONS,
     CONVERSIONS,
     ATTRIBUTION,
+    ADJUSTMENTS,
     IDENTITIES,
     PERSON_ALIASES,
     DEAD_LETTERS,

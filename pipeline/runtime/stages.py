@@ -51,6 +51,9 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         }
         if graph is not None:
             sources["identity"] = counter_of(graph.counts)
+        counts = getattr(handler, "counts", None)
+        if counts is not None:
+            sources[stage] = counter_of(counts)
         serve_metrics(settings, stage, sources)
         faust_stage.run()
     else:

@@ -48,6 +48,9 @@ EVENTS: list[dict[str, Any] | bytes] = [
     # Another browser (cookie c9) that later turns out to be Alice too.
     ev("e8", "web", "page_view", at(minutes=30), {"anonymous_id": "c9"}),
     ev("e9", "web", "login", at(days=2), {"anonymous_id": "c9", "user_id": "u1"}),
+    # Two hours after the visit she brings part of the purchase back.
+    ev("e11", "pos", "return", at(days=1, hours=3), {"loyalty_id": "L1"},
+       properties={"transaction_id": "t1", "store_id": "s1", "revenue": 20.0, "currency": "EUR"}),
     # Noise: an exact duplicate, broken JSON, an unknown type.
     ev("e1", "web", "page_view", at(), {"anonymous_id": "c1"}),
     b'{"event_id": "bad", "source": "web", ',
@@ -69,12 +72,12 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
     other = person_id_for("anonymous_id:c9")
 
     events = query(settings, "SELECT event_id, person_id, session_id FROM {db}.events ORDER BY event_id")
-    assert [e[0] for e in events] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]
+    assert [e[0] for e in events] == ["e1", "e11", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]
     assert {e[1] for e in events} == {alice}  # c9's person merged into Alice
     session_of = {e[0]: e[2] for e in events}
     assert session_of["e1"] == session_of["e2"] == session_of["e3"]
     assert session_of["e5"] == session_of["e6"] == session_of["e7"]
-    assert len(set(session_of.values())) == 5
+    assert len(set(session_of.values())) == 6
 
     sessions = query(
         settings,
@@ -86,6 +89,7 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
         ("digital", "direct", "", 1),
         ("digital", "push", "", 1),
         ("store_visit", "store", "s1", 3),
+        ("store_visit", "store", "s1", 1),  # the return: a later visit
         ("digital", "direct", "", 1),
     ]
     assert {s[1] for s in sessions} == {alice}
@@ -121,6 +125,18 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
     ] == [("push", 1.0, 50.0)]
     assert [r[0] for r in by_model[(store, "last_touch")] if r[1] > 0] == ["store"]
     assert by_model[(store, "linear")] == [("push", 0.5, 25.0), ("store", 0.5, 25.0)]
+
+    adjustments = query(
+        settings,
+        "SELECT conversion_id, model, channel, revenue_adjustment, return_event_id "
+        "FROM {db}.attribution_adjustments ORDER BY model, channel",
+    )
+    by_adjusted_model: dict[str, float] = {}
+    for conversion_id, model, _channel, amount, return_event in adjustments:
+        assert (conversion_id, return_event) == (store, "e11")
+        by_adjusted_model[model] = by_adjusted_model.get(model, 0.0) + amount
+    assert by_adjusted_model == pytest.approx(dict.fromkeys(settings.models, -20.0))
+    assert [(a[2], a[3]) for a in adjustments if a[1] == "linear"] == [("push", -10.0), ("store", -10.0)]
 
     identities = query(
         settings, "SELECT id_type, id_value, person_id FROM {db}.identities ORDER BY id_type, id_value"

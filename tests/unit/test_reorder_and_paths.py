@@ -112,3 +112,24 @@ def test_o2o_labels() -> None:
     assert o2o_label("web", "w2", [store, web2], visits) == "offline_to_online"
     assert o2o_label("web", "w2", [web, web2], visits) == "online_only"
     assert o2o_label("web", "w2", [web, store, web2], visits) == "mixed"
+
+
+def test_a_return_adjusts_every_model_like_the_original_credits() -> None:
+    attributor = PathAttributor(["linear", "last_touch"], lookback_days=30, half_life_days=7)
+    state = new_state()
+    for t in (touch("s1", 0, channel="email"), touch("s2", 1000, kind="store_visit", channel="store")):
+        state = attributor.add_touch(state, t)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.convert(state, conversion("e1", 2000, "s2", source="pos", order_id="t-1"), out)
+    out.clear()
+    ret = {"person_id": "p", "event_id": "r1", "occurred_at": 5000, "order_ref": "t-1", "refund": 30.0}
+    assert attributor.refund(state, ret, out)
+    rows = {
+        (r["model"], r["session_id"]): r["revenue_adjustment"]
+        for t, r in out
+        if t == "attribution_adjustments"
+    }
+    assert rows == {("linear", "s1"): -15.0, ("linear", "s2"): -15.0, ("last_touch", "s1"): -0.0,
+                    ("last_touch", "s2"): -30.0}  # fmt: skip
+    assert all(r["conversion_id"] == out[0][1]["conversion_id"] for _t, r in out)
+    assert not attributor.refund(state, {**ret, "order_ref": "unknown"}, [])
