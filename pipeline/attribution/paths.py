@@ -133,6 +133,7 @@ class PathAttributor:
                     "currency": conversion["currency"],
                     "order_id": conversion["order_id"],
                     "store_id": conversion["store_id"],
+                    "staff_id": conversion.get("staff_id", ""),
                     "session_id": conversion["session_id"],
                     "path_length": len(path),
                     "o2o_label": o2o_label(

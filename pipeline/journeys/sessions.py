@@ -245,6 +245,7 @@ def conversion_record(event: Event, kind: str, session: dict[str, Any]) -> dict[
         "currency": str(props.get("currency") or ""),
         "order_id": str(props.get("order_id") or props.get("transaction_id") or ""),
         "store_id": session["store_id"] or _store_of(event),
+        "staff_id": str(props.get("staff_id") or ""),
         "session_id": session["session_id"],
         "session_kind": session["kind"],
         "marketing": (event.get("consent") or {}).get("marketing") is not False,

@@ -23,6 +23,8 @@ class RowTable:
     topic_name: str = ""
     # column -> column whose value a row without it takes (rows written before the column existed)
     fallbacks: tuple[tuple[str, str], ...] = ()
+    # column -> value a row without it takes
+    defaults: tuple[tuple[str, object], ...] = ()
 
     @property
     def topic(self) -> str:
@@ -58,10 +60,11 @@ CONVERSIONS = RowTable(
     "conversions_store",
     (
         "conversion_id", "event_id", "person_id", "occurred_at", "kind", "source", "revenue",
-        "currency", "order_id", "store_id", "session_id", "path_length", "o2o_label",
+        "currency", "order_id", "store_id", "staff_id", "session_id", "path_length", "o2o_label",
         "version",
     ),
     frozenset({"occurred_at"}),
+    defaults=(("staff_id", ""),),
 )  # fmt: skip
 ATTRIBUTION = RowTable(
     "attribution",

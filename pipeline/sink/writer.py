@@ -64,6 +64,10 @@ class RowBatcher:
                 for doc in docs:
                     if doc.get(fallback_column) is None:
                         doc[fallback_column] = doc.get(source)
+            for default_column, default in table.defaults:
+                for doc in docs:
+                    if doc.get(default_column) is None:
+                        doc[default_column] = default
             rows = [[doc.get(column) for column in columns] for doc in docs]
         if not self.pending:
             self._first_at = time.monotonic()

@@ -43,7 +43,8 @@ EVENTS: list[dict[str, Any] | bytes] = [
        context={"campaign": {"medium": "push", "name": "sale"}}),
     ev("e5", "geofence", "enter", at(days=1, hours=1), {"device_id": "d1"}, **STORE),
     ev("e6", "pos", "purchase", at(days=1, hours=1, minutes=10), {"loyalty_id": "L1", "user_id": "u1"},
-       properties={"transaction_id": "t1", "store_id": "s1", "revenue": 50.0, "currency": "EUR"}),
+       properties={"transaction_id": "t1", "store_id": "s1", "revenue": 50.0, "currency": "EUR",
+                   "staff_id": "anna"}),
     ev("e7", "geofence", "exit", at(days=1, hours=1, minutes=20), {"device_id": "d1"}, **STORE),
     # Another browser (cookie c9) that later turns out to be Alice too.
     ev("e8", "web", "page_view", at(minutes=30), {"anonymous_id": "c9"}),
@@ -105,6 +106,9 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
         (conversion_id_for("e3"), "e3", alice, "order", 100.0, 1, "online_only"),
         (conversion_id_for("e6"), "e6", alice, "purchase", 50.0, 2, "online_to_offline"),
     ]
+
+    staff = query(settings, "SELECT event_id, store_id, staff_id FROM {db}.conversions ORDER BY event_id")
+    assert staff == [("e3", "", ""), ("e6", "s1", "anna")]
 
     credits = query(
         settings,
