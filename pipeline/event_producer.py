@@ -182,6 +182,7 @@ class EventProducer:
                 max_bytes=settings.max_event_bytes,
                 max_future_ms=int(settings.max_future_hours * 3600_000),
                 max_age_ms=int(settings.max_age_days * 86400_000),
+                phone_region=settings.phone_region,
             )
             self._schemas = _load_schema_registry()
         self._producer: ProducerLike = (
