@@ -130,6 +130,17 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
     assert [r[0] for r in by_model[(store, "last_touch")] if r[1] > 0] == ["store"]
     assert by_model[(store, "linear")] == [("push", 0.5, 25.0), ("store", 0.5, 25.0)]
 
+    paths = query(settings, "SELECT path, o2o_label, conversions FROM {db}.o2o_paths ORDER BY path")
+    assert paths == [("paid_search", "online_only", 1), ("push > store", "online_to_offline", 1)]
+    by_store = query(
+        settings,
+        "SELECT store_id, channel, revenue FROM {db}.credits_by_store "
+        "WHERE model = 'linear' ORDER BY store_id, channel",
+    )
+    assert by_store == [("", "paid_search", 100.0), ("s1", "push", 25.0), ("s1", "store", 25.0)]
+    daily = query(settings, "SELECT sum(revenue) FROM {db}.credits_daily WHERE model = 'u_shaped'")
+    assert daily == [(150.0,)]
+
     adjustments = query(
         settings,
         "SELECT conversion_id, model, channel, revenue_adjustment, return_event_id "
