@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     collector_max_body_bytes: int = Field(0, ge=0, description="0: 100 x max_event_bytes")
     collector_delivery_timeout_ms: int = Field(30_000, ge=1000)
 
+    # Identity
+    identity_max_persons_per_id: int = Field(
+        5, ge=1, description="an identifier seen with more persons (a shared tablet) stops linking"
+    )
+
     # Journeys
     session_timeout_minutes: float = Field(30.0, gt=0)
     session_max_hours: float = Field(24.0, gt=0)

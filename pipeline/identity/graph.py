@@ -57,25 +57,39 @@ class IdentityGraph:
         ids: MutableMapping[str, Any],
         persons: MutableMapping[str, Any],
         unique_types: tuple[str, ...] = UNIQUE_ID_TYPES,
+        max_persons_per_id: int = 5,
     ) -> None:
         self.ids = ids
         self.persons = persons
         self.unique_types = unique_types
+        self.max_persons_per_id = max_persons_per_id
         self.counts: Counter[str] = Counter()
 
     def resolve(self, event: Event) -> Resolution:
         """Link the event's identifiers and return the person it belongs to."""
         at = event["occurred_at"]
-        keys = event_id_keys(event["ids"])
+        all_keys = event_id_keys(event["ids"])
+        keys = [k for k in all_keys if not self._shared(k)]  # shared identifiers no longer link
+        if not keys:
+            return Resolution(self.ids[all_keys[0]][0])
         found = [(k, self.ids[k][0]) for k in keys if k in self.ids]
-        if found:
+        strongest = keys[0]
+        id_type, _, value = strongest.partition(":")
+        holdable = bool(found) and (
+            id_type not in self.unique_types or self._may_hold(found[0][1], id_type, value)
+        )
+        if found and (found[0][0] == strongest or holdable):
             anchor = found[0][1]
+            result = Resolution(anchor)
         else:
-            anchor = person_id_for(keys[0])
+            # no person yet, or the event's strongest identifier is a unique id
+            # the found person cannot hold: the event belongs to a person of its own
+            anchor = person_id_for(strongest)
             self.persons[anchor] = {"first_seen": at, "unique": {}, "ids": [], "aliases": {}}
             self.counts["persons"] += 1
-        result = Resolution(anchor)
-        for _key, other in found[1:]:
+            result = Resolution(anchor)
+            self._link(strongest, anchor, at, result)
+        for _key, other in found:
             current = result.person_id
             if other == current or other not in self.persons:
                 continue
@@ -83,6 +97,9 @@ class IdentityGraph:
                 result.conflicts += 1
                 continue
             result.person_id = self._merge(current, other, at, result)
+        for key, other in found:
+            if other != result.person_id and other in self.persons and other not in result.merged:
+                self._seen_with(key, result.person_id)
         for key in keys:
             if key in self.ids:
                 continue
@@ -93,6 +110,21 @@ class IdentityGraph:
             self._link(key, result.person_id, at, result)
         self.counts["conflicts"] += result.conflicts
         return result
+
+    def _shared(self, key: str) -> bool:
+        entry = self.ids.get(key)
+        return entry is not None and len(entry) > 3 and len(entry[3]) > self.max_persons_per_id
+
+    def _seen_with(self, key: str, person: str) -> None:
+        """Remember that ``key`` came with another person; past the limit it stops linking."""
+        entry = list(self.ids[key])
+        seen = list(entry[3]) if len(entry) > 3 else [entry[0]]
+        if person in seen or len(seen) > self.max_persons_per_id:
+            return
+        seen.append(person)
+        self.ids[key] = [*entry[:3], seen]
+        if len(seen) > self.max_persons_per_id:
+            self.counts["shared_identifiers"] += 1
 
     def _unique(self, person: str) -> dict[str, str]:
         return dict(self.persons[person].get("unique") or {})
@@ -128,8 +160,8 @@ class IdentityGraph:
             row = {"person_id": alias, "canonical_id": a, "merged_at": at, "reason": "shared_identifier"}
             result.rows.append((PERSON_ALIASES.name, {**row, "version": revision + 1}))
         for key in rb["ids"]:
-            _person, revision, first_seen = self.ids[key]
-            self.ids[key] = [a, revision + 1, first_seen]
+            _person, revision, first_seen, *rest = self.ids[key]
+            self.ids[key] = [a, revision + 1, first_seen, *rest]
             result.rows.append((IDENTITIES.name, _identity_row(key, a, first_seen, revision + 1)))
         survivor["aliases"] = aliases
         survivor["ids"] = [*survivor["ids"], *rb["ids"]]

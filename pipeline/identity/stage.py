@@ -19,7 +19,8 @@ class IdentityHandler:
     table_names = ("identity_ids", "identity_persons", "identity_pending")
     inputs = (topics.VALID,)
 
-    def __init__(self) -> None:
+    def __init__(self, max_persons_per_id: int = 5) -> None:
+        self.max_persons_per_id = max_persons_per_id
         self.graph: IdentityGraph | None = None
         # Sources arrive on separate topics; resolving in event-time order
         # makes links and merges follow what happened, not what arrived first.
@@ -27,7 +28,9 @@ class IdentityHandler:
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
         """Build the graph over the given state tables."""
-        self.graph = IdentityGraph(tables["identity_ids"], tables["identity_persons"])
+        self.graph = IdentityGraph(
+            tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id
+        )
         self.reorder.bind(tables["identity_pending"])
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:

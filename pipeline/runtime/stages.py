@@ -64,7 +64,7 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
     if stage == "identity":
         from pipeline.identity.stage import IdentityHandler
 
-        return IdentityHandler()
+        return IdentityHandler(settings.identity_max_persons_per_id)
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 

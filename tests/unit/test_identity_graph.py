@@ -96,3 +96,25 @@ def test_identified_needs_a_strong_identifier() -> None:
     assert not is_identified(g.persons[p])
     g.resolve(ev(2, anonymous_id="a", email="hash"))
     assert is_identified(g.persons[p])
+
+
+def test_event_goes_to_the_person_of_its_strongest_identifier_on_conflict() -> None:
+    g = graph()
+    p1 = g.resolve(ev(1, user_id="u1", device_id="tablet")).person_id
+    res = g.resolve(ev(2, user_id="u2", device_id="tablet"))
+    assert res.person_id == person_id_for("user_id:u2") != p1
+    assert res.conflicts == 1
+    assert g.ids["device_id:tablet"][0] == p1  # the tablet stays where it was
+
+
+def test_identifier_shared_by_too_many_persons_stops_linking() -> None:
+    g = IdentityGraph({}, {}, max_persons_per_id=3)
+    people = [g.resolve(ev(i, user_id=f"u{i}", device_id="tablet")).person_id for i in range(1, 6)]
+    assert len(set(people)) == 5
+    assert g.counts["shared_identifiers"] == 1
+    # a cookie seen on the shared tablet is no longer pulled into anyone's person
+    res = g.resolve(ev(10, device_id="tablet", anonymous_id="walk-in"))
+    assert res.person_id == g.ids["anonymous_id:walk-in"][0] == person_id_for("anonymous_id:walk-in")
+    assert g.resolve(ev(12, device_id="tablet")).person_id == people[0]  # nothing else to go by
+    # and two users later seen with it are not merged through it
+    assert g.resolve(ev(11, user_id="u9", device_id="tablet")).person_id == person_id_for("user_id:u9")
