@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pipeline.kafka.admin import delete_prefixed, ensure_topics
 from pipeline.producer import send_events
 from pipeline.runtime.stages import settings_env
 from pipeline.simulate import simulate
+from pipeline.stack.kafka_net import free_port
 
 
 def part_settings(settings: Settings, name: str) -> Settings:
@@ -51,12 +51,6 @@ def ingest_rate(settings: Settings, n: int, seed: int) -> tuple[int, float]:
     return sent, seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> tuple[int, int, float]:
     """(requests, events, seconds) posting ``n`` events in batches of ``batch`` to a local collector."""
     import httpx
@@ -64,7 +58,7 @@ def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> t
     part = part_settings(settings, "collector")
     delete_prefixed(part)
     ensure_topics(part)
-    port = _free_port()
+    port = free_port()
     env = settings_env(part)
     env["O2O_COLLECTOR_WRITE_KEYS"] = "web=bench-web,app=bench-app,geofence=bench-geo,pos=bench-pos"
     server = subprocess.Popen(

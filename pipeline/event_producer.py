@@ -177,13 +177,7 @@ class EventProducer:
         self._normalizer: EventNormalizer | None = None
         self._schemas: Any = None
         if validate:
-            self._normalizer = EventNormalizer(
-                salt=settings.salt,
-                max_bytes=settings.max_event_bytes,
-                max_future_ms=int(settings.max_future_hours * 3600_000),
-                max_age_ms=int(settings.max_age_days * 86400_000),
-                phone_region=settings.phone_region,
-            )
+            self._normalizer = EventNormalizer.from_settings(settings)  # schemas checked separately, below
             self._schemas = _load_schema_registry()
         self._producer: ProducerLike = (
             producer if producer is not None else self._confluent_producer(producer_config_overrides)

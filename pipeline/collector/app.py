@@ -127,14 +127,7 @@ class Collector:
         self.dead_letters = dead_letters
         self.dlq_topic = settings.topic(topics.DLQ)
         self.metrics = CollectorMetrics()
-        self.normalizer = EventNormalizer(
-            salt=settings.salt,
-            max_bytes=settings.max_event_bytes,
-            max_future_ms=int(settings.max_future_hours * 3600_000),
-            max_age_ms=int(settings.max_age_days * 86400_000),
-            phone_region=settings.phone_region,
-            registry=default_registry(),
-        )
+        self.normalizer = EventNormalizer.from_settings(settings, default_registry())
 
     # -- routing -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.schemas import SchemaRegistry
 from pipeline.model.contract import ID_TYPES, PII_ID_TYPES, SOURCES, Event
@@ -117,6 +118,18 @@ class EventNormalizer:
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
         self.max_age_ms = max_age_ms
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: SchemaRegistry | None = None) -> EventNormalizer:
+        """The normaliser the settings describe (salt, size and time limits, phone region)."""
+        return cls(
+            salt=settings.salt,
+            max_bytes=settings.max_event_bytes,
+            max_future_ms=int(settings.max_future_hours * 3600_000),
+            max_age_ms=int(settings.max_age_days * 86400_000),
+            phone_region=settings.phone_region,
+            registry=registry,
+        )
 
     def normalise(self, raw: bytes, received_at: int) -> Event:
         """Parse, validate and normalise one raw event received at ``received_at`` (epoch ms)."""

@@ -43,14 +43,7 @@ class IngestHandler:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.normalizer = EventNormalizer(
-            salt=settings.salt,
-            max_bytes=settings.max_event_bytes,
-            max_future_ms=int(settings.max_future_hours * 3600_000),
-            max_age_ms=int(settings.max_age_days * 86400_000),
-            phone_region=settings.phone_region,
-            registry=default_registry(),
-        )
+        self.normalizer = EventNormalizer.from_settings(settings, default_registry())
         self.dedup = Deduplicator(settings.dedup_max_ids, int(settings.dedup_window_minutes * 60_000))
         self.keep_without_consent = settings.keep_without_analytics_consent
         self.events_topic = settings.topic(EVENTS.topic)
