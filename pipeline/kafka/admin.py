@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -114,14 +115,40 @@ def committed_offsets(
     """
     admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout).topics
-    partitions = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
-    if not partitions:
+    partitions = [(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+    return _committed(settings, group, partitions, timeout)
+
+
+_COORDINATOR_BUSY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
+def _committed(
+    settings: Settings, group: str, partitions: Iterable[tuple[str, int]], timeout: float
+) -> dict[tuple[str, int], int]:
+    wanted = [TopicPartition(t, p) for t, p in partitions]
+    if not wanted:
         return {}
     consumer = Consumer(
         {"bootstrap.servers": settings.bootstrap_servers, "group.id": group, "enable.auto.commit": False}
     )
     try:
-        committed = consumer.committed(partitions, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                committed = consumer.committed(wanted, timeout=timeout)
+                break
+            except KafkaException as exc:
+                # a coordinator still loading or moving answers with a retriable error
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _COORDINATOR_BUSY) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
     return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
@@ -129,9 +156,8 @@ def committed_offsets(
 
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
     """Messages in ``topics`` not yet committed by ``group``."""
-    topics = list(topics)
     ends = end_offsets(settings, topics)
-    done = committed_offsets(settings, group, topics)
+    done = _committed(settings, group, ends, timeout=10.0)  # the partitions end_offsets found
     return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
 
 
@@ -158,8 +184,6 @@ def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 
 def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while names and time.monotonic() < deadline:
         left = set(names) & set(admin.list_topics(timeout=timeout).topics)
