@@ -91,7 +91,7 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
 
     Uses its own topic prefix and ClickHouse database (`bench.`, `bench`), wiped first.
     """
-    from pipeline.bench_parts import collector_rate, ingest_rate
+    from pipeline.bench_parts import collector_rate, ingest_rate, journeys_state_size, stage_rate
     from pipeline.cli.demo import prepare, run_drained
     from pipeline.kafka.admin import ensure_topics
     from pipeline.kafka.topics import raw_topics
@@ -117,8 +117,10 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
         pipe_s = run_drained(settings, n)
     written = _count_rows(settings)
     pipe_rate, pass_rate = n / pipe_s, n / pass_s
-    console.print("measuring the ingest stage alone and the HTTP collector ...")
+    console.print("measuring each stage alone and the HTTP collector ...")
     ingest_n, ingest_s = ingest_rate(base, n, seed)
+    alone = {stage: stage_rate(base, settings, stage) for stage in ("identity", "journeys", "attribution")}
+    logic_rate, held, per_person = journeys_state_size(settings, alone["journeys"][2])
     requests, accepted, collector_s = collector_rate(base, min(n, 50_000), seed)
     rows = [
         ("events", f"{n:,}"),
@@ -129,6 +131,18 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
         ("bare confluent-kafka passthrough", f"{pass_rate:,.0f} events/s ({pass_s:.1f} s)"),
         ("ratio pipeline / passthrough", f"{pipe_rate / pass_rate:.3f}"),
         ("ingest stage alone (drain, start-up included)", f"{ingest_n / ingest_s:,.0f} events/s"),
+        *(
+            (
+                f"{stage} stage alone (drain, start-up included)",
+                f"{k / s:,.0f} records/s ({k:,} in {s:.1f} s)",
+            )
+            for stage, (k, s, _values) in alone.items()
+        ),
+        ("journeys logic alone (in process, no Kafka)", f"{logic_rate:,.0f} events/s"),
+        (
+            "journeys state per active person (serialised)",
+            f"{per_person:,.0f} bytes ({held:,} persons held at the peak)",
+        ),
         (
             "HTTP collector (8 clients, batches of 100)",
             f"{requests / collector_s:,.0f} requests/s, {accepted / collector_s:,.0f} events/s",

@@ -1,4 +1,4 @@
-"""Per-part measurements for ``o2o bench``: the ingest stage alone and the HTTP collector.
+"""Per-part measurements for ``o2o bench``: each stage alone, and the HTTP collector.
 
 Each part gets its own topic prefix so it never mixes with the end-to-end run.
 """
@@ -49,6 +49,94 @@ def ingest_rate(settings: Settings, n: int, seed: int) -> tuple[int, float]:
     seconds = time.monotonic() - start
     delete_prefixed(part)
     return sent, seconds
+
+
+STAGE_INPUTS = {"identity": "valid", "journeys": "identified", "attribution": "journeys"}
+
+
+def copy_topic(source: Settings, target: Settings, name: str) -> list[bytes]:
+    """Copy topic ``name`` of ``source``'s prefix to ``target``'s, partition by partition.
+
+    Returns the copied message values (batch envelopes), for in-process use.
+    """
+    from confluent_kafka import TopicPartition
+
+    from pipeline.kafka.admin import end_offsets
+    from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer, produce
+
+    ends = {p: end for (_t, p), end in end_offsets(source, [source.topic(name)]).items() if end > 0}
+    consumer = make_consumer(source, source.group("bench-copy"), **{"enable.auto.commit": False})
+    consumer.assign([TopicPartition(source.topic(name), p, 0) for p in ends])
+    delivery = DeliveryTracker()
+    producer = make_producer(target, on_delivery=delivery)
+    values: list[bytes] = []
+    left = dict(ends)
+    while left:
+        for message in consumer.consume(5000, timeout=1.0):
+            if message.error() is not None:
+                continue
+            partition = int(message.partition() or 0)
+            value = message.value() or b""
+            produce(producer, target.topic(name), value, message.key(), partition=partition)
+            values.append(value)
+            if int(message.offset() or 0) + 1 >= ends[partition]:
+                left.pop(partition, None)
+        producer.poll(0)
+    producer.flush()
+    delivery.raise_if_failed()
+    consumer.close()
+    return values
+
+
+def stage_rate(base: Settings, source: Settings, stage: str) -> tuple[int, float, list[bytes]]:
+    """(records, seconds, input values) of one faust stage alone, draining a copy of its input.
+
+    The input is what the end-to-end run under ``source`` left in the stage's
+    input topic; the stage runs in its own process, start-up included.
+    """
+    from pipeline.kafka.envelopes import unpack
+
+    part = part_settings(base, stage)
+    delete_prefixed(part)
+    ensure_topics(part)
+    values = copy_topic(source, part, STAGE_INPUTS[stage])
+    start = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "run", stage, "--drain"],
+        env=settings_env(part),
+        check=True,
+    )
+    seconds = time.monotonic() - start
+    delete_prefixed(part)
+    return sum(len(unpack(v)) for v in values), seconds, values
+
+
+def journeys_state_size(settings: Settings, values: list[bytes]) -> tuple[float, int, float]:
+    """The journeys logic alone, in this process: (events/s, peak persons held, bytes per person).
+
+    State size is the serialised (changelog) size of the held persons, taken
+    every 2,000 events; the figure is its mean per held person at the peak.
+    """
+    from pipeline.journeys.stage import JourneysHandler
+    from pipeline.kafka.envelopes import unpack
+
+    handler = JourneysHandler(settings)
+    tables: dict[str, dict[str, Any]] = {"journeys_state": {}, "journeys_watermarks": {}}
+    handler.bind(tables, partitions=settings.partitions)
+    records = [record for value in values for record in unpack(value)]
+    peak_persons, peak_bytes, seconds = 0, 0, 0.0
+    for i in range(0, len(records), 2000):
+        start = time.monotonic()
+        handler.process(records[i : i + 2000])
+        seconds += time.monotonic() - start
+        state = tables["journeys_state"]
+        if len(state) > peak_persons:
+            peak_persons = len(state)
+            peak_bytes = sum(len(orjson.dumps(v)) for v in state.values())
+    start = time.monotonic()
+    handler.flush()
+    seconds += time.monotonic() - start
+    return len(records) / max(seconds, 1e-9), peak_persons, peak_bytes / max(peak_persons, 1)
 
 
 def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> tuple[int, int, float]:

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     session_timeout_minutes: float = Field(30.0, gt=0)
     session_max_hours: float = Field(24.0, gt=0)
     visit_timeout_minutes: float = Field(30.0, gt=0)
+    allowed_lateness_minutes: float = Field(
+        60.0, ge=0, description="an event up to this much older than its partition's newest is placed"
+    )
+    idle_partition_seconds: float = Field(
+        60.0, gt=0, description="a partition without input this long advances its watermark by the clock"
+    )
+    channel_rules: Path | None = Field(None, description="TOML file extending the channel grouping")
 
     # Attribution
     lookback_days: float = Field(30.0, gt=0)
@@ -184,6 +191,10 @@ class Settings(BaseSettings):
             from pipeline.attribution.custom import load_rules
 
             load_rules(self.custom_rules)  # fail at start-up, with the file's problems named
+        if self.channel_rules is not None:
+            from pipeline.journeys.channels import load_channel_rules
+
+            load_channel_rules(self.channel_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
         if not self.kafka_controller_port:

@@ -82,6 +82,15 @@ class PathAttributor:
         state["touches"] = {sid: t for sid, t in touches.items() if t[1] >= horizon}
         return state
 
+    @staticmethod
+    def remove_touch(state: dict[str, Any], session_id: str) -> dict[str, Any]:
+        """Forget the touchpoint of a session a late event merged away or renamed."""
+        if session_id not in state["touches"]:
+            return state
+        state = dict(state)
+        state["touches"] = {sid: t for sid, t in state["touches"].items() if sid != session_id}
+        return state
+
     def convert(self, state: dict[str, Any], conversion: dict[str, Any], out: list[Output]) -> dict[str, Any]:
         """Credit one conversion over the person's current path; emit its rows."""
         at = conversion["occurred_at"]

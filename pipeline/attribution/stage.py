@@ -28,7 +28,7 @@ class AttributionHandler:
         self.state: MutableMapping[str, Any] = {}
         self.counts: Counter[str] = Counter()
 
-    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Use the given per-person path table."""
         self.state = tables["attribution_paths"]
 
@@ -40,6 +40,8 @@ class AttributionHandler:
             state = self.state.get(person) or new_state()
             if record["record"] == "touch":
                 state = self.attributor.add_touch(state, record)
+            elif record["record"] == "touch_removed":
+                state = self.attributor.remove_touch(state, record["session_id"])
             elif record["record"] == "conversion":
                 state = self.attributor.convert(state, record, out)
             elif record["record"] == "return":

@@ -26,7 +26,7 @@ class IdentityHandler:
         # makes links and merges follow what happened, not what arrived first.
         self.reorder = DurableReorder(key_of=source_key)
 
-    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Build the graph over the given state tables."""
         self.graph = IdentityGraph(
             tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id

@@ -1,88 +1,152 @@
-"""The journeys stage: sessions and store visits per person, touchpoints for attribution."""
+"""The journeys stage: sessions and store visits per person, touchpoints for attribution.
+
+Event time is kept per input partition: a partition's watermark is the newest
+event time seen on it, and after ``idle_partition_seconds`` without input it
+moves on with the clock, so a quiet store still gets its visit closed.
+Persons wait in a per-partition heap ordered by the next watermark at which
+their sessions close or become final, so a watermark step touches only the
+persons it concerns.
+"""
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.journeys.reorder import DurableReorder
-from pipeline.journeys.sessions import Output, Sessionizer, new_state
+from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
+from pipeline.journeys.sessions import Output, SessionRules
+from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
+from pipeline.kafka.envelopes import partition_for
 from pipeline.model.rows import EVENTS, SESSIONS
 from pipeline.runtime.faust_stage import Emission
 
-MINUTE_MS = 60_000
+
+def watermark_key(partition: int, partitions: int) -> str:
+    """A state-table key that lands on ``partition``, to keep that partition's watermark."""
+    i = 0
+    while partition_for(f"watermark:{i}".encode(), partitions) != partition:
+        i += 1
+    return f"watermark:{i}"
 
 
 class JourneysHandler:
-    """Runs the :class:`Sessionizer` over a per-person state table."""
+    """Runs the :class:`JourneyTimeline` of each person over the stage's state tables."""
 
-    table_names = ("journeys_state", "journeys_pending")
+    table_names = ("journeys_state", "journeys_watermarks")
     inputs = (topics.IDENTIFIED,)
 
-    def __init__(self, settings: Settings) -> None:
-        self.sessionizer = Sessionizer(
-            timeout_ms=int(settings.session_timeout_minutes * MINUTE_MS),
-            max_length_ms=int(settings.session_max_hours * 60 * MINUTE_MS),
-            visit_timeout_ms=int(settings.visit_timeout_minutes * MINUTE_MS),
-        )
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        channels = load_channel_rules(settings.channel_rules) if settings.channel_rules else DEFAULT_RULES
+        self.timeline = JourneyTimeline(SessionRules.from_settings(settings), channels)
+        self.counts = self.timeline.counts
+        self.idle_seconds = settings.idle_partition_seconds
+        self.clock = clock
+        self.partitions = 1
         self.state: MutableMapping[str, Any] = {}
-        self.reorder = DurableReorder(key_of=lambda event: str(event["person_id"]))
-        self.watermark = 0
-        self._idle_since = time.monotonic()
+        self.marks: MutableMapping[str, Any] = {}
+        self.watermarks: dict[int, int] = {}
+        self._last_input: dict[int, float] = {}
+        self._clock_mark: dict[int, float] = {}
+        self._due: dict[int, list[tuple[int, str]]] = defaultdict(list)
 
-    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
-        """Use the given per-person state table and the table of buffered events."""
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
+        """Use the given state tables; ``partitions`` is the input topic's partition count."""
         self.state = tables["journeys_state"]
-        self.reorder.bind(tables["journeys_pending"])
+        self.marks = tables["journeys_watermarks"]
+        self.partitions = partitions
+
+    def partition_of(self, person: str) -> int:
+        """The input partition of a person (its records are keyed by person id)."""
+        return partition_for(person.encode(), self.partitions)
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Place a batch of person-keyed events into sessions, in event-time order."""
-        ready = self.reorder.add_all(list(records))
-        self._idle_since = time.monotonic()
-        return self._place(ready)
-
-    def _place(self, events: Sequence[dict[str, Any]]) -> list[Emission]:
+        """Place a batch of person-keyed events; publish what the new watermarks close."""
+        by_person: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_person.setdefault(record["person_id"], []).append(record)
         out: list[Output] = []
-        for event in events:
-            person = event["person_id"]
-            state = self.state.get(person) or new_state()
-            self.state[person] = self.sessionizer.process(state, event, out)  # type: ignore[arg-type]
-            self.watermark = max(self.watermark, event["occurred_at"])
+        newest: dict[int, int] = {}
+        now = self.clock()
+        for person, events in by_person.items():
+            partition = self._watch(self.partition_of(person))
+            state = self.timeline.place(self.state.get(person), events, self.watermarks[partition], out)  # type: ignore[arg-type]
+            self._store(person, partition, state)
+            latest = max(event["occurred_at"] for event in events)
+            newest[partition] = max(newest.get(partition, latest), latest)
+        for partition, latest in newest.items():
+            self._last_input[partition] = self._clock_mark[partition] = now
+            if latest > self.watermarks[partition]:
+                self._set_watermark(partition, latest)
+        for partition in newest:
+            self._advance(partition, out)
         return [_route(kind, record) for kind, record in out]
 
     def tick(self) -> list[Emission]:
-        """Close sessions that can no longer grow, at the event-time watermark.
-
-        On a partition that went quiet the watermark stops moving; after a
-        while of no input at all, processing time takes over so that idle
-        stores still get their visits closed.
-        """
-        emitted = self._place(self.reorder.release())
-        watermark = self.watermark
-        idle = time.monotonic() - self._idle_since
-        if idle > 60:
-            watermark += int(idle * 1000)
-        return emitted + self._close(lambda state, out: self.sessionizer.expire(state, watermark, out))
+        """Move the watermark of idle partitions on with the clock and publish what it closes."""
+        out: list[Output] = []
+        now = self.clock()
+        for partition in list(self.watermarks):
+            if now - self._last_input[partition] < self.idle_seconds:
+                continue
+            step = int((now - self._clock_mark[partition]) * 1000)
+            self._clock_mark[partition] = now
+            if step > 0:
+                self._set_watermark(partition, self.watermarks[partition] + step)
+                self._advance(partition, out)
+        return [_route(kind, record) for kind, record in out]
 
     def flush(self) -> list[Emission]:
-        """Place every buffered event, then close every open session (end of input)."""
-        emitted = self._place(self.reorder.release(everything=True))
-        return emitted + self._close(self.sessionizer.close_all)
-
-    def _close(self, action: Any) -> list[Emission]:
+        """End of input: publish every session as closed and forget them."""
         out: list[Output] = []
         for person in list(self.state.keys()):
             state = self.state.get(person)
-            if not state or (state["digital"] is None and not state["visits"]):
-                continue
-            before = len(out)
-            new = action(state, out)
-            if len(out) != before:
-                self.state[person] = new
+            if state:
+                self._store(person, self.partition_of(person), self.timeline.close_all(state, out))
         return [_route(kind, record) for kind, record in out]
+
+    def _watch(self, partition: int) -> int:
+        """Load a partition's watermark and index its persons the first time it is seen."""
+        if partition in self.watermarks:
+            return partition
+        self.watermarks[partition] = int(self.marks.get(watermark_key(partition, self.partitions)) or 0)
+        self._last_input[partition] = self._clock_mark[partition] = self.clock()
+        for person in list(self.state.keys()):
+            state = self.state.get(person)
+            if state and state.get("next") is not None and self.partition_of(person) == partition:
+                heapq.heappush(self._due[partition], (state["next"], person))
+        return partition
+
+    def _set_watermark(self, partition: int, value: int) -> None:
+        self.watermarks[partition] = value
+        self.marks[watermark_key(partition, self.partitions)] = value
+
+    def _store(self, person: str, partition: int, state: dict[str, Any]) -> None:
+        if not state["events"]:
+            if person in self.state:
+                del self.state[person]
+            return
+        self.state[person] = state
+        if state["next"] is not None:
+            heapq.heappush(self._due[partition], (state["next"], person))
+
+    def _advance(self, partition: int, out: list[Output]) -> None:
+        """Publish the persons whose deadline the partition's watermark has reached."""
+        due, watermark = self._due[partition], self.watermarks[partition]
+        while due and due[0][0] <= watermark:
+            deadline, person = heapq.heappop(due)
+            state = self.state.get(person)
+            if not state or state.get("next") != deadline:
+                continue  # an older entry of a person re-scheduled since
+            self._store(person, partition, self.timeline.advance(state, watermark, out))
+
+    def held_persons(self) -> int:
+        """Persons with events still held (the state's size)."""
+        return len(self.state)
 
 
 def _route(kind: str, record: dict[str, Any]) -> Emission:
@@ -90,5 +154,5 @@ def _route(kind: str, record: dict[str, Any]) -> Emission:
         return (EVENTS.topic, record["event_id"], record)
     if kind == "session":
         return (SESSIONS.topic, record["session_id"], record)
-    # touches and conversions go to attribution, keyed by person
+    # touches, their removals, conversions and returns go to attribution, keyed by person
     return (topics.JOURNEYS, record["person_id"], {**record, "record": kind})

@@ -40,10 +40,11 @@ EVENTS = RowTable(
         "session_id",
         "store_id", "conversion_kind", "revenue", "currency", "campaign_source", "campaign_medium",
         "campaign_name", "page_url", "referrer", "consent_analytics", "consent_marketing",
-        "properties", "version",
+        "properties", "late", "version",
     ),
     frozenset({"occurred_at", "received_at", "original_occurred_at"}),
     fallbacks=(("original_occurred_at", "occurred_at"),),
+    defaults=(("late", 0),),
 )  # fmt: skip
 SESSIONS = RowTable(
     "sessions",
@@ -51,9 +52,10 @@ SESSIONS = RowTable(
     (
         "session_id", "person_id", "kind", "channel", "started_at", "ended_at", "store_id",
         "event_count", "page_views", "screen_views", "conversions", "revenue", "campaign_source",
-        "campaign_medium", "campaign_name", "landing", "referrer", "version",
+        "campaign_medium", "campaign_name", "landing", "referrer", "retracted", "version",
     ),
     frozenset({"started_at", "ended_at"}),
+    defaults=(("retracted", 0),),
 )  # fmt: skip
 CONVERSIONS = RowTable(
     "conversions",

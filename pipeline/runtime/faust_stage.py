@@ -44,8 +44,12 @@ class StatefulHandler(Protocol):
     def inputs(self) -> Sequence[str]:
         """Input topics, without the prefix."""
 
-    def bind(self, tables: Mapping[str, MutableMapping[str, Any]]) -> None:
-        """Receive the state tables (faust tables in a worker, dicts in tests)."""
+    def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
+        """Receive the state tables (faust tables in a worker, dicts in tests).
+
+        ``partitions`` is the input topics' partition count: a record keyed
+        ``k`` came from partition ``murmur2(k) % partitions``.
+        """
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Handle a batch of input records (already decoded)."""
@@ -238,7 +242,7 @@ class FaustStage:
             table.changelog_topic = table._new_changelog_topic()  # type: ignore[attr-defined]
             tables[name] = BatchCache(table)
         self._caches = list(tables.values())
-        self.handler.bind(tables)
+        self.handler.bind(tables, partitions=source_partitions)
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
 
         async def agent(stream: Any) -> None:

@@ -26,7 +26,7 @@ def event_rows(n: int) -> list[dict[str, Any]]:
             "event_id": f"e{i}", "person_id": "p", "source": "web", "type": "page_view",
             "occurred_at": 1_790_000_000_000 + i, "received_at": 1_790_000_000_000 + i,
             "original_occurred_at": None, "revenue": 0.0,
-            "consent_analytics": 1, "consent_marketing": 1, "version": 1,
+            "consent_analytics": 1, "consent_marketing": 1, "late": 0, "version": 1,
         }
         for i in range(n)
     ]  # fmt: skip

@@ -8,14 +8,17 @@ from typing import Any
 import pytest
 
 from pipeline.journeys.channels import classify
-from pipeline.journeys.sessions import Output, Sessionizer, new_state
+from pipeline.journeys.sessions import Output, SessionRules
+from pipeline.journeys.timeline import JourneyTimeline
 
 MIN = 60_000
 HOUR = 60 * MIN
 
 
-def sessionizer() -> Sessionizer:
-    return Sessionizer(timeout_ms=30 * MIN, max_length_ms=24 * HOUR, visit_timeout_ms=30 * MIN)
+def timeline() -> JourneyTimeline:
+    return JourneyTimeline(
+        SessionRules(timeout_ms=30 * MIN, max_length_ms=24 * HOUR, visit_timeout_ms=30 * MIN)
+    )
 
 
 COUNTER = itertools.count()
@@ -23,7 +26,7 @@ COUNTER = itertools.count()
 
 def ev(at: int, source: str = "web", etype: str = "page_view", **extra: Any) -> dict[str, Any]:
     return {
-        "event_id": f"e{next(COUNTER)}",
+        "event_id": f"e{next(COUNTER):06d}",
         "person_id": "p1",
         "source": source,
         "type": etype,
@@ -33,16 +36,25 @@ def ev(at: int, source: str = "web", etype: str = "page_view", **extra: Any) -> 
 
 
 def run(events: list[dict[str, Any]], flush: bool = True) -> list[Output]:
-    s, state, out = sessionizer(), new_state(), []
+    """Events one by one, the watermark at the newest event time seen so far."""
+    t, state, out = timeline(), None, []
+    watermark = 0
     for e in events:
-        state = s.process(state, e, out)
-    if flush:
-        s.close_all(state, out)
+        state = t.place(state, [e], watermark, out)
+        watermark = max(watermark, e["occurred_at"])
+        state = t.advance(state, watermark, out)
+    if flush and state is not None:
+        t.close_all(state, out)
     return out
 
 
 def session_ids(out: list[Output]) -> list[str]:
-    return [r["session_id"] for kind, r in out if kind == "event"]
+    """The newest session of each event, in the order the events were first emitted."""
+    latest: dict[str, dict[str, Any]] = {}
+    for kind, r in out:
+        if kind == "event" and r["version"] >= latest.get(r["event_id"], {"version": -1})["version"]:
+            latest[r["event_id"]] = r
+    return [r["session_id"] for r in latest.values()]
 
 
 def final_sessions(out: list[Output]) -> dict[str, dict[str, Any]]:
@@ -50,7 +62,7 @@ def final_sessions(out: list[Output]) -> dict[str, dict[str, Any]]:
     for kind, r in out:
         if kind == "session" and r["version"] >= latest.get(r["session_id"], {"version": 0})["version"]:
             latest[r["session_id"]] = r
-    return latest
+    return {sid: r for sid, r in latest.items() if not r["retracted"]}
 
 
 def test_gap_just_under_30_minutes_stays_in_the_session() -> None:
@@ -118,14 +130,21 @@ def test_touch_emitted_once_per_session_before_its_conversion() -> None:
     assert kinds == ["touch", "conversion"]
 
 
-def test_expire_closes_idle_sessions_at_the_watermark() -> None:
-    s, state, out = sessionizer(), new_state(), []
-    state = s.process(state, ev(0), out)
-    state = s.expire(state, 10 * MIN, out)
-    assert state["digital"] is not None
-    state = s.expire(state, 31 * MIN, out)
-    assert state["digital"] is None
-    assert out[-1][0] == "session" and out[-1][1]["version"] == 2
+def test_the_watermark_closes_idle_sessions_then_finalises_them_after_the_lateness() -> None:
+    t, out = timeline(), []
+    state = t.place(None, [ev(0)], 0, out)
+    state = t.place(state, [ev(MIN)], 0, out)
+    assert [r["version"] for k, r in out if k == "session"] == [1]  # an open session's growth waits
+    state = t.advance(state, 30 * MIN, out)
+    assert [r["version"] for k, r in out if k == "session"] == [1]  # 29 min idle: still open
+    state = t.advance(state, 31 * MIN, out)
+    closed = [r for k, r in out if k == "session"][-1]
+    assert (closed["version"], closed["event_count"], closed["ended_at"]) == (2, 2, MIN)
+    assert state["events"], "held until the lateness has passed too"
+    state = t.advance(state, 31 * MIN + HOUR - 1, out)
+    assert state["events"]
+    state = t.advance(state, 31 * MIN + HOUR, out)
+    assert state["events"] == [] and state["next"] is None
 
 
 def campaign(
@@ -168,3 +187,59 @@ def test_channel_rules(event: dict[str, Any], channel: str) -> None:
 
 def test_store_visit_channel_wins() -> None:
     assert classify(campaign("cpc"), store_visit=True) == "store"  # type: ignore[arg-type]
+
+
+def test_a_channel_rules_file_adds_rules_mediums_and_search_engines(tmp_path: Any) -> None:
+    from pipeline.journeys.channels import load_channel_rules
+
+    path = tmp_path / "channels.toml"
+    path.write_text(
+        'search_engines = ["kagi.com"]\n'
+        '[mediums]\nnewsletter = "email"\ntv = "tv"\n'
+        '[[rules]]\nchannel = "partner"\ncampaign_source = ["Partner-A", "partner-b"]\n'
+        '[[rules]]\nchannel = "app_store"\nsource = "app"\nreferrer_contains = "apps.apple.com"\n'
+    )
+    rules = load_channel_rules(path)
+    event = campaign("cpc")
+    event["context"]["campaign"]["source"] = "partner-a"
+    assert rules.classify(event) == "partner"  # type: ignore[arg-type]
+    assert rules.classify(campaign("newsletter")) == "email"  # type: ignore[arg-type]
+    assert rules.classify(campaign("tv")) == "tv"  # type: ignore[arg-type]
+    assert rules.classify(campaign(referrer="https://kagi.com/search?q=x")) == "organic_search"  # type: ignore[arg-type]
+    assert rules.classify(campaign(referrer="https://www.google.com/")) == "referral"  # type: ignore[arg-type]
+    app = campaign(referrer="https://apps.apple.com/x", source="app", etype="screen_view")
+    assert rules.classify(app) == "app_store"  # type: ignore[arg-type]
+    assert rules.classify(app, store_visit=True) == "store"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[rules]]\nmedium = 'x'\n", "needs channel"),
+        ("[[rules]]\nchannel = 'x'\n", "at least one condition"),
+        ("[[rules]]\nchannel = 'x'\ncolour = 'red'\n", "unknown keys"),
+        ("[[rules]]\nchannel = 'x'\nmedium = 3\n", "string or a list"),
+        ("[mediums]\ncpc = 1\n", "non-empty string"),
+        ("[extra]\n", "unknown sections"),
+        ("search_engines = 'google'\n", "list of non-empty strings"),
+        ("[[rules]\n", "not valid TOML"),
+    ],
+)
+def test_channel_rules_files_are_validated(tmp_path: Any, text: str, message: str) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.journeys.channels import load_channel_rules
+
+    path = tmp_path / "channels.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_channel_rules(path)
+
+
+def test_settings_reject_a_broken_channel_rules_file_at_start_up(tmp_path: Any) -> None:
+    from pipeline.config import Settings
+    from pipeline.errors import ConfigError
+
+    path = tmp_path / "channels.toml"
+    path.write_text("[[rules]]\nchannel = 'x'\n")
+    with pytest.raises((ConfigError, ValueError), match="at least one condition"):
+        Settings(channel_rules=path)  # type: ignore[call-arg]
