@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from pipeline.config import Settings
+from pipeline.kafka import topics
 from pipeline.kafka.admin import delete_prefixed, ensure_topics
 from pipeline.producer import send_events
 from pipeline.runtime.stages import settings_env
@@ -51,7 +52,7 @@ def ingest_rate(settings: Settings, n: int, seed: int) -> tuple[int, float]:
     return sent, seconds
 
 
-STAGE_INPUTS = {"identity": "valid", "journeys": "identified", "attribution": "journeys"}
+STAGE_INPUTS = {"identity": topics.VALID, "journeys": topics.IDENTIFIED, "attribution": topics.JOURNEYS}
 
 
 def copy_topic(source: Settings, target: Settings, name: str) -> list[bytes]:

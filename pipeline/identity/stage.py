@@ -6,8 +6,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.identity.graph import IdentityGraph, is_identified
-from pipeline.journeys.reorder import DurableReorder
+from pipeline.identity.reorder import DurableReorder
 from pipeline.kafka import topics
+from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import strongest_id
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 from pipeline.runtime.faust_stage import Emission
@@ -19,12 +20,15 @@ class IdentityHandler:
     table_names = ("identity_ids", "identity_persons", "identity_pending")
     inputs = (topics.VALID,)
 
-    def __init__(self, max_persons_per_id: int = 5) -> None:
+    def __init__(self, max_persons_per_id: int = 5, origins: Sequence[str] = ()) -> None:
         self.max_persons_per_id = max_persons_per_id
+        self.origins = tuple(origins)  # "<source>/<raw partition>" of every raw partition
         self.graph: IdentityGraph | None = None
-        # Sources arrive on separate topics; resolving in event-time order
-        # makes links and merges follow what happened, not what arrived first.
-        self.reorder = DurableReorder(key_of=source_key)
+        # Sources arrive on separate topics and partitions are fetched in
+        # chunks; resolving in event-time order makes links and merges follow
+        # what happened, and hands journeys its events in order.
+        self.partitions = 1
+        self.reorder = DurableReorder(key_of=source_key, stream_of=self._stream)
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Build the graph over the given state tables."""
@@ -32,6 +36,18 @@ class IdentityHandler:
             tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id
         )
         self.reorder.bind(tables["identity_pending"])
+        self.partitions = partitions
+        self.reorder.buffer.expect([f"{o}>{p}" for o in self.origins for p in range(partitions)])
+
+    def _stream(self, event: dict[str, Any]) -> str:
+        """The ordered path an event came on: its raw partition, then its ``events.valid`` partition.
+
+        Events of one raw partition stay in order through ingest and on one
+        valid partition, so each such path is in event-time order; the
+        reorder buffer waits for the slowest active one.
+        """
+        origin = event.get("origin") or event["source"]
+        return f"{origin}>{partition_for(source_key(event).encode(), self.partitions)}"
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Resolve a batch of validated events, in event-time order."""

@@ -95,7 +95,11 @@ class IngestHandler:
             self.counts["valid"] += 1
             strongest = strongest_id(event["ids"])
             key = f"{strongest[0]}:{strongest[1]}" if strongest else event["event_id"]
-            valid.append((self.valid_topic, key, dict(event)))
+            # each raw partition is in event-time order; identity's reorder
+            # buffer follows every such stream (see pipeline/identity/reorder.py)
+            valid.append(
+                (self.valid_topic, key, {**event, "origin": f"{event['source']}/{message.partition()}"})
+            )
         for topic, partition, value in pack(valid, self.partitions):
             produce(self.producer, topic, value, partition=partition)
         self.producer.poll(0)

@@ -58,6 +58,7 @@ class Event(TypedDict, total=False):
     occurred_at: int
     original_occurred_at: int  # the device's time, when ingest corrected clock skew
     received_at: int
+    origin: str  # "<source>/<raw partition>": the ordered stream ingest read the event from
     ids: dict[str, str]
     consent: dict[str, bool]
     context: dict[str, Any]

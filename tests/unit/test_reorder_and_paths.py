@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.attribution.models import Touch
 from pipeline.attribution.paths import PathAttributor, new_state, o2o_label
-from pipeline.journeys.reorder import ReorderBuffer
+from pipeline.identity.reorder import ReorderBuffer
 
 DAY = 86_400_000
 

@@ -1,28 +1,37 @@
-"""Putting events back in event-time order before sessionising (pure, no Kafka).
+"""Putting events back in event-time order before identity resolution (pure, no Kafka).
 
 Each source (web, app, geofence, pos) arrives on its own raw topic, so after
-ingest one source can run hours ahead of another in event time. The buffer
-holds events until every active source has passed their time (the watermark
-is the minimum over sources of the newest event time seen), then releases
-them sorted. A source that sent nothing for ``idle_seconds`` of processing
-time stops holding the others back. Events older than what was already
-released are let through at once and counted as late.
+ingest one source can run hours ahead of another in event time, and one
+input partition ahead of another (a consumer fetches partitions in chunks).
+The buffer tracks *streams* (by default the source; the identity stage uses
+source and input partition) and holds events until every active stream has
+passed their time (the watermark is the minimum over streams of the newest
+event time seen), then releases them sorted. A stream that sent nothing for
+``idle_seconds`` of processing time stops holding the others back. Events
+older than what was already released are let through at once and counted as
+late; the journeys stage then places them (see docs/journeys.md).
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
 class ReorderBuffer:
-    """Releases events in event-time order, up to the slowest active source."""
+    """Releases events in event-time order, up to the slowest active stream."""
 
-    def __init__(self, idle_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        idle_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        stream_of: Callable[[dict[str, Any]], str] | None = None,
+    ) -> None:
         self.idle_seconds = idle_seconds
         self.clock = clock
+        self.stream_of = stream_of or (lambda event: str(event["source"]))
         self._heap: list[tuple[int, int, str, dict[str, Any]]] = []
         self._seq = 0
         self._newest: dict[str, int] = {}
@@ -36,9 +45,9 @@ class ReorderBuffer:
     def add(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Buffer one event; returns the late event itself when it is older than what was released."""
         at = event["occurred_at"]
-        source = event["source"]
-        self._newest[source] = max(self._newest.get(source, at), at)
-        self._last_seen[source] = self.clock()
+        stream = self.stream_of(event)
+        self._newest[stream] = max(self._newest.get(stream, at), at)
+        self._last_seen[stream] = self.clock()
         if at < self.released_up_to:
             self.late += 1
             return [event]
@@ -46,8 +55,21 @@ class ReorderBuffer:
         heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
         return []
 
+    def expect(self, streams: Sequence[str]) -> None:
+        """Streams known to exist: each holds everything back until it sends or goes idle.
+
+        Without this, a stream that has not sent yet (its partition not
+        fetched yet, at start-up or in a backfill) could not hold back the
+        ones that have, and its first events would all come late.
+        """
+        now = self.clock()
+        for stream in streams:
+            if stream not in self._newest:
+                self._newest[stream] = -(2**62)
+                self._last_seen[stream] = now
+
     def watermark(self) -> int | None:
-        """The event time up to which every active source has arrived."""
+        """The event time up to which every active stream has arrived."""
         now = self.clock()
         active = [t for s, t in self._newest.items() if now - self._last_seen[s] < self.idle_seconds]
         if not active:
@@ -76,8 +98,13 @@ class DurableReorder:
     after a restart.
     """
 
-    def __init__(self, key_of: Callable[[dict[str, Any]], str], idle_seconds: float = 5.0) -> None:
-        self.buffer = ReorderBuffer(idle_seconds=idle_seconds)
+    def __init__(
+        self,
+        key_of: Callable[[dict[str, Any]], str],
+        idle_seconds: float = 5.0,
+        stream_of: Callable[[dict[str, Any]], str] | None = None,
+    ) -> None:
+        self.buffer = ReorderBuffer(idle_seconds=idle_seconds, stream_of=stream_of)
         self.key_of = key_of
         self.table: Any = {}
         self._restored = False
