@@ -28,9 +28,11 @@ ATTRIBUTION_MODELS = (
     "time_decay",
     "u_shaped",
     "w_shaped",
+    "markov",
+    "shapley",
     "custom",
 )
-DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file
+DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file; markov/shapley credit once fitted
 STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
 
 
@@ -131,6 +133,9 @@ class Settings(BaseSettings):
     # Attribution
     lookback_days: float = Field(30.0, gt=0)
     half_life_days: float = Field(7.0, gt=0)
+    path_reset_after_conversion: bool = Field(
+        True, description="a conversion's path starts after the person's previous conversion"
+    )
     models: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_MODELS)
     custom_rules: Path | None = Field(None, description="TOML rules of the custom model (needed for it)")
 

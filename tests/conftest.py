@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,18 @@ def query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
 
     _cols, rows = query_any(settings, sql.replace("{db}", settings.clickhouse_database))
     return [tuple(r) for r in rows]
+
+
+STORY_T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+def at(**delta: float) -> str:
+    """RFC 3339 time ``delta`` after the stories' start (2026-11-01 10:00 UTC)."""
+    return (STORY_T0 + timedelta(**delta)).isoformat()
+
+
+def story_event(
+    event_id: str, source: str, etype: str, when: str, ids: dict[str, str], **extra: Any
+) -> dict[str, Any]:
+    """One contract event of a hand-written test story."""
+    return {"event_id": event_id, "source": source, "type": etype, "occurred_at": when, "ids": ids, **extra}

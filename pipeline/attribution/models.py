@@ -32,8 +32,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from pipeline.attribution.custom import CustomRules
+
+
+class FittedWeights(Protocol):
+    """A fitted data-driven model: splits one conversion over its path's channels."""
+
+    def credit_path(self, touch_channels: Sequence[str]) -> list[float]:
+        """Weights of the touches, in path order, summing to 1."""
+
 
 __all__ = [
     "DAY_MS",
@@ -275,6 +284,7 @@ def attribute(
     models: Sequence[str],
     half_life_ms: int,
     custom: CustomRules | None = None,
+    fitted: Mapping[str, FittedWeights] | None = None,
 ) -> dict[str, list[Credit]]:
     """Credits of one conversion for each requested model.
 
@@ -282,9 +292,13 @@ def attribute(
     the credits is exactly 1.0 and of the revenue credits exactly ``revenue`` (the float
     residue goes on the largest share). An empty path gives every model ``[]``: the caller
     records the conversion as unattributed. Raises ``ValueError`` for an unknown model name
-    (before computing anything).
+    (before computing anything). ``fitted`` maps the data-driven models (``markov``,
+    ``shapley``) to their latest fit.
     """
-    unknown = [m for m in models if m not in MODEL_FUNCTIONS and not (m == "custom" and custom)]
+    fitted = fitted or {}
+    unknown = [
+        m for m in models if m not in MODEL_FUNCTIONS and not (m == "custom" and custom) and m not in fitted
+    ]
     if unknown:
         raise ValueError(f"unknown attribution models {unknown}; known: {', '.join(MODEL_FUNCTIONS)}")
     if not path:
@@ -297,6 +311,8 @@ def attribute(
             weights = time_decay(path, converted_at, half_life_ms)
         elif name == "custom" and custom is not None:
             weights = custom.weights([t.channel for t in path], [t.kind for t in path])
+        elif name in fitted:
+            weights = fitted[name].credit_path([t.channel for t in path])
         else:
             weights = MODEL_FUNCTIONS[name](path, converted_at)
         _fix_sum(weights, 1.0)

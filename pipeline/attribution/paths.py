@@ -1,22 +1,40 @@
 """Per-person touchpoint paths and the crediting of conversions (pure, no Kafka).
 
-The state of a person is a plain dict: its recent touchpoints (one per
-session, the newest record of a session wins) and the time of its last
-conversion, after which a new path starts.
+The state of a person is a plain dict:
+
+* ``touches``: the touchpoint of every recent session (session id -> channel,
+  start, campaign, identified, kind); a session's newest record wins;
+* ``conversions``: the recent conversions, oldest first, each with the path it
+  was last credited over (as a fingerprint), its version and its returns;
+* ``floor``: the time of the newest conversion no longer remembered (a path
+  never reaches back past it);
+* ``removed``: sessions journeys withdrew before their touch arrived here
+  (a merge hands touches over later), so they are not taken in again.
+
+Every change of the touches re-credits the remembered conversions whose path
+it changes, with a higher version (the ``attribution`` view shows the newest
+version of each conversion and model): a late touch, a session journeys
+re-cut, a merge that brings another person's touches.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from pipeline.attribution.custom import CustomRules
-from pipeline.attribution.models import Touch, attribute, select_path
+from pipeline.attribution.datadriven import FittedModel
+from pipeline.attribution.models import Credit, Touch, attribute, select_path
 from pipeline.model.rows import ADJUSTMENTS, ATTRIBUTION, CONVERSIONS
 
 Output = tuple[str, dict[str, Any]]
 DAY_MS = 86_400_000
+MAX_REMEMBERED_CONVERSIONS = 50  # per person: re-attribution and returns reach this far back
+DATA_DRIVEN = ("markov", "shapley")
 
 
 def conversion_id_for(event_id: str) -> str:
@@ -24,12 +42,20 @@ def conversion_id_for(event_id: str) -> str:
     return "c_" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
 
 
-MAX_REMEMBERED_CONVERSIONS = 50  # per person, for returns
-
-
 def new_state() -> dict[str, Any]:
     """A person with no touchpoints yet."""
-    return {"touches": {}, "last_conversion_at": None, "conversions": {}}
+    return {"touches": {}, "conversions": [], "floor": None, "removed": {}}
+
+
+def _normalised(state: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``state`` with every key present (states written by older versions too)."""
+    base = new_state()
+    if state:
+        base.update(state)
+    if not isinstance(base["conversions"], list):  # before re-attribution: a dict by order id
+        base["conversions"] = []
+    base.pop("last_conversion_at", None)
+    return base
 
 
 def o2o_label(conversion_source: str, own_session: str, path: Sequence[Touch], store: set[str]) -> str:
@@ -60,142 +86,216 @@ class PathAttributor:
         lookback_days: float,
         half_life_days: float,
         custom: CustomRules | None = None,
+        reset_after_conversion: bool = True,
     ) -> None:
         self.models = tuple(models)
+        self.reset_after_conversion = reset_after_conversion
         self.custom = custom
         self.lookback_ms = int(lookback_days * DAY_MS)
         self.half_life_ms = int(half_life_days * DAY_MS)
+        self.fitted: Mapping[str, FittedModel] = {}
 
-    def add_touch(self, state: dict[str, Any], touch: dict[str, Any]) -> dict[str, Any]:
-        """Remember (or update) the touchpoint of a session."""
-        touches = dict(state["touches"])
-        touches[touch["session_id"]] = [
-            touch["channel"],
-            touch["started_at"],
-            touch.get("campaign_name", ""),
-            bool(touch.get("identified")),
-            touch.get("kind", "digital"),
-        ]
-        newest = max(t[1] for t in touches.values())
-        horizon = newest - self.lookback_ms
-        state = dict(state)
-        state["touches"] = {sid: t for sid, t in touches.items() if t[1] >= horizon}
+    def add_touch(
+        self, state: dict[str, Any] | None, touch: dict[str, Any], out: list[Output]
+    ) -> dict[str, Any]:
+        """Remember (or update) the touchpoint of a session; re-credit what it changes."""
+        state = _normalised(state)
+        state["touches"] = {
+            **state["touches"],
+            touch["session_id"]: [
+                touch["channel"],
+                touch["started_at"],
+                touch.get("campaign_name", ""),
+                bool(touch.get("identified")),
+                touch.get("kind", "digital"),
+            ],
+        }
+        state["removed"] = {k: v for k, v in state["removed"].items() if k != touch["session_id"]}
+        return self._recredit(self._prune(state), out)
+
+    def remove_touch(
+        self, state: dict[str, Any] | None, record: dict[str, Any], out: list[Output]
+    ) -> dict[str, Any]:
+        """Forget the touchpoint of a session journeys withdrew (merged away or renamed)."""
+        state = _normalised(state)
+        session_id = record["session_id"]
+        if session_id in state["touches"]:
+            state["touches"] = {sid: t for sid, t in state["touches"].items() if sid != session_id}
+            return self._recredit(state, out)
+        state["removed"] = {**state["removed"], session_id: int(record.get("started_at") or 0)}
         return state
 
-    @staticmethod
-    def remove_touch(state: dict[str, Any], session_id: str) -> dict[str, Any]:
-        """Forget the touchpoint of a session a late event merged away or renamed."""
-        if session_id not in state["touches"]:
-            return state
-        state = dict(state)
-        state["touches"] = {sid: t for sid, t in state["touches"].items() if sid != session_id}
+    def convert(
+        self, state: dict[str, Any] | None, conversion: dict[str, Any], out: list[Output]
+    ) -> dict[str, Any]:
+        """Credit one conversion over the person's path; emit its rows (once per conversion)."""
+        state = _normalised(state)
+        if any(c["event_id"] == conversion["event_id"] for c in state["conversions"]):
+            return state  # a replay
+        remembered = {**conversion, "version": 0, "print": None, "returns": []}
+        state["conversions"] = sorted(
+            [*state["conversions"], remembered], key=lambda c: (c["occurred_at"], c["event_id"])
+        )
+        return self._recredit(self._prune(state), out)
+
+    def refund(
+        self, state: dict[str, Any] | None, ret: dict[str, Any], out: list[Output]
+    ) -> tuple[dict[str, Any], bool]:
+        """Adjustment rows of a return: minus the refund, split like the conversion's credits.
+
+        Returns the new state and False when the returned order is not among
+        the person's remembered conversions (nothing is emitted then).
+        """
+        state = _normalised(state)
+        index = next(
+            (
+                i
+                for i, c in enumerate(state["conversions"])
+                if ret["order_ref"] and c["order_id"] == ret["order_ref"]
+            ),
+            None,
+        )
+        if index is None:
+            return state, False
+        conversions = list(state["conversions"])
+        original = dict(conversions[index])
+        if any(r[0] == ret["event_id"] for r in original["returns"]):
+            return state, True  # a replay
+        original["returns"] = [*original["returns"], [ret["event_id"], ret["refund"], ret["occurred_at"]]]
+        conversions[index] = original
+        state["conversions"] = conversions
+        credits = self._credits(state, index)[0]
+        self._adjustments(original, [original["returns"][-1]], credits, original["version"], out)
+        return state, True
+
+    def absorb(
+        self, state: dict[str, Any] | None, other: dict[str, Any], person: str, out: list[Output]
+    ) -> dict[str, Any]:
+        """Take over the touches and conversions of a person merged into this one; re-credit."""
+        state, other = _normalised(state), _normalised(other)
+        removed = {**other["removed"], **state["removed"]}
+        touches = {
+            sid: t for sid, t in {**other["touches"], **state["touches"]}.items() if sid not in removed
+        }
+        known = {c["event_id"] for c in state["conversions"]}
+        moved = [{**c, "person_id": person} for c in other["conversions"] if c["event_id"] not in known]
+        floors = [f for f in (state["floor"], other["floor"]) if f is not None]
+        merged = {
+            "touches": touches,
+            "conversions": sorted(
+                [*state["conversions"], *moved], key=lambda c: (c["occurred_at"], c["event_id"])
+            ),
+            "floor": max(floors) if floors else None,
+            "removed": removed,
+        }
+        return self._recredit(self._prune(merged), out)
+
+    def _prune(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Bound the state: at most 50 conversions; touches no remembered conversion can reach."""
+        conversions = state["conversions"]
+        if len(conversions) > MAX_REMEMBERED_CONVERSIONS:
+            dropped = conversions[: len(conversions) - MAX_REMEMBERED_CONVERSIONS]
+            state["floor"] = max([state["floor"] or 0, *(c["occurred_at"] for c in dropped)])
+            state["conversions"] = conversions[len(dropped) :]
+        times = [t[1] for t in state["touches"].values()]
+        if times:
+            oldest_needed = min([max(times), *(c["occurred_at"] for c in state["conversions"])])
+            horizon = oldest_needed - self.lookback_ms
+            state["touches"] = {sid: t for sid, t in state["touches"].items() if t[1] >= horizon}
+            state["removed"] = {sid: at for sid, at in state["removed"].items() if at >= horizon}
         return state
 
-    def convert(self, state: dict[str, Any], conversion: dict[str, Any], out: list[Output]) -> dict[str, Any]:
-        """Credit one conversion over the person's current path; emit its rows."""
+    def _credits(
+        self, state: dict[str, Any], index: int
+    ) -> tuple[dict[str, list[Credit]], list[Touch], set[str]]:
+        """The credits of remembered conversion ``index`` over the current touches."""
+        conversion = state["conversions"][index]
         at = conversion["occurred_at"]
+        after = None
+        if self.reset_after_conversion:
+            after = state["conversions"][index - 1]["occurred_at"] if index else state["floor"]
         touches = [
             Touch(sid, t[0], t[1], campaign_name=t[2], identified=t[3], kind=t[4])
             for sid, t in state["touches"].items()
         ]
         store_sessions = {sid for sid, t in state["touches"].items() if t[4] == "store_visit"}
-        path = select_path(touches, at, self.lookback_ms, state.get("last_conversion_at"))
-        own = [t for t in touches if t.session_id == conversion["session_id"]]
+        path = select_path(touches, at, self.lookback_ms, after)
         if not conversion.get("marketing", True) or not path:
             # Without marketing consent, or when the path was reset inside the
             # converting session, only the conversion's own session is credited.
-            path = own
-        conversion_id = conversion_id_for(conversion["event_id"])
-        credits = attribute(path, at, conversion["revenue"], self.models, self.half_life_ms, self.custom)
-        for model, model_credits in credits.items():
-            for c in model_credits:
-                out.append(
-                    (
-                        ATTRIBUTION.name,
-                        {
-                            "conversion_id": conversion_id,
-                            "model": model,
-                            "session_id": c.session_id,
-                            "person_id": conversion["person_id"],
-                            "channel": c.channel,
-                            "campaign_name": c.campaign_name,
-                            "touch_at": c.started_at,
-                            "converted_at": at,
-                            "position": c.position,
-                            "credit": c.credit,
-                            "revenue_credit": c.revenue_credit,
-                            "version": 1,
-                        },
-                    )
-                )
-        out.append(
-            (
-                CONVERSIONS.name,
-                {
-                    "conversion_id": conversion_id,
-                    "event_id": conversion["event_id"],
-                    "person_id": conversion["person_id"],
-                    "occurred_at": at,
-                    "kind": conversion["kind"],
-                    "source": conversion["source"],
-                    "revenue": conversion["revenue"],
-                    "currency": conversion["currency"],
-                    "order_id": conversion["order_id"],
-                    "store_id": conversion["store_id"],
-                    "staff_id": conversion.get("staff_id", ""),
-                    "session_id": conversion["session_id"],
-                    "path_length": len(path),
-                    "o2o_label": o2o_label(
-                        conversion["source"], conversion["session_id"], path, store_sessions
-                    ),
-                    "version": 1,
-                },
-            )
+            path = [t for t in touches if t.session_id == conversion["session_id"]]
+        models = [m for m in self.models if m not in DATA_DRIVEN or m in self.fitted]
+        credits = attribute(
+            path, at, conversion["revenue"], models, self.half_life_ms, self.custom, self.fitted
         )
-        state = dict(state)
-        state["last_conversion_at"] = max(at, state.get("last_conversion_at") or at)
-        if conversion["order_id"]:
-            # what a later return of this order needs: the credits per model
-            remembered = dict(state.get("conversions") or {})
-            remembered[conversion["order_id"]] = {
-                "conversion_id": conversion_id,
-                "credits": {
-                    model: [[c.session_id, c.channel, c.credit] for c in model_credits]
-                    for model, model_credits in credits.items()
-                },
-            }
-            while len(remembered) > MAX_REMEMBERED_CONVERSIONS:
-                remembered.pop(next(iter(remembered)))
-            state["conversions"] = remembered
+        return credits, path, store_sessions
+
+    def _recredit(self, state: dict[str, Any], out: list[Output]) -> dict[str, Any]:
+        """Credit every remembered conversion whose path differs from the one it was credited over."""
+        conversions = list(state["conversions"])
+        for index, conversion in enumerate(conversions):
+            credits, path, store_sessions = self._credits(state, index)
+            fingerprint = zlib.crc32(orjson.dumps([[t.session_id, t.channel, t.started_at, t.campaign_name,
+                                                    t.identified, t.kind] for t in path]))  # fmt: skip
+            if fingerprint == conversion["print"]:
+                continue
+            version = conversion["version"] + 1
+            conversion = conversions[index] = {**conversion, "version": version, "print": fingerprint}
+            self._emit(conversion, credits, path, store_sessions, version, out)
+            if conversion["returns"]:
+                self._adjustments(conversion, conversion["returns"], credits, version, out)
+        state["conversions"] = conversions
         return state
 
-    def refund(self, state: dict[str, Any], ret: dict[str, Any], out: list[Output]) -> bool:
-        """Adjustment rows of a return: minus the refund, split like the original's credits.
+    def _emit(
+        self,
+        conversion: dict[str, Any],
+        credits: dict[str, list[Credit]],
+        path: list[Touch],
+        store_sessions: set[str],
+        version: int,
+        out: list[Output],
+    ) -> None:
+        at = conversion["occurred_at"]
+        conversion_id = conversion_id_for(conversion["event_id"])
+        for model, model_credits in credits.items():
+            model_version = self.fitted[model].version if model in DATA_DRIVEN else ""
+            for c in model_credits:
+                out.append((ATTRIBUTION.name, {
+                    "conversion_id": conversion_id, "model": model, "session_id": c.session_id,
+                    "person_id": conversion["person_id"], "channel": c.channel,
+                    "campaign_name": c.campaign_name, "touch_at": c.started_at, "converted_at": at,
+                    "position": c.position, "credit": c.credit, "revenue_credit": c.revenue_credit,
+                    "model_version": model_version, "version": version,
+                }))  # fmt: skip
+        out.append((CONVERSIONS.name, {
+            "conversion_id": conversion_id, "event_id": conversion["event_id"],
+            "person_id": conversion["person_id"], "occurred_at": at, "kind": conversion["kind"],
+            "source": conversion["source"], "revenue": conversion["revenue"],
+            "currency": conversion["currency"], "order_id": conversion["order_id"],
+            "store_id": conversion["store_id"], "staff_id": conversion.get("staff_id", ""),
+            "session_id": conversion["session_id"], "path_length": len(path),
+            "o2o_label": o2o_label(conversion["source"], conversion["session_id"], path, store_sessions),
+            "version": version,
+        }))  # fmt: skip
 
-        Returns False when the returned order is not among the person's
-        remembered conversions (nothing is emitted then).
-        """
-        original = (state.get("conversions") or {}).get(ret["order_ref"])
-        if original is None or not ret["order_ref"]:
-            return False
-        for model, credits in original["credits"].items():
-            amounts = [-ret["refund"] * credit for _sid, _channel, credit in credits]
-            for (session_id, channel, _credit), amount in zip(credits, amounts, strict=True):
-                out.append(
-                    (
-                        ADJUSTMENTS.name,
-                        {
-                            "adjustment_id": f"{ret['event_id']}|{model}|{session_id}",
-                            "conversion_id": original["conversion_id"],
-                            "model": model,
-                            "session_id": session_id,
-                            "person_id": ret["person_id"],
-                            "channel": channel,
-                            "return_event_id": ret["event_id"],
-                            "returned_at": ret["occurred_at"],
-                            "revenue_adjustment": amount,
-                            "version": 1,
-                        },
-                    )
-                )
-        return True
+    @staticmethod
+    def _adjustments(
+        conversion: dict[str, Any],
+        returns: Sequence[Sequence[Any]],
+        credits: dict[str, list[Credit]],
+        version: int,
+        out: list[Output],
+    ) -> None:
+        """Each return's refund split like the conversion's credits, under every model."""
+        conversion_id = conversion_id_for(conversion["event_id"])
+        for event_id, refund, returned_at in returns:
+            for model, model_credits in credits.items():
+                for c in model_credits:
+                    out.append((ADJUSTMENTS.name, {
+                        "adjustment_id": f"{event_id}|{model}|{c.session_id}",
+                        "conversion_id": conversion_id, "model": model, "session_id": c.session_id,
+                        "person_id": conversion["person_id"], "channel": c.channel,
+                        "return_event_id": event_id, "returned_at": returned_at,
+                        "revenue_adjustment": -refund * c.credit, "version": version,
+                    }))  # fmt: skip

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.attribution.custom import load_rules
-from pipeline.attribution.paths import Output, PathAttributor, new_state
+from pipeline.attribution.datadriven import FittedModel
+from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
 from pipeline.config import Settings
 from pipeline.kafka import topics
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 from pipeline.runtime.faust_stage import Emission
+
+
+class ModelFeed(Protocol):
+    """Where the newest fits of the data-driven models come from."""
+
+    latest: dict[str, FittedModel]
+
+    def load(self, timeout: float = 10.0) -> dict[str, FittedModel]:
+        """Read what is there now."""
+
+    def poll(self) -> bool:
+        """Take newer fits; True when one changed."""
 
 
 class AttributionHandler:
@@ -20,39 +33,70 @@ class AttributionHandler:
     table_names = ("attribution_paths",)
     inputs = (topics.JOURNEYS,)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, feed: ModelFeed | None = None) -> None:
         custom = load_rules(settings.custom_rules) if settings.custom_rules else None
         self.attributor = PathAttributor(
-            settings.models, settings.lookback_days, settings.half_life_days, custom
+            settings.models,
+            settings.lookback_days,
+            settings.half_life_days,
+            custom,
+            reset_after_conversion=settings.path_reset_after_conversion,
         )
+        self.feed = feed if any(m in DATA_DRIVEN for m in settings.models) else None
         self.state: MutableMapping[str, Any] = {}
         self.counts: Counter[str] = Counter()
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
-        """Use the given per-person path table."""
+        """Use the given per-person path table; read the newest fitted models."""
         self.state = tables["attribution_paths"]
+        if self.feed is not None:
+            self.attributor.fitted = self.feed.load()
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Remember touches, credit conversions."""
+        """Remember touches, credit conversions, re-credit those a touch change concerns."""
         out: list[Output] = []
+        handoffs: list[Emission] = []
         for record in records:
             person = record["person_id"]
-            state = self.state.get(person) or new_state()
-            if record["record"] == "touch":
-                state = self.attributor.add_touch(state, record)
-            elif record["record"] == "touch_removed":
-                state = self.attributor.remove_touch(state, record["session_id"])
-            elif record["record"] == "conversion":
+            state = self.state.get(person)
+            kind = record["record"]
+            if kind == "touch":
+                state = self.attributor.add_touch(state, record, out)
+            elif kind == "touch_removed":
+                state = self.attributor.remove_touch(state, record, out)
+            elif kind == "conversion":
                 state = self.attributor.convert(state, record, out)
-            elif record["record"] == "return":
-                self.counts[
-                    "returns" if self.attributor.refund(state, record, out) else "unmatched_returns"
-                ] += 1
+                if not any(m in self.attributor.fitted for m in DATA_DRIVEN) and self.feed is not None:
+                    self.counts["conversions_without_fit"] += 1
+            elif kind == "return":
+                state, matched = self.attributor.refund(state, record, out)
+                self.counts["returns" if matched else "unmatched_returns"] += 1
+            elif kind == "merge":
+                # the merged person's touches and conversions go to the survivor's partition
+                if person in self.state:
+                    del self.state[person]
+                survivor = record["to_person"]
+                # sessions journeys still held come back re-cut under the survivor
+                held = set(record.get("held_sessions") or ())
+                moved = dict(state or {})
+                moved["touches"] = {k: v for k, v in (moved.get("touches") or {}).items() if k not in held}
+                handoff = {"record": "handoff", "person_id": survivor, "from_person": person, "state": moved}
+                handoffs.append((topics.JOURNEYS, survivor, handoff))
+                continue
+            elif kind == "handoff":
+                state = self.attributor.absorb(state, record["state"], person, out)
+                self.counts["handoffs"] += 1
+            else:
+                self.counts["unknown_records"] += 1
+                continue
             self.state[person] = state
-        return [(ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out]
+        self.counts["rows"] += len(out)
+        return [*handoffs, *((ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out)]
 
     def tick(self) -> list[Emission]:
-        """Nothing is time-driven in attribution yet."""
+        """Take newly published fits (new conversions are credited with them)."""
+        if self.feed is not None and self.feed.poll():
+            self.attributor.fitted = dict(self.feed.latest)
         return []
 
     def flush(self) -> list[Emission]:

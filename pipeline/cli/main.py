@@ -155,25 +155,97 @@ def sql(ctx: click.Context, query: str, fmt: str) -> None:
 
 @cli.command()
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "tsv", "json"]), default="table", show_default=True
+    "--model",
+    "models",
+    multiple=True,
+    metavar="MODEL",
+    help="Only this attribution model (repeatable; default: every model with credits, as in O2O_MODELS).",
+)
+@click.option("--since", metavar="DATE", help="Only conversions on or after this UTC day (YYYY-MM-DD).")
+@click.option("--until", metavar="DATE", help="Only conversions on or before this UTC day (YYYY-MM-DD).")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="TABLE",
+    help="Only this table (repeatable): revenue, net_revenue, conversions, o2o_split, "
+    "o2o_split_share, instore_by_channel, o2o_labels, totals, dead_letters.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "tsv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: titled tables; tsv: a '# <table>' line before each; json: one object, table -> rows.",
 )
 @click.pass_context
 @handle_errors
-def report(ctx: click.Context, fmt: str) -> None:
-    """Print conversions and credited revenue per channel for each model, and the O2O split."""
-    from pipeline.clickhouse.format import render
-    from pipeline.report import build_report
+def report(
+    ctx: click.Context,
+    models: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    only: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Every attribution model side by side per channel, and the online-to-offline split.
 
-    for title, (columns, rows) in build_report(settings_of(ctx)).items():
-        if fmt == "table":
-            click.echo(f"\n{title}")
-        click.echo(render(columns, rows, fmt))
+    \b
+    Tables, one column per model where it says "by model":
+      revenue             credited revenue per channel
+      net_revenue         the same, net of returns (attribution_adjustments)
+      conversions         credited conversions per channel (fractional credits)
+      o2o_split           credited revenue of in-store sales (conversion world
+                          'offline': pos, geofence) and online orders ('online':
+                          web, app), by the credited touch: 'online' (a digital
+                          session) or 'store' (a store visit)
+      o2o_split_share     the same as % of the conversion world's credited revenue
+      instore_by_channel  in-store revenue credited to each online channel
+      o2o_labels          conversions, revenue, average path length (touches,
+                          own session included) and average days from the first
+                          touch to the conversion, per O2O label
+      totals              conversions, revenue, customers, unattributed conversions
+      dead_letters        rejected messages by reason
+
+    Credit tables read the `o2o_split` view; conversions with nothing to credit
+    are only in o2o_labels and totals. --since/--until select conversions by
+    their UTC day (returns follow their conversion; dead letters go by the day
+    they were received); --model does not change o2o_labels and totals.
+    """
+    from datetime import date
+
+    from pipeline.config import ATTRIBUTION_MODELS
+    from pipeline.report import TITLES, ReportOptions, build_tables, render_report
+
+    unknown = [m for m in models if m not in ATTRIBUTION_MODELS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown model {', '.join(unknown)}; known: {', '.join(ATTRIBUTION_MODELS)}",
+            param_hint="--model",
+        )
+    unknown = [t for t in only if t not in TITLES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown table {', '.join(unknown)}; known: {', '.join(TITLES)}", param_hint="--only"
+        )
+    days: dict[str, date | None] = {}
+    for name, text in (("--since", since), ("--until", until)):
+        try:
+            days[name] = date.fromisoformat(text.strip()) if text is not None else None
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not a YYYY-MM-DD day", param_hint=name) from None
+    first, last = days["--since"], days["--until"]
+    if first is not None and last is not None and first > last:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    options = ReportOptions(models=models, since=first, until=last)
+    click.echo(render_report(build_tables(settings_of(ctx), options, only), fmt))
 
 
 def main() -> None:
     """Entry point of the ``o2o`` console script."""
-    from pipeline.cli import collector, data, demo, dlq
+    from pipeline.cli import attribution, collector, data, demo, dlq
 
+    attribution.register(cli)
     data.register(cli)
     demo.register(cli)
     collector.register(cli)

@@ -7,7 +7,9 @@ Rules (the brief's defaults):
   most one value of each, so an event that would join two persons with
   different values is not merged, and the conflict is counted;
 * when two persons merge, the older one (first seen by event time, ties
-  broken by id) survives, so replays give the same ids.
+  broken by id) survives, so replays give the same ids;
+* a coupon code claimed in the app and redeemed at the till links too, as
+  the weakest identifier.
 
 State lives in two mappings the caller provides (plain dicts in tests, faust
 tables in the stage): ``ids`` maps ``"type:value"`` to ``[person_id,
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.model.contract import ID_PRIORITY, STRONG_ID_TYPES, Event
-from pipeline.model.rows import IDENTITIES, PERSON_ALIASES
+from pipeline.model.rows import IDENTITIES, IDENTITY_CONFLICTS, PERSON_ALIASES
 
 UNIQUE_ID_TYPES = ("user_id", "loyalty_id")
 
@@ -37,6 +39,14 @@ def person_id_for(id_key: str) -> str:
 def event_id_keys(ids: dict[str, str]) -> list[str]:
     """The identifiers of an event as ``type:value``, strongest first."""
     return [f"{t}:{ids[t]}" for t in ID_PRIORITY if ids.get(t)]
+
+
+REDEEMING_TYPES = frozenset({"purchase", "order_completed"})
+
+
+def coupon_code(event: Event) -> str:
+    """The coupon code an event claims or redeems, or ``""``."""
+    return str((event.get("properties") or {}).get("coupon_code") or "").strip()
 
 
 @dataclass
@@ -68,7 +78,7 @@ class IdentityGraph:
     def resolve(self, event: Event) -> Resolution:
         """Link the event's identifiers and return the person it belongs to."""
         at = event["occurred_at"]
-        all_keys = event_id_keys(event["ids"])
+        all_keys = event_id_keys(event["ids"]) + self._coupon_keys(event)
         keys = [k for k in all_keys if not self._shared(k)]  # shared identifiers no longer link
         if not keys:
             return Resolution(self.ids[all_keys[0]][0])
@@ -89,42 +99,93 @@ class IdentityGraph:
             self.counts["persons"] += 1
             result = Resolution(anchor)
             self._link(strongest, anchor, at, result)
-        for _key, other in found:
+        for key, other in found:
             current = result.person_id
             if other == current or other not in self.persons:
                 continue
             if not self._compatible(current, other):
-                result.conflicts += 1
+                self._conflict(event, key, other, "unique_id", result)
                 continue
             result.person_id = self._merge(current, other, at, result)
         for key, other in found:
-            if other != result.person_id and other in self.persons and other not in result.merged:
-                self._seen_with(key, result.person_id)
+            unmerged = other != result.person_id and other in self.persons and other not in result.merged
+            if unmerged and self._seen_with(key, result.person_id):
+                self._conflict(event, key, other, "shared_identifier", result, count=False)
         for key in keys:
             if key in self.ids:
                 continue
             id_type, _, value = key.partition(":")
             if not self._may_hold(result.person_id, id_type, value):
-                result.conflicts += 1
+                held = self._unique(result.person_id).get(id_type, "")
+                self._conflict(event, key, self.ids.get(f"{id_type}:{held}", [""])[0], "unique_id", result)
                 continue
             self._link(key, result.person_id, at, result)
         self.counts["conflicts"] += result.conflicts
         return result
 
+    def _coupon_keys(self, event: Event) -> list[str]:
+        """A coupon links its claim in the app to its first redemption, weakest of all links.
+
+        Claiming makes ``coupon_code:<code>`` an identifier of the claimer (a code
+        many persons claim stops linking like any shared identifier). A purchase
+        or order carrying the code joins the claimer's person, once: a code
+        nobody claimed (a printed voucher) or one already redeemed links nothing.
+        """
+        code = coupon_code(event)
+        if not code:
+            return []
+        key = f"coupon_code:{code}"
+        if event.get("type") == "coupon_claimed":
+            return [key]
+        if event.get("type") not in REDEEMING_TYPES or key not in self.ids:
+            return []
+        redeemed = f"coupon_redeemed:{code}"
+        if redeemed in self.ids:
+            return []
+        self.ids[redeemed] = [self.ids[key][0], 1, event["occurred_at"]]
+        self.counts["coupons_redeemed"] += 1
+        return [key]
+
     def _shared(self, key: str) -> bool:
         entry = self.ids.get(key)
         return entry is not None and len(entry) > 3 and len(entry[3]) > self.max_persons_per_id
 
-    def _seen_with(self, key: str, person: str) -> None:
-        """Remember that ``key`` came with another person; past the limit it stops linking."""
+    def _seen_with(self, key: str, person: str) -> bool:
+        """Remember that ``key`` came with another person; past the limit it stops linking.
+
+        Returns True when this made the identifier shared.
+        """
         entry = list(self.ids[key])
         seen = list(entry[3]) if len(entry) > 3 else [entry[0]]
         if person in seen or len(seen) > self.max_persons_per_id:
-            return
+            return False
         seen.append(person)
         self.ids[key] = [*entry[:3], seen]
         if len(seen) > self.max_persons_per_id:
             self.counts["shared_identifiers"] += 1
+            return True
+        return False
+
+    def _conflict(
+        self, event: Event, key: str, other: str, reason: str, result: Resolution, count: bool = True
+    ) -> None:
+        """Record that ``key`` did not link the event's person to ``other``, and why."""
+        if count:
+            result.conflicts += 1
+        id_type, _, value = key.partition(":")
+        digest = hashlib.sha256(f"{event['event_id']}|{key}|{reason}".encode()).hexdigest()[:24]
+        row = {
+            "conflict_id": "x_" + digest,
+            "event_id": event["event_id"],
+            "occurred_at": event["occurred_at"],
+            "person_id": result.person_id,
+            "other_person": other,
+            "id_type": id_type,
+            "id_value": value,
+            "reason": reason,
+            "version": 1,
+        }
+        result.rows.append((IDENTITY_CONFLICTS.name, row))
 
     def _unique(self, person: str) -> dict[str, str]:
         return dict(self.persons[person].get("unique") or {})

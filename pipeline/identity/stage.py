@@ -71,6 +71,8 @@ class IdentityHandler:
             for merged in result.merged:
                 merge = {"from_person": merged, "to_person": person, "merged_at": event["occurred_at"]}
                 out.append((topics.MERGES, merged, merge))
+                # after the merged person's events on its partition: journeys hands its state over
+                out.append((topics.IDENTIFIED, merged, {"record": "merge", "person_id": merged, **merge}))
             out.append((topics.IDENTIFIED, person, event))
         return out
 

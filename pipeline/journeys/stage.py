@@ -65,26 +65,68 @@ class JourneysHandler:
         return partition_for(person.encode(), self.partitions)
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Place a batch of person-keyed events; publish what the new watermarks close."""
-        by_person: dict[str, list[dict[str, Any]]] = {}
-        for record in records:
-            by_person.setdefault(record["person_id"], []).append(record)
+        """Place a batch of person-keyed events; publish what the new watermarks close.
+
+        Besides events, the input carries two control records: ``merge`` (from
+        identity, keyed by the merged person, after its events) hands the
+        person's state to the survivor's partition as ``handoff``; ``handoff``
+        re-cuts it with the survivor's events.
+        """
         out: list[Output] = []
+        handoffs: list[Emission] = []
+        pending: dict[str, list[dict[str, Any]]] = {}
         newest: dict[int, int] = {}
+        for record in records:
+            control = record.get("record")
+            person = record["person_id"]
+            if control is None:
+                pending.setdefault(person, []).append(record)
+                continue
+            self._place(person, pending.pop(person, []), newest, out)
+            if control == "merge":
+                handoffs.append(self._hand_over(record, out))
+            elif control == "handoff":
+                partition = self._watch(self.partition_of(person))
+                state = self.timeline.absorb(
+                    self.state.get(person), record["state"], person, self.watermarks[partition], out
+                )
+                self._store(person, partition, state)
+                self.counts["handoffs"] += 1
+        for person, events in pending.items():
+            self._place(person, events, newest, out)
         now = self.clock()
-        for person, events in by_person.items():
-            partition = self._watch(self.partition_of(person))
-            state = self.timeline.place(self.state.get(person), events, self.watermarks[partition], out)  # type: ignore[arg-type]
-            self._store(person, partition, state)
-            latest = max(event["occurred_at"] for event in events)
-            newest[partition] = max(newest.get(partition, latest), latest)
         for partition, latest in newest.items():
             self._last_input[partition] = self._clock_mark[partition] = now
             if latest > self.watermarks[partition]:
                 self._set_watermark(partition, latest)
         for partition in newest:
             self._advance(partition, out)
-        return [_route(kind, record) for kind, record in out]
+        return [*handoffs, *(_route(kind, record) for kind, record in out)]
+
+    def _place(
+        self, person: str, events: list[dict[str, Any]], newest: dict[int, int], out: list[Output]
+    ) -> None:
+        if not events:
+            return
+        partition = self._watch(self.partition_of(person))
+        state = self.timeline.place(self.state.get(person), events, self.watermarks[partition], out)  # type: ignore[arg-type]
+        self._store(person, partition, state)
+        latest = max(event["occurred_at"] for event in events)
+        newest[partition] = max(newest.get(partition, latest), latest)
+
+    def _hand_over(self, merge: dict[str, Any], out: list[Output]) -> Emission:
+        """Send a merged person's held events to the survivor; tell attribution to do the same."""
+        merged, survivor = merge["person_id"], merge["to_person"]
+        state = self.state.get(merged) or {}
+        if merged in self.state:
+            del self.state[merged]
+        # sessions still held here come back re-cut under the survivor: attribution
+        # need not hand their touches over
+        held = sorted(state.get("emitted", {}))
+        out.append(("merge", {"person_id": merged, "to_person": survivor, "held_sessions": held}))
+        self.counts["merges"] += 1
+        handoff = {"record": "handoff", "person_id": survivor, "from_person": merged, "state": state}
+        return (topics.IDENTIFIED, survivor, handoff)
 
     def tick(self) -> list[Emission]:
         """Move the watermark of idle partitions on with the clock and publish what it closes."""

@@ -116,6 +116,29 @@ class JourneyTimeline:
         """End of input: publish every session as closed; nothing is held afterwards."""
         return self.advance(state, END_OF_TIME, out)
 
+    def absorb(
+        self,
+        state: dict[str, Any] | None,
+        other: dict[str, Any],
+        person: str,
+        watermark: int,
+        out: list[Output],
+    ) -> dict[str, Any]:
+        """Take over the held events of a person merged into ``person`` and re-cut them together.
+
+        The merged person's sessions get ids of the survivor (an id includes the
+        person), so its emitted sessions are retracted and its events re-emitted.
+        """
+        state = dict(state) if state else new_state()
+        moved = [[{**entry[0], "person_id": person}, entry[1], entry[2]] for entry in other.get("events", ())]
+        known = {entry[0]["event_id"] for entry in state["events"]}
+        held = [*state["events"], *(entry for entry in moved if entry[0]["event_id"] not in known)]
+        held.sort(key=lambda entry: event_order(entry[0]))
+        state["events"] = held
+        state["emitted"] = {**other.get("emitted", {}), **state["emitted"]}
+        cuts, _ = self._publish(state, watermark, out)
+        return self._finalise(state, cuts, watermark)
+
     @staticmethod
     def _outputs(event: Event, session: dict[str, Any] | None, out: list[Output]) -> None:
         kind = conversion_kind(event)

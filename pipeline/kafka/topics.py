@@ -39,6 +39,7 @@ IDENTIFIED = "events.identified"
 JOURNEYS = "journeys"
 MERGES = "identity.merges"
 DLQ = "dlq"
+MODELS = "attribution.models"
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
@@ -52,10 +53,16 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
     ),
     TopicSpec(DLQ, "dead letters: reason, detail and the original payload", retention_ms=30 * DAY_MS),
+    TopicSpec(
+        MODELS,
+        "fitted data-driven attribution models, newest per kind (compacted)",
+        retention_ms=-1,
+        cleanup_policy="compact",
+    ),
     *(
         TopicSpec(table.topic, f"rows for ClickHouse table {table.name}")
         for table in ROW_TABLES
-        if table.topic != DLQ
+        if table.topic not in (DLQ, MODELS)
     ),
 )
 

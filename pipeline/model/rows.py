@@ -73,9 +73,10 @@ ATTRIBUTION = RowTable(
     "attribution_store",
     (
         "conversion_id", "model", "session_id", "person_id", "channel", "campaign_name",
-        "touch_at", "converted_at", "position", "credit", "revenue_credit", "version",
+        "touch_at", "converted_at", "position", "credit", "revenue_credit", "model_version", "version",
     ),
     frozenset({"touch_at", "converted_at"}),
+    defaults=(("model_version", ""),),
 )  # fmt: skip
 ADJUSTMENTS = RowTable(
     "attribution_adjustments",
@@ -86,12 +87,31 @@ ADJUSTMENTS = RowTable(
     ),
     frozenset({"returned_at"}),
 )  # fmt: skip
+ATTRIBUTION_MODELS = RowTable(
+    "attribution_models",
+    "attribution_models_store",
+    (
+        "kind", "model_version", "fitted_at", "markov_order", "paths_used", "conversions_used",
+        "weights", "version",
+    ),
+    frozenset({"fitted_at"}),
+    topic_name="attribution.models",  # compacted: the newest fit per kind, read by the attribution stage
+)  # fmt: skip
 IDENTITIES = RowTable(
     "identities",
     "identities_store",
     ("id_type", "id_value", "person_id", "first_seen", "version"),
     frozenset({"first_seen"}),
 )
+IDENTITY_CONFLICTS = RowTable(
+    "identity_conflicts",
+    "identity_conflicts_store",
+    (
+        "conflict_id", "event_id", "occurred_at", "person_id", "other_person", "id_type", "id_value",
+        "reason", "version",
+    ),
+    frozenset({"occurred_at"}),
+)  # fmt: skip
 PERSON_ALIASES = RowTable(
     "person_aliases",
     "person_aliases_store",
@@ -115,7 +135,9 @@ ROW_TABLES: tuple[RowTable, ...] = (
     CONVERSIONS,
     ATTRIBUTION,
     ADJUSTMENTS,
+    ATTRIBUTION_MODELS,
     IDENTITIES,
+    IDENTITY_CONFLICTS,
     PERSON_ALIASES,
     DEAD_LETTERS,
 )

@@ -63,15 +63,23 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
 def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
     if stage == "identity":
         from pipeline.identity.stage import IdentityHandler
+        from pipeline.kafka.admin import partition_counts
 
-        return IdentityHandler(settings.identity_max_persons_per_id)
+        counts = partition_counts(settings)
+        origins = [
+            f"{source}/{p}"
+            for source, name in topics.RAW_TOPICS.items()
+            for p in range(counts.get(settings.topic(name), 0))
+        ]
+        return IdentityHandler(settings.identity_max_persons_per_id, origins)
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 
         return JourneysHandler(settings)
+    from pipeline.attribution.fitting import FittedModelFeed
     from pipeline.attribution.stage import AttributionHandler
 
-    return AttributionHandler(settings)
+    return AttributionHandler(settings, FittedModelFeed(settings))
 
 
 def _run_sink(settings: Settings, gate: DrainGate | None) -> None:

@@ -118,3 +118,76 @@ def test_identifier_shared_by_too_many_persons_stops_linking() -> None:
     assert g.resolve(ev(12, device_id="tablet")).person_id == people[0]  # nothing else to go by
     # and two users later seen with it are not merged through it
     assert g.resolve(ev(11, user_id="u9", device_id="tablet")).person_id == person_id_for("user_id:u9")
+
+
+def test_a_coupon_claimed_in_the_app_and_redeemed_at_the_till_links_the_two() -> None:
+    g = graph()
+    app = g.resolve(
+        {
+            **ev(10, device_id="d1"),
+            "source": "app",
+            "type": "coupon_claimed",
+            "properties": {"coupon_code": "C-42"},
+        }
+    ).person_id
+    till = {
+        **ev(20, payment_token="tok"),
+        "source": "pos",
+        "type": "purchase",
+        "properties": {"coupon_code": "C-42"},
+    }
+    assert g.resolve(till).person_id == app
+    other = {**ev(30, payment_token="tok2"), "source": "pos", "type": "purchase", "properties": {}}
+    assert g.resolve(other).person_id != app  # no coupon, no link
+    viewed = {**ev(40, anonymous_id="x"), "type": "page_view", "properties": {"coupon_code": "C-42"}}
+    assert g.resolve(viewed).person_id != app  # only claiming and redeeming link
+
+
+def test_a_coupon_links_its_first_redemption_only_and_an_unclaimed_voucher_nothing() -> None:
+    g = graph()
+
+    def till(at: int, token: str, code: str) -> dict[str, Any]:
+        return {
+            **ev(at, payment_token=token),
+            "source": "pos",
+            "type": "purchase",
+            "properties": {"coupon_code": code},
+        }
+
+    printed = {g.resolve(till(i, f"t{i}", "SUMMER")).person_id for i in range(1, 4)}
+    assert len(printed) == 3  # nobody claimed it in the app: no link
+    app = g.resolve(
+        {
+            **ev(10, device_id="d1"),
+            "source": "app",
+            "type": "coupon_claimed",
+            "properties": {"coupon_code": "P-1"},
+        }
+    ).person_id
+    assert g.resolve(till(20, "mine", "P-1")).person_id == app
+    assert g.resolve(till(30, "someone-else", "P-1")).person_id != app  # redeemed once already
+
+
+def test_conflicts_are_recorded_with_the_identifier_and_the_reason() -> None:
+    g = graph()
+    first = g.resolve(ev(1, user_id="u1", anonymous_id="c1")).person_id
+    second = g.resolve(ev(2, user_id="u2")).person_id
+    res = g.resolve(ev(3, user_id="u2", anonymous_id="c1"))
+    rows = [row for table, row in res.rows if table == "identity_conflicts"]
+    assert res.person_id == second and len(rows) == 1
+    assert (rows[0]["id_type"], rows[0]["id_value"], rows[0]["other_person"], rows[0]["reason"]) == (
+        "anonymous_id", "c1", first, "unique_id",
+    )  # fmt: skip
+    assert (
+        rows[0]["conflict_id"] == g.resolve(ev(3, user_id="u2", anonymous_id="c1")).rows[0][1]["conflict_id"]
+    )
+
+
+def test_an_identifier_turning_shared_is_reported_once() -> None:
+    g = IdentityGraph({}, {}, max_persons_per_id=2)
+    reported = []
+    for i in range(6):
+        res = g.resolve(ev(i, user_id=f"u{i}", device_id="tablet"))
+        reported += [row for table, row in res.rows if table == "identity_conflicts"]
+    shared = [r for r in reported if r["reason"] == "shared_identifier"]
+    assert len(shared) == 1 and (shared[0]["id_type"], shared[0]["id_value"]) == ("device_id", "tablet")

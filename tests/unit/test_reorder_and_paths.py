@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.attribution.models import Touch
-from pipeline.attribution.paths import PathAttributor, new_state, o2o_label
+from pipeline.attribution.paths import PathAttributor, conversion_id_for, new_state, o2o_label
 from pipeline.identity.reorder import ReorderBuffer
 
 DAY = 86_400_000
@@ -73,7 +73,7 @@ def test_path_resets_after_a_conversion_and_falls_back_to_the_own_session() -> N
     attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
     state = new_state()
     for t in (touch("s1", 0), touch("s2", DAY)):
-        state = attributor.add_touch(state, t)
+        state = attributor.add_touch(state, t, [])
     out: list[tuple[str, dict[str, Any]]] = []
     state = attributor.convert(state, conversion("e1", DAY + 1000, "s2"), out)
     credits = [r for table, r in out if table == "attribution"]
@@ -88,7 +88,7 @@ def test_lookback_window_drops_old_touches() -> None:
     attributor = PathAttributor(["first_touch"], lookback_days=30, half_life_days=7)
     state = new_state()
     for t in (touch("old", 0), touch("new", 40 * DAY)):
-        state = attributor.add_touch(state, t)
+        state = attributor.add_touch(state, t, [])
     out: list[tuple[str, dict[str, Any]]] = []
     attributor.convert(state, conversion("e", 40 * DAY + 1, "new"), out)
     assert [r["session_id"] for t, r in out if t == "attribution"] == ["new"]
@@ -98,7 +98,7 @@ def test_no_marketing_consent_credits_only_the_converting_session() -> None:
     attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
     state = new_state()
     for t in (touch("s1", 0), touch("s2", 1000)):
-        state = attributor.add_touch(state, t)
+        state = attributor.add_touch(state, t, [])
     out: list[tuple[str, dict[str, Any]]] = []
     attributor.convert(state, conversion("e", 2000, "s2", marketing=False), out)
     assert [r["session_id"] for t, r in out if t == "attribution"] == ["s2"]
@@ -118,12 +118,13 @@ def test_a_return_adjusts_every_model_like_the_original_credits() -> None:
     attributor = PathAttributor(["linear", "last_touch"], lookback_days=30, half_life_days=7)
     state = new_state()
     for t in (touch("s1", 0, channel="email"), touch("s2", 1000, kind="store_visit", channel="store")):
-        state = attributor.add_touch(state, t)
+        state = attributor.add_touch(state, t, [])
     out: list[tuple[str, dict[str, Any]]] = []
     state = attributor.convert(state, conversion("e1", 2000, "s2", source="pos", order_id="t-1"), out)
     out.clear()
     ret = {"person_id": "p", "event_id": "r1", "occurred_at": 5000, "order_ref": "t-1", "refund": 30.0}
-    assert attributor.refund(state, ret, out)
+    state, matched = attributor.refund(state, ret, out)
+    assert matched
     rows = {
         (r["model"], r["session_id"]): r["revenue_adjustment"]
         for t, r in out
@@ -132,4 +133,181 @@ def test_a_return_adjusts_every_model_like_the_original_credits() -> None:
     assert rows == {("linear", "s1"): -15.0, ("linear", "s2"): -15.0, ("last_touch", "s1"): -0.0,
                     ("last_touch", "s2"): -30.0}  # fmt: skip
     assert all(r["conversion_id"] == out[0][1]["conversion_id"] for _t, r in out)
-    assert not attributor.refund(state, {**ret, "order_ref": "unknown"}, [])
+    assert not attributor.refund(state, {**ret, "order_ref": "unknown"}, [])[1]
+
+
+def rows_of(out: list[tuple[str, dict[str, Any]]], table: str) -> list[dict[str, Any]]:
+    return [r for t, r in out if t == table]
+
+
+def test_a_late_touch_re_attributes_a_credited_conversion_with_a_new_version() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(None, touch("s2", 1000), out)
+    state = attributor.convert(state, conversion("e1", 2000, "s2"), out)
+    assert [(r["session_id"], r["version"]) for r in rows_of(out, "attribution")] == [("s2", 1)]
+    out.clear()
+    state = attributor.add_touch(state, touch("s1", 0, channel="paid_search"), out)
+    credits = rows_of(out, "attribution")
+    assert [(r["session_id"], r["credit"], r["version"]) for r in credits] == [("s1", 0.5, 2), ("s2", 0.5, 2)]
+    (row,) = rows_of(out, "conversions")
+    assert (row["path_length"], row["version"]) == (2, 2)
+    out.clear()
+    attributor.add_touch(state, touch("s1", 0, channel="paid_search"), out)
+    assert out == []  # the same touch again changes no path
+
+
+def test_a_touch_outside_every_path_re_attributes_nothing() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(None, touch("s1", 1000), out)
+    state = attributor.convert(state, conversion("e1", 2000, "s1"), out)
+    out.clear()
+    attributor.add_touch(state, touch("later", 5000), out)
+    assert out == []
+
+
+def test_a_removed_touch_re_attributes_without_it() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = None
+    for t in (touch("s1", 0), touch("s2", 1000)):
+        state = attributor.add_touch(state, t, out)
+    state = attributor.convert(state, conversion("e1", 2000, "s2"), out)
+    out.clear()
+    attributor.remove_touch(state, {"person_id": "p", "session_id": "s1"}, out)
+    assert [(r["session_id"], r["credit"], r["version"]) for r in rows_of(out, "attribution")] == [
+        ("s2", 1.0, 2)
+    ]
+
+
+def test_a_late_conversion_resets_the_path_of_the_next_one() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = None
+    for t in (touch("s1", 0), touch("s2", 3000)):
+        state = attributor.add_touch(state, t, out)
+    state = attributor.convert(state, conversion("e2", 4000, "s2", order_id="o2"), out)
+    out.clear()
+    attributor.convert(state, conversion("e1", 1000, "s1", order_id="o1"), out)
+    by_conversion = {(r["conversion_id"], r["session_id"]): r["version"] for r in rows_of(out, "attribution")}
+    e1, e2 = conversion_id_for("e1"), conversion_id_for("e2")
+    assert by_conversion == {(e1, "s1"): 1, (e2, "s2"): 2}  # e2 re-credited over s2 alone
+
+
+def test_a_return_follows_a_re_attribution() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(None, touch("s2", 1000), out)
+    state = attributor.convert(state, conversion("e1", 2000, "s2", order_id="t"), out)
+    ret = {"person_id": "p", "event_id": "r1", "occurred_at": 5000, "order_ref": "t", "refund": 30.0}
+    state, _ = attributor.refund(state, ret, out)
+    out.clear()
+    attributor.add_touch(state, touch("s1", 0), out)
+    adjustments = {
+        (r["session_id"], r["revenue_adjustment"], r["version"])
+        for r in rows_of(out, "attribution_adjustments")
+    }
+    assert adjustments == {("s1", -15.0, 2), ("s2", -15.0, 2)}
+
+
+def test_a_merged_person_brings_touches_that_re_attribute_and_its_conversions() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    a = attributor.add_touch(None, touch("store", 2000, kind="store_visit", channel="store"), out)
+    a = attributor.convert(a, conversion("buy", 3000, "store", source="pos", order_id="t1"), out)
+    b = attributor.add_touch(None, {**touch("web", 1000, channel="paid_search"), "person_id": "b"}, [])
+    b = attributor.convert(b, {**conversion("order", 1500, "web", order_id="o1"), "person_id": "b"}, [])
+    a = attributor.remove_touch(a, {"person_id": "p", "session_id": "gone"}, [])
+    b = attributor.add_touch(b, {**touch("gone", 1200), "person_id": "b"}, [])
+    out.clear()
+    merged = attributor.absorb(a, b, "p", out)
+    assert "gone" not in merged["touches"]  # withdrawn by journeys before the hand-over
+    credits = {
+        (r["conversion_id"], r["session_id"]): (r["credit"], r["person_id"])
+        for r in rows_of(out, "attribution")
+    }
+    buy, order = conversion_id_for("buy"), conversion_id_for("order")
+    assert credits[(order, "web")] == (1.0, "p")
+    assert (buy, "web") not in credits  # the order at 1500 ends the web path: the purchase keeps its own
+    assert {r["o2o_label"] for r in rows_of(out, "conversions") if r["event_id"] == "order"} == {
+        "online_only"
+    }
+
+
+def test_a_merge_adds_touches_from_before_a_conversion() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    a = attributor.add_touch(None, touch("store", 2000, kind="store_visit", channel="store"), out)
+    a = attributor.convert(a, conversion("buy", 3000, "store", source="pos", order_id="t1"), out)
+    b = attributor.add_touch(None, {**touch("web", 1000, channel="paid_search"), "person_id": "b"}, [])
+    out.clear()
+    attributor.absorb(a, b, "p", out)
+    credits = [(r["session_id"], r["credit"], r["version"]) for r in rows_of(out, "attribution")]
+    assert credits == [("web", 0.5, 2), ("store", 0.5, 2)]
+    assert [r["o2o_label"] for r in rows_of(out, "conversions")] == ["online_to_offline"]
+
+
+def test_data_driven_models_credit_with_the_newest_fit_and_record_its_version() -> None:
+    from pipeline.attribution.datadriven import FittedModel
+
+    attributor = PathAttributor(["linear", "markov"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = None
+    for t in (touch("s1", 0, channel="email"), touch("s2", 1000, channel="direct")):
+        state = attributor.add_touch(state, t, out)
+    state = attributor.convert(state, conversion("e1", 2000, "s2"), out)
+    assert {r["model"] for r in rows_of(out, "attribution")} == {"linear"}  # no fit yet
+    attributor.fitted = {
+        "markov": FittedModel("markov", "m-1", {"email": 0.75, "direct": 0.25}, 1, 10.0, 4.0)
+    }
+    out.clear()
+    attributor.convert(state, conversion("e2", 3000, "s2", order_id="o2"), out)
+    markov = [
+        (r["session_id"], r["credit"], r["model_version"])
+        for r in rows_of(out, "attribution")
+        if r["model"] == "markov"
+    ]
+    assert markov == [("s2", 1.0, "m-1")]
+    out.clear()
+    state = new_state()
+    for t in (touch("s1", 0, channel="email"), touch("s2", 1000, channel="direct")):
+        state = attributor.add_touch(state, t, out)
+    attributor.convert(state, conversion("e3", 2000, "s2"), out)
+    markov = [(r["session_id"], r["credit"]) for r in rows_of(out, "attribution") if r["model"] == "markov"]
+    assert markov == [("s1", 0.75), ("s2", 0.25)]
+
+
+def test_a_replayed_conversion_or_return_emits_nothing_new() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(None, touch("s1", 0), out)
+    state = attributor.convert(state, conversion("e1", 2000, "s1", order_id="t"), out)
+    ret = {"person_id": "p", "event_id": "r1", "occurred_at": 5000, "order_ref": "t", "refund": 30.0}
+    state, _ = attributor.refund(state, ret, out)
+    out.clear()
+    state = attributor.convert(state, conversion("e1", 2000, "s1", order_id="t"), out)
+    state, matched = attributor.refund(state, ret, out)
+    assert matched and out == []
+
+
+def test_state_stays_bounded() -> None:
+    attributor = PathAttributor(["last_touch"], lookback_days=1, half_life_days=7)
+    state = None
+    for i in range(200):
+        state = attributor.add_touch(state, touch(f"s{i}", i * DAY), [])
+        state = attributor.convert(state, conversion(f"e{i}", i * DAY + 1, f"s{i}", order_id=f"o{i}"), [])
+    assert state is not None
+    assert len(state["conversions"]) == 50 and len(state["touches"]) <= 52
+
+
+def test_without_path_reset_every_touch_in_the_lookback_counts() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7, reset_after_conversion=False)
+    out: list[tuple[str, dict[str, Any]]] = []
+    state = None
+    for t in (touch("s1", 0), touch("s2", DAY)):
+        state = attributor.add_touch(state, t, out)
+    state = attributor.convert(state, conversion("e1", DAY + 1000, "s2"), out)
+    out.clear()
+    attributor.convert(state, conversion("e2", DAY + 2000, "s2", order_id="o2"), out)
+    assert [(r["session_id"], r["credit"]) for r in rows_of(out, "attribution")] == [("s1", 0.5), ("s2", 0.5)]

@@ -1,0 +1,146 @@
+"""When identity merges person B into A, journeys and attribution hand B's state to A."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.attribution.paths import conversion_id_for
+from pipeline.attribution.stage import AttributionHandler
+from pipeline.config import Settings
+from pipeline.journeys.stage import JourneysHandler
+from pipeline.kafka import topics
+
+MIN = 60_000
+SETTINGS = Settings(models=("linear", "first_touch"))  # type: ignore[call-arg]
+
+
+def ev(
+    event_id: str, person: str, at: int, source: str = "web", etype: str = "page_view", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "person_id": person,
+        "source": source,
+        "type": etype,
+        "occurred_at": at,
+        **extra,
+    }
+
+
+class Pipeline:
+    """Journeys and attribution handlers over dict tables, records routed like Kafka would."""
+
+    def __init__(self) -> None:
+        self.journeys = JourneysHandler(SETTINGS, clock=lambda: 0.0)
+        self.journeys.bind({"journeys_state": {}, "journeys_watermarks": {}}, partitions=4)  # type: ignore[dict-item]
+        self.attribution = AttributionHandler(SETTINGS)
+        self.attribution.bind({"attribution_paths": {}})  # type: ignore[dict-item]
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, records: list[dict[str, Any]], flush: bool = False) -> None:
+        identified = list(records)
+        while identified:
+            out = self.journeys.process(identified)
+            identified = [v for t, _k, v in out if t == topics.IDENTIFIED]
+            self._attribute([v for t, _k, v in out if t == topics.JOURNEYS])
+            self.rows += [(t, v) for t, _k, v in out if t.startswith("rows.")]
+        if flush:
+            out = self.journeys.flush()
+            self._attribute([v for t, _k, v in out if t == topics.JOURNEYS])
+            self.rows += [(t, v) for t, _k, v in out if t.startswith("rows.")]
+
+    def _attribute(self, records: list[dict[str, Any]]) -> None:
+        while records:
+            out = self.attribution.process(records)
+            records = [v for t, _k, v in out if t == topics.JOURNEYS]
+            self.rows += [(t, v) for t, _k, v in out if t.startswith("rows.")]
+
+    def latest(self, table: str, key: str) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for t, r in self.rows:
+            if t == f"rows.{table}" and r["version"] >= rows.get(r[key], {"version": -1})["version"]:
+                rows[r[key]] = r
+        return rows
+
+
+def merge(from_person: str, to_person: str, at: int) -> dict[str, Any]:
+    return {"record": "merge", "person_id": from_person, "from_person": from_person, "to_person": to_person,
+            "merged_at": at}  # fmt: skip
+
+
+def test_web_as_a_cookie_a_store_purchase_then_a_login_that_links_them() -> None:
+    p = Pipeline()
+    # B: a cookie browsing from a paid search ad
+    p.send([ev("w1", "B", 0, context={"campaign": {"medium": "cpc"}}), ev("w2", "B", 5 * MIN)])
+    # A: a loyalty card at the till, in a store visit
+    store = {
+        "context": {"store_id": "s1"},
+        "properties": {"store_id": "s1", "revenue": 80, "transaction_id": "t1"},
+    }
+    p.send([ev("b1", "A", 60 * MIN, "pos", "purchase", **store)])
+    # the login links the cookie to the loyalty customer: B merges into A
+    p.send([merge("B", "A", 90 * MIN)])
+    # A's next conversion: an online order
+    p.send(
+        [ev("o1", "A", 120 * MIN, etype="order_completed", properties={"order_id": "o1", "revenue": 40})],
+        flush=True,
+    )
+
+    sessions = {sid: s for sid, s in p.latest("sessions", "session_id").items() if not s["retracted"]}
+    assert {(s["person_id"], s["channel"]) for s in sessions.values()} == {
+        ("A", "paid_search"),
+        ("A", "store"),
+        ("A", "direct"),
+    }
+    events = p.latest("events", "event_id")
+    assert {e["person_id"] for e in events.values()} == {"A"}  # B's events re-emitted under A
+    assert events["w1"]["version"] == 2
+
+    # the purchase was credited before the merge to the visit alone; the merge brings the
+    # web touches from before it: re-attributed, online_to_offline
+    credits = p.latest("conversions", "conversion_id")
+    purchase = credits[conversion_id_for("b1")]
+    assert (purchase["version"], purchase["o2o_label"], purchase["path_length"]) == (
+        2,
+        "online_to_offline",
+        2,
+    )
+    linear = [r for t, r in p.rows if t == "rows.attribution" and r["model"] == "first_touch"
+              and r["conversion_id"] == conversion_id_for("b1") and r["version"] == 2]  # fmt: skip
+    assert [(r["channel"], r["credit"]) for r in linear] == [("paid_search", 1.0), ("store", 0.0)]
+    order = credits[conversion_id_for("o1")]
+    assert order["path_length"] == 1  # after the purchase the path starts again
+
+
+def test_a_merge_of_a_person_with_nothing_held_hands_over_empty_state() -> None:
+    p = Pipeline()
+    p.send([merge("nobody", "A", 0)])
+    p.send([ev("x", "A", MIN)], flush=True)
+    assert [s["person_id"] for s in p.latest("sessions", "session_id").values()] == ["A"]
+
+
+def test_a_coupon_redeemed_at_the_till_puts_the_push_that_carried_it_in_the_path() -> None:
+    from pipeline.identity.stage import IdentityHandler
+
+    identity = IdentityHandler()
+    identity.bind({"identity_ids": {}, "identity_persons": {}, "identity_pending": {}})  # type: ignore[dict-item]
+    p = Pipeline()
+    app = {"device_id": "d1"}
+    events = [
+        {"event_id": "push", "source": "app", "type": "push_opened", "occurred_at": 0, "ids": app,
+         "context": {"campaign": {"medium": "push", "name": "weekend"}}},
+        {"event_id": "claim", "source": "app", "type": "coupon_claimed", "occurred_at": MIN, "ids": app,
+         "properties": {"coupon_code": "W-7"}},
+        {"event_id": "till", "source": "pos", "type": "purchase", "occurred_at": 26 * 60 * MIN,
+         "ids": {"payment_token": "tok"},
+         "context": {"store_id": "s1"},
+         "properties": {"store_id": "s1", "revenue": 30, "transaction_id": "t9", "coupon_code": "W-7"}},
+    ]  # fmt: skip
+    out = identity.process(events) + identity.flush()
+    p.send([v for t, _k, v in out if t == topics.IDENTIFIED], flush=True)
+    conversion = p.latest("conversions", "conversion_id")[conversion_id_for("till")]
+    assert (conversion["path_length"], conversion["o2o_label"]) == (2, "online_to_offline")
+    first = [
+        r for t, r in p.rows if t == "rows.attribution" and r["model"] == "first_touch" and r["credit"] == 1.0
+    ]
+    assert [(r["channel"], r["campaign_name"]) for r in first] == [("push", "weekend")]
