@@ -10,6 +10,7 @@ from pipeline.attribution.custom import load_rules
 from pipeline.attribution.datadriven import FittedModel
 from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
 from pipeline.config import Settings
+from pipeline.identity.graph import follow
 from pipeline.kafka import topics
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 from pipeline.runtime.faust_stage import Emission
@@ -30,7 +31,7 @@ class ModelFeed(Protocol):
 class AttributionHandler:
     """Keeps per-person paths in a state table and credits conversions."""
 
-    table_names = ("attribution_paths",)
+    table_names = ("attribution_paths", "attribution_forward")
     inputs = (topics.JOURNEYS,)
 
     def __init__(self, settings: Settings, feed: ModelFeed | None = None) -> None:
@@ -44,11 +45,13 @@ class AttributionHandler:
         )
         self.feed = feed if any(m in DATA_DRIVEN for m in settings.models) else None
         self.state: MutableMapping[str, Any] = {}
+        self.forward: MutableMapping[str, Any] = {}  # merged person -> survivor, for late hand-overs
         self.counts: Counter[str] = Counter()
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Use the given per-person path table; read the newest fitted models."""
         self.state = tables["attribution_paths"]
+        self.forward = tables.get("attribution_forward", {})
         if self.feed is not None:
             self.attributor.fitted = self.feed.load()
 
@@ -76,6 +79,7 @@ class AttributionHandler:
                 if person in self.state:
                     del self.state[person]
                 survivor = record["to_person"]
+                self.forward[person] = survivor
                 # sessions journeys still held come back re-cut under the survivor
                 held = set(record.get("held_sessions") or ())
                 moved = dict(state or {})
@@ -84,6 +88,10 @@ class AttributionHandler:
                 handoffs.append((topics.JOURNEYS, survivor, handoff))
                 continue
             elif kind == "handoff":
+                target = follow(self.forward, person)
+                if target != person:  # this person merged on since: pass the state on
+                    handoffs.append((topics.JOURNEYS, target, {**record, "person_id": target}))
+                    continue
                 state = self.attributor.absorb(state, record["state"], person, out)
                 self.counts["handoffs"] += 1
             else:

@@ -6,8 +6,12 @@ Rules (the brief's defaults):
 * ``unique`` identifier types (``user_id``, ``loyalty_id``): a person holds at
   most one value of each, so an event that would join two persons with
   different values is not merged, and the conflict is counted;
-* when two persons merge, the older one (first seen by event time, ties
-  broken by id) survives, so replays give the same ids;
+* a person's id derives from its *root*: of all its identifiers, the one
+  first seen in event time (ties: the stronger type, then the value). When
+  two persons merge, the one with the older root survives; when an earlier
+  event makes another identifier the root, the person is renamed (an alias
+  to the new id, like a merge). So the ids are a function of the events, not
+  of the order they arrive in (docs/identity.md);
 * a coupon code claimed in the app and redeemed at the till links too, as
   the weakest identifier.
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,17 @@ from pipeline.model.contract import ID_PRIORITY, STRONG_ID_TYPES, Event
 from pipeline.model.rows import IDENTITIES, IDENTITY_CONFLICTS, PERSON_ALIASES
 
 UNIQUE_ID_TYPES = ("user_id", "loyalty_id")
+
+
+def id_rank(key: str) -> int:
+    """Strength of an identifier type: 0 for ``user_id`` ... (coupon codes weakest)."""
+    id_type = key.partition(":")[0]
+    return ID_PRIORITY.index(id_type) if id_type in ID_PRIORITY else len(ID_PRIORITY)
+
+
+def root_of(key: str, first_seen: int) -> list[Any]:
+    """How an identifier ranks as a person's root: first seen, then strength, then text."""
+    return [first_seen, id_rank(key), key]
 
 
 def person_id_for(id_key: str) -> str:
@@ -95,7 +110,8 @@ class IdentityGraph:
             # no person yet, or the event's strongest identifier is a unique id
             # the found person cannot hold: the event belongs to a person of its own
             anchor = person_id_for(strongest)
-            self.persons[anchor] = {"first_seen": at, "unique": {}, "ids": [], "aliases": {}}
+            root = root_of(strongest, at)
+            self.persons[anchor] = {"first_seen": at, "unique": {}, "ids": [], "aliases": {}, "root": root}
             self.counts["persons"] += 1
             result = Resolution(anchor)
             self._link(strongest, anchor, at, result)
@@ -120,8 +136,62 @@ class IdentityGraph:
                 self._conflict(event, key, self.ids.get(f"{id_type}:{held}", [""])[0], "unique_id", result)
                 continue
             self._link(key, result.person_id, at, result)
+        self._refresh_root(result.person_id, keys, at, result)
         self.counts["conflicts"] += result.conflicts
         return result
+
+    def _root(self, person: str) -> list[Any]:
+        record = self.persons[person]
+        if "root" in record:
+            return list(record["root"])
+        first = record["ids"][0] if record.get("ids") else ""
+        return root_of(first, record["first_seen"])  # a record written before roots existed
+
+    def _refresh_root(self, person: str, keys: list[str], at: int, result: Resolution) -> None:
+        """Note earlier sightings of the event's identifiers; rename the person if its root changed."""
+        root = self._root(person)
+        best = root
+        for key in keys:
+            entry = self.ids.get(key)
+            if entry is None or entry[0] != person:
+                continue
+            if at < entry[2]:
+                entry = [entry[0], entry[1] + 1, at, *entry[3:]]
+                self.ids[key] = entry
+                result.rows.append((IDENTITIES.name, _identity_row(key, person, at, entry[1])))
+            best = min(best, root_of(key, entry[2]))
+        if best == root:
+            return
+        new = person_id_for(best[2])
+        record = dict(self.persons[person])
+        record["root"], record["first_seen"] = best, best[0]
+        if new == person:
+            self.persons[person] = record
+            return
+        self.persons[new] = record
+        self._move(person, new, at, "older_identifier", result)
+        del self.persons[person]
+        result.person_id = new
+        self.counts["renames"] += 1
+
+    def _move(self, old: str, new: str, at: int, reason: str, result: Resolution) -> None:
+        """Point ``old``, its aliases and its identifiers at ``new`` (whose record exists)."""
+        moving = self.persons[old]
+        target = dict(self.persons[new])
+        aliases = dict(target.get("aliases") or {})
+        for alias, revision in {old: 0, **(moving.get("aliases") or {})}.items():
+            aliases[alias] = revision + 1
+            row = {"person_id": alias, "canonical_id": new, "merged_at": at, "reason": reason}
+            result.rows.append((PERSON_ALIASES.name, {**row, "version": revision + 1}))
+        for key in moving["ids"]:
+            _person, revision, first_seen, *rest = self.ids[key]
+            self.ids[key] = [new, revision + 1, first_seen, *rest]
+            result.rows.append((IDENTITIES.name, _identity_row(key, new, first_seen, revision + 1)))
+        target["aliases"] = aliases
+        if old != new and moving is not target:
+            target["ids"] = list(dict.fromkeys([*target["ids"], *moving["ids"]]))
+        self.persons[new] = target
+        result.merged.append(old)
 
     def _coupon_keys(self, event: Event) -> list[str]:
         """A coupon links its claim in the app to its first redemption, weakest of all links.
@@ -209,28 +279,17 @@ class IdentityGraph:
         result.rows.append((IDENTITIES.name, _identity_row(key, person, at, 1)))
 
     def _merge(self, a: str, b: str, at: int, result: Resolution) -> str:
-        """Merge persons a and b; the older survives. Returns the survivor."""
+        """Merge persons a and b; the one with the older root survives. Returns the survivor."""
+        if self._root(b) < self._root(a):
+            a, b = b, a
         ra, rb = self.persons[a], self.persons[b]
-        if (rb["first_seen"], b) < (ra["first_seen"], a):
-            a, b, ra, rb = b, a, rb, ra
         survivor = dict(ra)
-        aliases = dict(survivor.get("aliases") or {})
-        moved = {b: 0, **(rb.get("aliases") or {})}
-        for alias, revision in moved.items():
-            aliases[alias] = revision + 1
-            row = {"person_id": alias, "canonical_id": a, "merged_at": at, "reason": "shared_identifier"}
-            result.rows.append((PERSON_ALIASES.name, {**row, "version": revision + 1}))
-        for key in rb["ids"]:
-            _person, revision, first_seen, *rest = self.ids[key]
-            self.ids[key] = [a, revision + 1, first_seen, *rest]
-            result.rows.append((IDENTITIES.name, _identity_row(key, a, first_seen, revision + 1)))
-        survivor["aliases"] = aliases
-        survivor["ids"] = [*survivor["ids"], *rb["ids"]]
-        survivor["unique"] = {**(rb.get("unique") or {}), **(survivor.get("unique") or {})}
+        survivor["unique"] = {**(rb.get("unique") or {}), **(ra.get("unique") or {})}
+        survivor["root"] = self._root(a)
         survivor["first_seen"] = min(ra["first_seen"], rb["first_seen"])
         self.persons[a] = survivor
+        self._move(b, a, at, "shared_identifier", result)
         del self.persons[b]
-        result.merged.append(b)
         self.counts["merges"] += 1
         return a
 
@@ -244,6 +303,18 @@ def _identity_row(key: str, person: str, first_seen: int, version: int) -> dict[
         "first_seen": first_seen,
         "version": version,
     }
+
+
+def follow(forward: Mapping[str, Any], person: str) -> str:
+    """Where a person went through merges and renames since (itself when it did not move).
+
+    ``forward`` maps a merged person to the person its state was handed to.
+    """
+    seen = {person}
+    while person in forward and forward[person] not in seen:
+        person = str(forward[person])
+        seen.add(person)
+    return person
 
 
 def is_identified(record: dict[str, Any]) -> bool:

@@ -38,6 +38,7 @@ class ReorderBuffer:
         self._last_seen: dict[str, float] = {}
         self.released_up_to = 0
         self.late = 0
+        self._waiting: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -46,8 +47,15 @@ class ReorderBuffer:
         """Buffer one event; returns the late event itself when it is older than what was released."""
         at = event["occurred_at"]
         stream = self.stream_of(event)
+        now = self.clock()
+        if self._waiting:
+            # expected streams start their idle clock with the first input, not
+            # at start-up: a worker may take longer to join its group than that
+            for waiting in self._waiting:
+                self._last_seen.setdefault(waiting, now)
+            self._waiting.clear()
         self._newest[stream] = max(self._newest.get(stream, at), at)
-        self._last_seen[stream] = self.clock()
+        self._last_seen[stream] = now
         if at < self.released_up_to:
             self.late += 1
             return [event]
@@ -62,16 +70,15 @@ class ReorderBuffer:
         fetched yet, at start-up or in a backfill) could not hold back the
         ones that have, and its first events would all come late.
         """
-        now = self.clock()
         for stream in streams:
             if stream not in self._newest:
                 self._newest[stream] = -(2**62)
-                self._last_seen[stream] = now
+                self._waiting.add(stream)
 
     def watermark(self) -> int | None:
         """The event time up to which every active stream has arrived."""
         now = self.clock()
-        active = [t for s, t in self._newest.items() if now - self._last_seen[s] < self.idle_seconds]
+        active = [t for s, t in self._newest.items() if now - self._last_seen.get(s, now) < self.idle_seconds]
         if not active:
             return max(self._newest.values()) if self._newest else None
         return min(active)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.identity.graph import follow
 from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
 from pipeline.journeys.sessions import Output, SessionRules
 from pipeline.journeys.timeline import JourneyTimeline
@@ -37,7 +38,7 @@ def watermark_key(partition: int, partitions: int) -> str:
 class JourneysHandler:
     """Runs the :class:`JourneyTimeline` of each person over the stage's state tables."""
 
-    table_names = ("journeys_state", "journeys_watermarks")
+    table_names = ("journeys_state", "journeys_watermarks", "journeys_forward")
     inputs = (topics.IDENTIFIED,)
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -49,6 +50,7 @@ class JourneysHandler:
         self.partitions = 1
         self.state: MutableMapping[str, Any] = {}
         self.marks: MutableMapping[str, Any] = {}
+        self.forward: MutableMapping[str, Any] = {}  # merged person -> survivor, for late hand-overs
         self.watermarks: dict[int, int] = {}
         self._last_input: dict[int, float] = {}
         self._clock_mark: dict[int, float] = {}
@@ -58,6 +60,7 @@ class JourneysHandler:
         """Use the given state tables; ``partitions`` is the input topic's partition count."""
         self.state = tables["journeys_state"]
         self.marks = tables["journeys_watermarks"]
+        self.forward = tables.get("journeys_forward", {})
         self.partitions = partitions
 
     def partition_of(self, person: str) -> int:
@@ -86,6 +89,10 @@ class JourneysHandler:
             if control == "merge":
                 handoffs.append(self._hand_over(record, out))
             elif control == "handoff":
+                target = follow(self.forward, person)
+                if target != person:  # this person merged on since: pass the state on
+                    handoffs.append((topics.IDENTIFIED, target, {**record, "person_id": target}))
+                    continue
                 partition = self._watch(self.partition_of(person))
                 state = self.timeline.absorb(
                     self.state.get(person), record["state"], person, self.watermarks[partition], out
@@ -120,6 +127,7 @@ class JourneysHandler:
         state = self.state.get(merged) or {}
         if merged in self.state:
             del self.state[merged]
+        self.forward[merged] = survivor
         # sessions still held here come back re-cut under the survivor: attribution
         # need not hand their touches over
         held = sorted(state.get("emitted", {}))

@@ -144,3 +144,17 @@ def test_a_coupon_redeemed_at_the_till_puts_the_push_that_carried_it_in_the_path
         r for t, r in p.rows if t == "rows.attribution" and r["model"] == "first_touch" and r["credit"] == 1.0
     ]
     assert [(r["channel"], r["campaign_name"]) for r in first] == [("push", "weekend")]
+
+
+def test_a_hand_over_that_arrives_after_its_target_merged_on_is_passed_along() -> None:
+    p = Pipeline()
+    p.send([ev("b", "B", 0), ev("a", "A", 10 * MIN), ev("c", "C", 20 * MIN)])
+    held = [v for t, _k, v in p.journeys.process([merge("B", "A", 30 * MIN)]) if t == topics.IDENTIFIED]
+    p.send([merge("A", "C", 40 * MIN)])  # A moved on to C before B's hand-over reached A
+    out = p.journeys.process(held)
+    passed = [v for t, k, v in out if t == topics.IDENTIFIED]
+    assert [(v["record"], v["person_id"], v["from_person"]) for v in passed] == [("handoff", "C", "B")]
+    p.send(passed, flush=True)
+    events = p.latest("events", "event_id")
+    assert {e: r["person_id"] for e, r in events.items()} == {"a": "C", "b": "C", "c": "C"}
+    assert "A" not in p.journeys.state and "B" not in p.journeys.state

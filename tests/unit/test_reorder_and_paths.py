@@ -49,6 +49,21 @@ def test_idle_source_stops_holding_back_and_late_events_pass_at_once() -> None:
     assert buf.late == 1
 
 
+def test_an_expected_stream_holds_back_from_the_first_input_until_it_sends_or_idles() -> None:
+    clock = FakeClock()
+    buf = ReorderBuffer(idle_seconds=5, clock=clock)
+    buf.expect(["web", "pos"])
+    clock.now = 100.0  # a slow start-up: the idle clock has not started yet
+    buf.add(ev(10, "web"))
+    assert buf.release() == []  # pos has not sent yet
+    clock.now = 104.0
+    assert buf.release() == []
+    buf.add(ev(5, "pos"))
+    assert buf.release() == [ev(5, "pos")]  # pos at 5 now holds web's 10
+    clock.now = 110.0
+    assert buf.release() == [ev(10, "web")]  # pos idle
+
+
 def test_release_everything_sorts_all() -> None:
     buf = ReorderBuffer(clock=FakeClock())
     for at, source in ((5, "web"), (3, "app"), (4, "pos")):
