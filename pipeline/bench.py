@@ -91,7 +91,13 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
 
     Uses its own topic prefix and ClickHouse database (`bench.`, `bench`), wiped first.
     """
-    from pipeline.bench_parts import collector_rate, ingest_rate, journeys_state_size, stage_rate
+    from pipeline.bench_parts import (
+        collector_rate,
+        identity_state_size,
+        ingest_rate,
+        journeys_state_size,
+        stage_rate,
+    )
     from pipeline.cli.demo import prepare, run_drained
     from pipeline.kafka.admin import ensure_topics
     from pipeline.kafka.topics import raw_topics
@@ -121,6 +127,7 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
     ingest_n, ingest_s = ingest_rate(base, n, seed)
     alone = {stage: stage_rate(base, settings, stage) for stage in ("identity", "journeys", "attribution")}
     logic_rate, held, per_person = journeys_state_size(settings, alone["journeys"][2])
+    graph_rate, identifiers, per_million = identity_state_size(alone["identity"][2])
     requests, accepted, collector_s = collector_rate(base, min(n, 50_000), seed)
     rows = [
         ("events", f"{n:,}"),
@@ -137,6 +144,11 @@ def bench(ctx: click.Context, events: int, seed: int) -> None:
                 f"{k / s:,.0f} records/s ({k:,} in {s:.1f} s)",
             )
             for stage, (k, s, _values) in alone.items()
+        ),
+        ("identity graph alone (in process, no Kafka)", f"{graph_rate:,.0f} events/s"),
+        (
+            "identity state per million identifiers (serialised)",
+            f"{per_million:,.0f} MiB ({identifiers:,} identifiers measured)",
         ),
         ("journeys logic alone (in process, no Kafka)", f"{logic_rate:,.0f} events/s"),
         (

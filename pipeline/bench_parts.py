@@ -140,6 +140,30 @@ def journeys_state_size(settings: Settings, values: list[bytes]) -> tuple[float,
     return len(records) / max(seconds, 1e-9), peak_persons, peak_bytes / max(peak_persons, 1)
 
 
+def identity_state_size(values: list[bytes]) -> tuple[float, int, float]:
+    """The identity graph alone, in process: (events/s, identifiers, MiB per million identifiers).
+
+    Size is the serialised (changelog) size of both identity tables after all
+    events, scaled to a million identifiers.
+    """
+    from pipeline.identity.graph import IdentityGraph
+    from pipeline.kafka.envelopes import unpack
+
+    ids: dict[str, Any] = {}
+    persons: dict[str, Any] = {}
+    graph = IdentityGraph(ids, persons)
+    events = sorted(
+        (r for v in values for r in unpack(v) if "occurred_at" in r),
+        key=lambda e: (e["occurred_at"], e["event_id"]),
+    )
+    start = time.monotonic()
+    for event in events:
+        graph.resolve(event)  # type: ignore[arg-type]
+    seconds = time.monotonic() - start
+    size = sum(len(k) + len(orjson.dumps(v)) for table in (ids, persons) for k, v in table.items())
+    return len(events) / max(seconds, 1e-9), len(ids), size / max(len(ids), 1) * 1e6 / 2**20
+
+
 def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> tuple[int, int, float]:
     """(requests, events, seconds) posting ``n`` events in batches of ``batch`` to a local collector."""
     import httpx

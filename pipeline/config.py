@@ -10,6 +10,7 @@ Everything is validated once, at start-up, by :func:`load_settings`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -117,6 +118,9 @@ class Settings(BaseSettings):
     identity_max_persons_per_id: int = Field(
         5, ge=1, description="an identifier seen with more persons (a shared tablet) stops linking"
     )
+    blocked_id_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="regular expressions of identifier values that never link (whole value)"
+    )
 
     # Journeys
     session_timeout_minutes: float = Field(30.0, gt=0)
@@ -169,6 +173,18 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown attribution models {unknown}; known: {', '.join(ATTRIBUTION_MODELS)}")
         if not value:
             raise ValueError("at least one attribution model is needed")
+        return tuple(value)
+
+    @field_validator("blocked_id_patterns", mode="before")
+    @classmethod
+    def _compile_patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return tuple(value)
 
     @field_validator("bootstrap_servers")

@@ -109,64 +109,38 @@ class FittedModelFeed:
     """The newest fit of each kind, read from the compacted models topic (from its start)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        from pipeline.kafka.compacted import CompactedReader
+
+        self.reader = CompactedReader(settings, topics.MODELS, "attribution-models")
         self.latest: dict[str, FittedModel] = {}
-        self._consumer: Any = None
-
-    def _open(self) -> Any:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-        from pipeline.kafka.admin import end_offsets
-        from pipeline.kafka.clients import make_consumer
-
-        topic = self.settings.topic(topics.MODELS)
-        ends = end_offsets(self.settings, [topic])
-        consumer = make_consumer(
-            self.settings, self.settings.group("attribution-models"), **{"enable.auto.commit": False}
-        )
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for (_t, p) in ends])
-        self._consumer = consumer
-        self._ends = {p: end for (_t, p), end in ends.items() if end > 0}
-        return consumer
 
     def load(self, timeout: float = 10.0) -> dict[str, FittedModel]:
         """Read the topic up to its current end (at start-up); returns the newest fits."""
-        consumer = self._consumer or self._open()
-        deadline = time.monotonic() + timeout
-        left = dict(self._ends)
-        while left and time.monotonic() < deadline:
-            for message in consumer.consume(500, timeout=0.5):
-                self._take(message)
-                partition = message.partition()
-                if partition in left and (message.offset() or 0) + 1 >= left[partition]:
-                    del left[partition]
+        self._take(self.reader.load(timeout))
         return dict(self.latest)
 
     def poll(self) -> bool:
         """Take fits published since; True when the newest fit of some kind changed."""
-        consumer = self._consumer or self._open()
-        changed = False
-        for message in consumer.consume(500, timeout=0):
-            changed = self._take(message) or changed
-        return changed
+        return self._take(self.reader.poll())
 
-    def _take(self, message: Any) -> bool:
-        if message.error() is not None or not message.value():
-            return False
-        try:
-            fit = fit_from_row(orjson.loads(message.value()))
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("attribution: ignoring an invalid fitted model at offset %s: %s", message.offset(), exc)
-            return False
-        current = self.latest.get(fit.kind)
-        if current is not None and current.fitted_at > fit.fitted_at:
-            return False
-        self.latest[fit.kind] = fit
-        log.info("attribution: crediting %s with fit %s", fit.kind, fit.version)
-        return current is None or current.version != fit.version
+    def _take(self, pairs: list[tuple[str, Any]]) -> bool:
+        changed = False
+        for _key, row in pairs:
+            if row is None:
+                continue
+            try:
+                fit = fit_from_row(row)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("attribution: ignoring an invalid fitted model: %s", exc)
+                continue
+            current = self.latest.get(fit.kind)
+            if current is not None and current.fitted_at > fit.fitted_at:
+                continue
+            self.latest[fit.kind] = fit
+            log.info("attribution: crediting %s with fit %s", fit.kind, fit.version)
+            changed = changed or current is None or current.version != fit.version
+        return changed
 
     def close(self) -> None:
         """Close the consumer."""
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        self.reader.close()

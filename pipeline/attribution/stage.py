@@ -87,6 +87,12 @@ class AttributionHandler:
                 handoff = {"record": "handoff", "person_id": survivor, "from_person": person, "state": moved}
                 handoffs.append((topics.JOURNEYS, survivor, handoff))
                 continue
+            elif kind == "forget":  # o2o forget: the person is erased
+                for table in (self.state, self.forward):
+                    if person in table:
+                        del table[person]
+                self.counts["forgotten"] += 1
+                continue
             elif kind == "handoff":
                 target = follow(self.forward, person)
                 if target != person:  # this person merged on since: pass the state on

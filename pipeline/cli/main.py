@@ -243,9 +243,10 @@ def report(
 
 def main() -> None:
     """Entry point of the ``o2o`` console script."""
-    from pipeline.cli import attribution, collector, data, demo, dlq
+    from pipeline.cli import attribution, collector, data, demo, dlq, privacy
 
     attribution.register(cli)
+    privacy.register(cli)
     data.register(cli)
     demo.register(cli)
     collector.register(cli)

@@ -21,6 +21,7 @@ import secrets
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,7 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
 
     def do_POST(self) -> None:
-        if self.path != "/query":
+        if self.path not in ("/query", "/erase"):
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
             return
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -103,6 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
         except orjson.JSONDecodeError as exc:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc}"})
             return
+        if self.path == "/erase":
+            self._erase(body)
+            return
         sql = body.get("sql") if isinstance(body, dict) else None
         if not isinstance(sql, str) or not sql.strip():
             self._reply(HTTPStatus.BAD_REQUEST, {"error": 'body must be {"sql": "<query>"}'})
@@ -123,6 +127,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(
             HTTPStatus.OK, {"columns": result.column_names, "types": result.column_types, "rows": rows}
         )
+
+    def _erase(self, body: Any) -> None:
+        """``o2o forget`` while this process holds chDB: count and delete a person's rows.
+
+        Only statements built by :func:`pipeline.identity.erasure.erase_statements`
+        from the request's person ids and identifiers run here, never SQL sent in.
+        """
+        from pipeline.identity.erasure import Erasure, erase_statements, execute
+
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), list) for k in ("persons", "keys")):
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": 'body must be {"persons": [...], "keys": [...]}'})
+            return
+        erasure = Erasure([str(k) for k in body["keys"]], identifiers={str(k) for k in body["keys"]})
+        erasure.person_ids = {str(p) for p in body["persons"]}
+        ch = self.server.ch
+        try:
+            statements = erase_statements(ch.database, erasure)
+            counts = execute(
+                lambda sql: ch.query(sql).rows, ch.command, statements, bool(body.get("dry_run"))
+            )
+        except PipelineError as exc:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self._reply(HTTPStatus.OK, {"counts": counts})
 
 
 def _folder_text(ch: ClickHouse) -> str:
@@ -277,6 +305,40 @@ def query_endpoint(endpoint: dict[str, Any], sql: str) -> tuple[list[str], list[
     if not isinstance(columns, list) or not isinstance(rows, list):
         raise ClickHouseUnavailable(f"query server at {_url(endpoint, '')} sent an unexpected answer")
     return [str(name) for name in columns], [tuple(row) for row in rows]
+
+
+def erase_any(
+    settings: Settings, persons: Sequence[str], keys: Sequence[str], dry_run: bool
+) -> dict[str, int]:
+    """Count and delete the rows of ``persons`` (and dead letters naming ``keys``) wherever ClickHouse is.
+
+    For chDB held by a running sink, its query server does it; otherwise the
+    configured ClickHouse is opened here.
+    """
+    from pipeline.identity.erasure import Erasure, erase_statements, execute
+
+    if settings.embedded_clickhouse:
+        endpoint = read_endpoint(endpoint_file(settings))
+        if endpoint is not None and _healthy(endpoint):
+            request = urllib.request.Request(
+                _url(endpoint, "/erase"),
+                data=orjson.dumps({"persons": list(persons), "keys": list(keys), "dry_run": dry_run}),
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {endpoint.get('token', '')}",
+                },
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=QUERY_TIMEOUT * 10) as response:
+                    return {str(k): int(v) for k, v in orjson.loads(response.read())["counts"].items()}
+            except (OSError, ValueError, KeyError) as exc:
+                raise ClickHouseUnavailable(f"the query server could not erase: {exc}") from exc
+    erasure = Erasure(list(keys), identifiers=set(keys))
+    erasure.person_ids = set(persons)
+    with connect(settings) as ch:
+        statements = erase_statements(settings.clickhouse_database, erasure)
+        return execute(lambda sql: ch.query(sql).rows, ch.command, statements, dry_run)
 
 
 def query_any(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

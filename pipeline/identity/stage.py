@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -20,10 +21,15 @@ class IdentityHandler:
     table_names = ("identity_ids", "identity_persons", "identity_pending")
     inputs = (topics.VALID,)
 
-    def __init__(self, max_persons_per_id: int = 5, origins: Sequence[str] = ()) -> None:
+    def __init__(
+        self, max_persons_per_id: int = 5, origins: Sequence[str] = (), suppressions: Any = None
+    ) -> None:
         self.max_persons_per_id = max_persons_per_id
         self.origins = tuple(origins)  # "<source>/<raw partition>" of every raw partition
+        self.suppressions = suppressions  # the erasure list (o2o forget), if any
+        self.suppressed: set[str] = set()
         self.graph: IdentityGraph | None = None
+        self.counts: Counter[str] = Counter()
         # Sources arrive on separate topics and partitions are fetched in
         # chunks; resolving in event-time order makes links and merges follow
         # what happened, and hands journeys its events in order.
@@ -50,8 +56,37 @@ class IdentityHandler:
         return f"{origin}>{partition_for(source_key(event).encode(), self.partitions)}"
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Resolve a batch of validated events, in event-time order."""
-        return self._resolve(self.reorder.add_all(list(records)))
+        """Resolve a batch of validated events, in event-time order; apply erasures."""
+        out: list[Emission] = []
+        if self.suppressions is not None:
+            self.suppressions.refresh()
+            self.suppressed |= self.suppressions.identifiers
+        events = []
+        for record in records:
+            if record.get("record") == "forget":
+                out += self._forget(record)
+            elif self.suppressed and any(f"{t}:{v}" in self.suppressed for t, v in record["ids"].items()):
+                self.counts["suppressed"] += 1  # passed ingest before its person was erased
+            else:
+                events.append(record)
+        return out + self._resolve(self.reorder.add_all(events))
+
+    def _forget(self, record: dict[str, Any]) -> list[Emission]:
+        """Drop erased persons and identifiers from the graph; tell journeys (once, from copy 0)."""
+        assert self.graph is not None, "bind() first"
+        self.suppressed |= set(record.get("keys") or ())
+        for key in record.get("keys") or ():
+            if key in self.graph.ids:
+                del self.graph.ids[key]
+        for person in record.get("persons") or ():
+            if person in self.graph.persons:
+                del self.graph.persons[person]
+        self.counts["forgotten"] += len(record.get("persons") or ())
+        if record.get("copy", 0) != 0:
+            return []
+        return [
+            (topics.IDENTIFIED, p, {"record": "forget", "person_id": p}) for p in record.get("persons") or ()
+        ]
 
     def _resolve(self, events: Sequence[dict[str, Any]]) -> list[Emission]:
         assert self.graph is not None, "bind() first"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -111,8 +112,12 @@ class EventNormalizer:
         max_age_ms: int,
         phone_region: str = "",
         registry: SchemaRegistry | None = None,
+        blocked_patterns: Sequence[str] = (),
     ) -> None:
         self.salt = salt
+        # identifiers matching any of these (whole value) are placeholders that never link
+        joined = "|".join(f"(?:{p})" for p in blocked_patterns)
+        self.blocked = re.compile(joined) if blocked_patterns else None
         self.phone_region = phone_region
         self.registry = registry
         self.max_bytes = max_bytes
@@ -129,6 +134,7 @@ class EventNormalizer:
             max_age_ms=int(settings.max_age_days * 86400_000),
             phone_region=settings.phone_region,
             registry=registry,
+            blocked_patterns=settings.blocked_id_patterns,
         )
 
     def normalise(self, raw: bytes, received_at: int) -> Event:
@@ -212,7 +218,7 @@ class EventNormalizer:
                 out[id_type] = value[7:]
                 continue
             normal = normalise_id(id_type, value, self.phone_region)
-            if normal.lower() in BLOCKED_ID_VALUES:
+            if normal.lower() in BLOCKED_ID_VALUES or (self.blocked and self.blocked.fullmatch(normal)):
                 blocked += 1
                 continue
             out[id_type] = hash_pii(normal, self.salt) if id_type in PII_ID_TYPES else normal

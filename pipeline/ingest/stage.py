@@ -11,6 +11,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from pipeline.config import Settings
 from pipeline.errors import FatalError, InvalidEvent
+from pipeline.identity.erasure import Suppressions
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_key, redact_pii
 from pipeline.ingest.schemas import default_registry
 from pipeline.journeys.sessions import event_row
@@ -45,6 +46,7 @@ class IngestHandler:
         self.settings = settings
         self.normalizer = EventNormalizer.from_settings(settings, default_registry())
         self.dedup = Deduplicator(settings.dedup_max_ids, int(settings.dedup_window_minutes * 60_000))
+        self.suppressions = Suppressions(settings, "ingest-suppressions").load()
         self.keep_without_consent = settings.keep_without_analytics_consent
         self.events_topic = settings.topic(EVENTS.topic)
         self.counts: Counter[str] = Counter()
@@ -61,6 +63,8 @@ class IngestHandler:
         """Normalise a batch and produce its outputs."""
         now = int(time.time() * 1000)
         valid: list[tuple[str, str, dict[str, object]]] = []
+        self.suppressions.refresh()
+        suppressed = self.suppressions.identifiers
         for message in messages:
             raw = message.value() or b""
             # received = when the event reached Kafka (producer/collector time),
@@ -69,6 +73,8 @@ class IngestHandler:
             received = stamp if kind != TIMESTAMP_NOT_AVAILABLE and 0 < stamp <= now else now
             try:
                 event = self.normalizer.normalise(raw, received)
+                if suppressed and any(f"{t}:{v}" in suppressed for t, v in event["ids"].items()):
+                    raise InvalidEvent("suppressed", "$.ids: an identifier of a person erased by o2o forget")
             except InvalidEvent as exc:
                 self.counts[f"dead_letter.{exc.reason}"] += 1
                 headers = dead_letter_headers(

@@ -88,6 +88,13 @@ class JourneysHandler:
             self._place(person, pending.pop(person, []), newest, out)
             if control == "merge":
                 handoffs.append(self._hand_over(record, out))
+            elif control == "forget":  # o2o forget: the person is erased
+                if person in self.state:
+                    del self.state[person]
+                if person in self.forward:
+                    del self.forward[person]
+                out.append(("forget", {"person_id": person}))
+                self.counts["forgotten"] += 1
             elif control == "handoff":
                 target = follow(self.forward, person)
                 if target != person:  # this person merged on since: pass the state on

@@ -40,6 +40,7 @@ JOURNEYS = "journeys"
 MERGES = "identity.merges"
 DLQ = "dlq"
 MODELS = "attribution.models"
+SUPPRESSIONS = "identity.suppressions"
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
@@ -53,6 +54,12 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
     ),
     TopicSpec(DLQ, "dead letters: reason, detail and the original payload", retention_ms=30 * DAY_MS),
+    TopicSpec(
+        SUPPRESSIONS,
+        "erased persons and their hashed identifiers (o2o forget), compacted",
+        retention_ms=-1,
+        cleanup_policy="compact",
+    ),
     TopicSpec(
         MODELS,
         "fitted data-driven attribution models, newest per kind (compacted)",

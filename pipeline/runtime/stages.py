@@ -53,7 +53,7 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
             sources["identity"] = counter_of(graph.counts)
         counts = getattr(handler, "counts", None)
         if counts is not None:
-            sources[stage] = counter_of(counts)
+            sources[f"{stage}_stage" if stage in sources else stage] = counter_of(counts)
         serve_metrics(settings, stage, sources)
         faust_stage.run()
     else:
@@ -71,7 +71,10 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
             for source, name in topics.RAW_TOPICS.items()
             for p in range(counts.get(settings.topic(name), 0))
         ]
-        return IdentityHandler(settings.identity_max_persons_per_id, origins)
+        from pipeline.identity.erasure import Suppressions
+
+        suppressions = Suppressions(settings, "identity-suppressions").load()
+        return IdentityHandler(settings.identity_max_persons_per_id, origins, suppressions)
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 

@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from pipeline.config import Settings
+from pipeline.identity.erasure import Suppressions
 from pipeline.model.rows import ROW_TABLES
 from pipeline.sink.writer import Inserter, RowBatcher
 
@@ -21,6 +22,7 @@ class SinkHandler:
     def __init__(self, settings: Settings, inserter: Inserter) -> None:
         self.tables = {settings.topic(table.topic): table for table in ROW_TABLES}
         self.batcher = RowBatcher(inserter, settings.sink_batch_rows, settings.sink_flush_seconds)
+        self.suppressions = Suppressions(settings, "sink-suppressions").load()
 
     @property
     def topics(self) -> list[str]:
@@ -29,11 +31,13 @@ class SinkHandler:
 
     def handle(self, messages: Sequence[Message]) -> None:
         """Buffer a batch of row messages."""
+        self.suppressions.refresh()
+        erased = self.suppressions.persons
         for message in messages:
             table = self.tables[message.topic() or ""]
             raw_headers: list[tuple[str, Any]] = list(message.headers() or [])  # type: ignore[arg-type]
             headers = [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw_headers]
-            self.batcher.add(table, message.value() or b"", headers)
+            self.batcher.add(table, message.value() or b"", headers, erased)
 
     def due(self) -> bool:
         """Write when the batch is full or old enough."""

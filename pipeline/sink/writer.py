@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any, Protocol
 
 from pipeline.errors import ClickHouseUnavailable, PipelineError
@@ -53,13 +53,24 @@ class RowBatcher:
         self.written: Counter[str] = Counter()
         self._first_at = 0.0
 
-    def add(self, table: RowTable, value: bytes, headers: Iterable[tuple[str, bytes | None]] = ()) -> None:
-        """Buffer the rows of one message of ``table`` (an envelope, one row, or a dead letter)."""
+    def add(
+        self,
+        table: RowTable,
+        value: bytes,
+        headers: Iterable[tuple[str, bytes | None]] = (),
+        erased: Container[str] = (),
+    ) -> None:
+        """Buffer the rows of one message of ``table`` (an envelope, one row, or a dead letter).
+
+        Rows of an ``erased`` person (``o2o forget``) still in flight are dropped.
+        """
         if table is DEAD_LETTERS:
             rows = [dead_letter_row(value, headers)]
         else:
             columns = table.columns
             docs = unpack(value)
+            if erased:
+                docs = [doc for doc in docs if doc.get("person_id") not in erased]
             for fallback_column, source in table.fallbacks:
                 for doc in docs:
                     if doc.get(fallback_column) is None:

@@ -158,3 +158,34 @@ def test_a_hand_over_that_arrives_after_its_target_merged_on_is_passed_along() -
     events = p.latest("events", "event_id")
     assert {e: r["person_id"] for e, r in events.items()} == {"a": "C", "b": "C", "c": "C"}
     assert "A" not in p.journeys.state and "B" not in p.journeys.state
+
+
+def test_a_forget_record_drops_the_person_from_every_stage() -> None:
+    from pipeline.identity.stage import IdentityHandler
+
+    identity = IdentityHandler()
+    tables: dict[str, dict[str, Any]] = {"identity_ids": {}, "identity_persons": {}, "identity_pending": {}}
+    identity.bind(tables)  # type: ignore[arg-type]
+    event = {
+        "event_id": "x1",
+        "source": "web",
+        "type": "page_view",
+        "occurred_at": 0,
+        "ids": {"anonymous_id": "c9"},
+    }
+    out = identity.process([event]) + identity.flush()
+    (person,) = {v["person_id"] for t, _k, v in out if t == topics.IDENTIFIED}
+    p = Pipeline()
+    p.send([v for t, _k, v in out if t == topics.IDENTIFIED])
+    p.send([{**ev("o", person, MIN, etype="order_completed", properties={"order_id": "o", "revenue": 5})}])
+    assert person in p.journeys.state and person in p.attribution.state
+
+    forget = {"record": "forget", "copy": 0, "persons": [person], "keys": ["anonymous_id:c9"]}
+    told = identity.process([forget, {**forget, "copy": 1}])
+    assert tables["identity_ids"] == {} and tables["identity_persons"] == {}
+    assert [(v["record"], v["person_id"]) for t, _k, v in told] == [("forget", person)]  # from copy 0 only
+    p.send([v for t, _k, v in told])
+    assert person not in p.journeys.state and person not in p.attribution.state
+    again = identity.process([{**event, "event_id": "x2", "occurred_at": 2 * MIN}]) + identity.flush()
+    assert [t for t, _k, _v in again] == []  # an event that passed ingest before the erasure is dropped
+    assert identity.counts["suppressed"] == 1

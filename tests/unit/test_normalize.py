@@ -144,3 +144,20 @@ def test_already_hashed_ids_are_kept() -> None:
     digest = hash_pii("a@b.c", "test-salt")
     out = normalizer().normalise(orjson.dumps(event(ids={"email": f"sha256:{digest}"})), NOW)
     assert out["ids"]["email"] == digest
+
+
+def test_configured_patterns_make_identifier_values_placeholders() -> None:
+    from pipeline.config import Settings
+
+    settings = Settings(blocked_id_patterns="guest-[0-9]+, test@.*")  # type: ignore[call-arg]
+    n = EventNormalizer.from_settings(settings)
+    ids = n.normalise(orjson.dumps(event(ids={"anonymous_id": "guest-17", "device_id": "d1"})), NOW)["ids"]
+    assert ids == {"device_id": "d1"}
+    assert n.normalise(orjson.dumps(event(ids={"anonymous_id": "guest-17x"})), NOW)["ids"] == {
+        "anonymous_id": "guest-17x"
+    }
+    with pytest.raises(InvalidEvent) as err:
+        n.normalise(orjson.dumps(event(ids={"anonymous_id": "guest-1"})), NOW)
+    assert err.value.reason == "blocked_identifier"
+    with pytest.raises(ValueError, match="not a regular expression"):
+        Settings(blocked_id_patterns="([")  # type: ignore[call-arg]

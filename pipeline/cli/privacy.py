@@ -1,0 +1,81 @@
+"""``o2o forget``: erase a person everywhere and keep them out."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.common import console, handle_errors, settings_of
+
+
+@click.command()
+@click.option(
+    "--id",
+    "specs",
+    multiple=True,
+    required=True,
+    metavar="TYPE:VALUE",
+    help="An identifier of the person (repeatable): email:alice@example.com, user_id:u1, "
+    "loyalty_id:L1, phone:+4917..., device_id:..., anonymous_id:..., payment_token:...",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+@handle_errors
+def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) -> None:
+    """Erase the persons holding these identifiers, and keep them out from now on.
+
+    \b
+    - finds every person holding one of the identifiers (email, phone and
+      payment token are normalised and hashed like ingest does), with every
+      person id merged into them and all their identifiers;
+    - deletes their rows from every ClickHouse table (events, sessions,
+      conversions, attribution, adjustments, identities, merges, conflicts)
+      and dead letters naming their identifiers;
+    - drops them from the state of identity, journeys and attribution;
+    - adds their hashed identifiers to the suppression list: later events
+      carrying one become dead letters with reason `suppressed`.
+    Prints what it removed. Running it again removes nothing more.
+    Works while the pipeline runs (the sink's query server erases on chDB).
+    """
+    import orjson
+
+    from pipeline.clickhouse.format import render
+    from pipeline.clickhouse.query_server import erase_any, query_any
+    from pipeline.identity.erasure import find, identifier_key, publish
+
+    settings = settings_of(ctx)
+    keys = [identifier_key(spec, settings.salt, settings.phone_region) for spec in specs]
+    db = settings.clickhouse_database
+    erasure = find(lambda sql: query_any(settings, sql)[1], db, keys)
+    counts = erase_any(settings, sorted(erasure.person_ids), sorted(erasure.identifiers), dry_run)
+    if not dry_run:
+        publish(settings, erasure)
+    summary = {
+        "persons": sorted(erasure.persons),
+        "person_ids": len(erasure.person_ids),
+        "identifiers_suppressed": len(erasure.identifiers),
+        "rows": counts,
+        "dry_run": dry_run,
+    }
+    if fmt == "json":
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    what = "would remove" if dry_run else "removed"
+    if not erasure.persons:
+        console.print("no stored person holds these identifiers")
+    else:
+        console.print(
+            f"{len(erasure.persons)} person(s) ({len(erasure.person_ids)} ids with merged ones), "
+            f"{len(erasure.identifiers)} identifier(s)"
+        )
+    click.echo(render(["table", f"rows {what}"], sorted(counts.items()), "table"))
+    if not dry_run:
+        console.print(
+            f"suppressed {len(erasure.identifiers)} identifier(s): later events carrying them become "
+            "dead letters (reason suppressed)"
+        )
+
+
+def register(group: click.Group) -> None:
+    """Add ``o2o forget`` to the CLI."""
+    group.add_command(forget)

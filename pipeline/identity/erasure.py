@@ -1,0 +1,212 @@
+"""Erasure (``o2o forget``): find a person by any identifier, delete them, suppress them.
+
+1. The given identifiers are normalised and hashed exactly as ingest does, and
+   looked up in the ``identities`` view: their canonical persons, every person
+   id merged into those, and all their identifiers.
+2. Every ClickHouse table loses the rows of those person ids (attribution,
+   adjustments, conflicts and aliases too), and dead letters whose payload
+   holds one of the identifiers.
+3. The persons and identifiers go to the compacted topic
+   ``identity.suppressions``: ingest turns later events carrying a suppressed
+   identifier into dead letters (reason ``suppressed``), the sink drops rows
+   of suppressed persons still in flight.
+4. A ``forget`` record on every partition of ``events.valid`` makes identity,
+   journeys and attribution drop the persons from their state.
+
+Running it again finds nothing more to delete and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+from pipeline.ingest.normalize import hash_pii, normalise_id
+from pipeline.kafka import topics
+from pipeline.model.contract import ID_TYPES, PII_ID_TYPES
+
+Query = Callable[[str], list[tuple[Any, ...]]]
+
+# table -> the condition a person's rows meet ({persons} is a SQL list of person ids)
+PERSON_TABLES: tuple[tuple[str, str], ...] = (
+    ("events_store", "person_id IN {persons}"),
+    ("sessions_store", "person_id IN {persons}"),
+    ("conversions_store", "person_id IN {persons}"),
+    ("attribution_store", "person_id IN {persons}"),
+    ("attribution_adjustments_store", "person_id IN {persons}"),
+    ("identities_store", "person_id IN {persons}"),
+    ("person_aliases_store", "person_id IN {persons} OR canonical_id IN {persons}"),
+    ("identity_conflicts_store", "person_id IN {persons} OR other_person IN {persons}"),
+)
+
+
+def identifier_key(spec: str, salt: str, phone_region: str = "") -> str:
+    """``type:value`` as stored, from what a user types (``email:Alice@Example.com``)."""
+    id_type, sep, value = spec.partition(":")
+    id_type = id_type.strip()
+    if not sep or not value.strip():
+        raise ConfigError(f"--id {spec!r}: expected TYPE:VALUE, e.g. email:alice@example.com")
+    if id_type not in ID_TYPES:
+        raise ConfigError(f"--id {spec!r}: unknown identifier type; known: {', '.join(sorted(ID_TYPES))}")
+    value = value.strip()
+    if id_type in PII_ID_TYPES:
+        if value.startswith("sha256:") and len(value) == 71:
+            return f"{id_type}:{value[7:]}"
+        normal = normalise_id(id_type, value, phone_region)
+        if not normal:
+            raise ConfigError(f"--id {spec!r}: not a valid {id_type}")
+        return f"{id_type}:{hash_pii(normal, salt)}"
+    return f"{id_type}:{value}"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join([_quote(v) for v in sorted(set(values))] or ["''"]) + ")"
+
+
+@dataclass
+class Erasure:
+    """Who is forgotten: canonical persons, every stored person id, every identifier."""
+
+    keys: list[str]
+    persons: set[str] = field(default_factory=set)
+    person_ids: set[str] = field(default_factory=set)
+    identifiers: set[str] = field(default_factory=set)
+
+    def suppressions(self, now_ms: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The (key, value) messages of the suppression list."""
+        at = int(time.time() * 1000) if now_ms is None else now_ms
+        out = [(f"id:{key}", {"kind": "id", "key": key, "at": at}) for key in sorted(self.identifiers)]
+        out += [(f"person:{p}", {"kind": "person", "key": p, "at": at}) for p in sorted(self.person_ids)]
+        return out
+
+
+def find(query: Query, db: str, keys: Sequence[str]) -> Erasure:
+    """Look the identifiers up: their persons, the person ids merged into them, all identifiers."""
+    erasure = Erasure(list(keys), identifiers=set(keys))
+    pairs = ", ".join(f"({_quote(k.partition(':')[0])}, {_quote(k.partition(':')[2])})" for k in keys)
+    rows = query(f"SELECT DISTINCT person_id FROM {db}.identities WHERE (id_type, id_value) IN ({pairs})")
+    erasure.persons = {str(r[0]) for r in rows if r[0]}
+    if not erasure.persons:
+        return erasure
+    persons = _sql_list(erasure.persons)
+    merged = query(f"SELECT from_person FROM {db}.person_merges FINAL WHERE to_person IN {persons}")
+    erasure.person_ids = erasure.persons | {str(r[0]) for r in merged}
+    held = query(f"SELECT id_type, id_value FROM {db}.identities WHERE person_id IN {persons}")
+    erasure.identifiers |= {f"{r[0]}:{r[1]}" for r in held}
+    return erasure
+
+
+def erase_statements(db: str, erasure: Erasure) -> list[tuple[str, str, str]]:
+    """(table, count query, delete statement) for every table holding the persons' data."""
+    persons = _sql_list(erasure.person_ids)
+    statements = []
+    if erasure.person_ids:
+        for table, condition in PERSON_TABLES:
+            where = condition.format(persons=persons)
+            statements.append(
+                (
+                    table,
+                    f"SELECT count() FROM {db}.{table} WHERE {where}",
+                    f"ALTER TABLE {db}.{table} DELETE WHERE {where} SETTINGS mutations_sync = 2",
+                )
+            )
+    values = sorted({key.partition(":")[2] for key in erasure.identifiers if len(key.partition(":")[2]) >= 6})
+    if values:
+        where = " OR ".join(f"position(payload, {_quote(v)}) > 0" for v in values)
+        statements.append(
+            (
+                "dead_letters_store",
+                f"SELECT count() FROM {db}.dead_letters_store WHERE {where}",
+                f"ALTER TABLE {db}.dead_letters_store DELETE WHERE {where} SETTINGS mutations_sync = 2",
+            )
+        )
+    return statements
+
+
+def execute(
+    count: Callable[[str], list[tuple[Any, ...]]],
+    command: Callable[[str], object],
+    statements: Sequence[tuple[str, str, str]],
+    dry_run: bool,
+) -> dict[str, int]:
+    """Count, then (unless ``dry_run``) delete; returns rows per table."""
+    counts: dict[str, int] = {}
+    for table, count_sql, delete_sql in statements:
+        counts[table] = int(count(count_sql)[0][0])
+        if counts[table] and not dry_run:
+            command(delete_sql)
+    return counts
+
+
+def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None:
+    """Suppress the identifiers and persons, and tell the stages to drop them from their state."""
+    from pipeline.errors import KafkaUnavailable
+    from pipeline.kafka.admin import partition_counts
+    from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+
+    delivery = DeliveryTracker()
+    producer = make_producer(settings, on_delivery=delivery)
+    for key, value in erasure.suppressions():
+        produce(producer, settings.topic(topics.SUPPRESSIONS), orjson.dumps(value), key.encode())
+    if erasure.person_ids or erasure.identifiers:
+        valid = settings.topic(topics.VALID)
+        count = partition_counts(settings).get(valid, settings.partitions)
+        for partition in range(count):
+            record = {
+                "record": "forget", "copy": partition, "persons": sorted(erasure.person_ids),
+                "keys": sorted(erasure.identifiers),
+            }  # fmt: skip
+            produce(producer, valid, orjson.dumps(record), b"forget", partition=partition)
+    if producer.flush(timeout) > 0:
+        raise KafkaUnavailable(f"Kafka did not acknowledge the erasure within {timeout:.0f} s")
+    delivery.raise_if_failed()
+
+
+class Suppressions:
+    """The suppression list, kept current from its compacted topic (polled at most every second)."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        from pipeline.kafka.compacted import CompactedReader
+
+        self.reader = CompactedReader(settings, topics.SUPPRESSIONS, group)
+        self.identifiers: set[str] = set()
+        self.persons: set[str] = set()
+        self._polled = 0.0
+
+    def load(self) -> Suppressions:
+        """Read the whole list (at start-up)."""
+        self._take(self.reader.load())
+        self._polled = time.monotonic()
+        return self
+
+    def refresh(self) -> None:
+        """Take what ``o2o forget`` published since, at most once a second."""
+        now = time.monotonic()
+        if now - self._polled >= 1.0:
+            self._polled = now
+            self._take(self.reader.poll())
+
+    def _take(self, pairs: list[tuple[str, Any]]) -> None:
+        for key, value in pairs:
+            kind, _, name = key.partition(":")
+            target = self.identifiers if kind == "id" else self.persons if kind == "person" else None
+            if target is None:
+                continue
+            if value is None:
+                target.discard(name)
+            else:
+                target.add(name)
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self.reader.close()

@@ -1,0 +1,83 @@
+"""Reading a compacted topic whole, then following it: the newest value per key.
+
+Used for small shared tables that every process of a stage needs in full (the
+fitted attribution models, the erasure suppression list): read from the start
+up to the end at start-up, then poll for what was published since.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from pipeline.config import Settings
+
+
+class CompactedReader:
+    """The newest JSON value per key of one compacted topic (no consumer group commits)."""
+
+    def __init__(self, settings: Settings, topic: str, group: str) -> None:
+        self.settings = settings
+        self.topic = settings.topic(topic)
+        self.group = settings.group(group)
+        self.values: dict[str, Any] = {}
+        self._consumer: Any = None
+        self._ends: dict[int, int] = {}
+
+    def _open(self) -> Any:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        from pipeline.kafka.admin import end_offsets
+        from pipeline.kafka.clients import make_consumer
+
+        ends = end_offsets(self.settings, [self.topic])
+        consumer = make_consumer(self.settings, self.group, **{"enable.auto.commit": False})
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for (_t, p) in ends])
+        self._consumer = consumer
+        self._ends = {p: end for (_t, p), end in ends.items() if end > 0}
+        return consumer
+
+    def load(self, timeout: float = 10.0) -> list[tuple[str, Any]]:
+        """Read up to the topic's current end; returns the (key, value) pairs read."""
+        consumer = self._consumer or self._open()
+        deadline = time.monotonic() + timeout
+        left = dict(self._ends)
+        taken: list[tuple[str, Any]] = []
+        while left and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                taken += self._take(message)
+                partition = message.partition()
+                if partition in left and (message.offset() or 0) + 1 >= left[partition]:
+                    del left[partition]
+        return taken
+
+    def poll(self) -> list[tuple[str, Any]]:
+        """What was published since the last call (without waiting)."""
+        consumer = self._consumer or self._open()
+        taken: list[tuple[str, Any]] = []
+        for message in consumer.consume(500, timeout=0):
+            taken += self._take(message)
+        return taken
+
+    def _take(self, message: Any) -> list[tuple[str, Any]]:
+        if message.error() is not None:
+            return []
+        key = (message.key() or b"").decode()
+        raw = message.value()
+        if not raw:  # a tombstone: the key is gone
+            self.values.pop(key, None)
+            return [(key, None)]
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return []
+        self.values[key] = value
+        return [(key, value)]
+
+    def close(self) -> None:
+        """Close the consumer."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,0 +1,92 @@
+"""`o2o forget`: a person's rows leave every table, their identifiers are suppressed, it is idempotent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.config import Settings
+from tests.conftest import at, o2o, query
+from tests.conftest import story_event as ev
+
+pytestmark = pytest.mark.integration
+
+ALICE = {"anonymous_id": "c-alice", "email": "Alice@Example.com"}
+STORE = {"context": {"store_id": "s1"}}
+EVENTS = [
+    ev("a1", "web", "page_view", at(), {"anonymous_id": "c-alice"},
+       context={"campaign": {"medium": "email"}}),
+    ev("a2", "web", "signup", at(minutes=2), ALICE),
+    ev("a3", "pos", "purchase", at(days=1), {"loyalty_id": "L-alice", "email": "alice@example.com"},
+       properties={"transaction_id": "t1", "store_id": "s1", "revenue": 40.0, "currency": "EUR"}, **STORE),
+    ev("b1", "web", "page_view", at(hours=1), {"anonymous_id": "c-bob"}),
+    ev("b2", "web", "order_completed", at(hours=1, minutes=5), {"anonymous_id": "c-bob"},
+       properties={"order_id": "o-bob", "revenue": 25.0, "currency": "EUR", "fulfillment": "delivery"}),
+]  # fmt: skip
+
+TABLES = ("events", "sessions", "conversions", "attribution", "identities")
+
+
+def produce(settings: Settings, path: Path, events: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    o2o(settings, "produce", "--file", str(path))
+
+
+def counts(settings: Settings) -> dict[str, int]:
+    return {t: query(settings, f"SELECT count() FROM {{db}}.{t}")[0][0] for t in TABLES}
+
+
+def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Settings, tmp_path: Path) -> None:
+    o2o(settings, "init")
+    produce(settings, tmp_path / "1.jsonl", EVENTS)
+    o2o(settings, "run", "all", "--drain")
+    before = counts(settings)
+    assert before["conversions"] == 2
+
+    dry = orjson.loads(
+        o2o(settings, "forget", "--id", "email:alice@example.com", "--dry-run", "--format", "json").stdout
+    )
+    assert dry["dry_run"] and dry["rows"]["events_store"] == 3
+    assert counts(settings) == before  # a dry run changes nothing
+
+    done = orjson.loads(
+        o2o(settings, "forget", "--id", "email: ALICE@example.com ", "--format", "json").stdout
+    )
+    assert len(done["persons"]) == 1 and done["identifiers_suppressed"] == 3
+    assert done["rows"]["events_store"] == 3 and done["rows"]["conversions_store"] == 1
+    after = counts(settings)
+    assert after == {"events": 2, "sessions": 1, "conversions": 1, "attribution": after["attribution"],
+                     "identities": 1}  # fmt: skip
+    assert query(settings, "SELECT DISTINCT person_id FROM {db}.events") == query(
+        settings, "SELECT person_id FROM {db}.identities WHERE id_value = 'c-bob'"
+    )
+    assert {r[0] for r in query(settings, "SELECT conversion_id FROM {db}.attribution")} == {
+        r[0] for r in query(settings, "SELECT conversion_id FROM {db}.conversions")
+    }
+
+    # later events carrying any of her identifiers become dead letters
+    produce(settings, tmp_path / "2.jsonl", [
+        ev("a4", "web", "page_view", at(days=2), {"anonymous_id": "c-alice"}),
+        ev("a5", "pos", "loyalty_scan", at(days=2, hours=1), {"loyalty_id": "L-alice"}, **STORE,
+           properties={"store_id": "s1"}),
+        ev("b3", "web", "page_view", at(days=2), {"anonymous_id": "c-bob"}),
+    ])  # fmt: skip
+    o2o(settings, "run", "all", "--drain")
+    assert query(settings, "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason") == [
+        ("suppressed", 2)
+    ]
+    assert counts(settings)["events"] == 3  # Bob's new page view only
+
+    again = orjson.loads(
+        o2o(settings, "forget", "--id", "email:alice@example.com", "--format", "json").stdout
+    )
+    assert again["persons"] == [] and sum(again["rows"].values()) == 0  # idempotent
+    assert counts(settings)["events"] == 3
+
+
+def test_forget_rejects_a_malformed_identifier(settings: Settings) -> None:
+    proc = o2o(settings, "forget", "--id", "shoe_size:42", check=False)
+    assert proc.returncode == 2 and "unknown identifier type" in proc.stderr
