@@ -257,6 +257,7 @@ class PathAttributor:
         out: list[Output],
     ) -> None:
         at = conversion["occurred_at"]
+        first_touch = min((t.started_at for t in path), default=at)
         conversion_id = conversion_id_for(conversion["event_id"])
         for model, model_credits in credits.items():
             model_version = self.fitted[model].version if model in DATA_DRIVEN else ""
@@ -276,6 +277,8 @@ class PathAttributor:
             "store_id": conversion["store_id"], "staff_id": conversion.get("staff_id", ""),
             "session_id": conversion["session_id"], "path_length": len(path),
             "o2o_label": o2o_label(conversion["source"], conversion["session_id"], path, store_sessions),
+            "first_touch_at": first_touch,
+            "time_to_convert_seconds": max(0, at - first_touch) / 1000,
             "version": version,
         }))  # fmt: skip
 

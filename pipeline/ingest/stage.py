@@ -122,4 +122,5 @@ class IngestHandler:
     def close(self) -> None:
         """Flush what is left."""
         self.producer.flush()
+        self.suppressions.close()
         log.info("ingest counts: %s", dict(self.counts))

@@ -50,4 +50,5 @@ class SinkHandler:
 
     def close(self) -> None:
         """Report what was written."""
+        self.suppressions.close()
         log.info("sink wrote %s", dict(self.batcher.written))

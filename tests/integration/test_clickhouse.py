@@ -151,13 +151,29 @@ def test_views_read_the_newest_version(migrated: ClickHouse) -> None:
             "version": version,
         }
 
+    def conversion(version: int) -> dict[str, object]:
+        return {
+            "conversion_id": "c1",
+            "event_id": "x",
+            "person_id": "p1",
+            "occurred_at": T0,
+            "version": version,
+        }
+
+    # version 1 credited s1 and s2; the re-attribution (version 2) credits s2 and s3
+    _insert(migrated, "conversions_store", [conversion(1)])
     _insert(migrated, ATTRIBUTION.storage, [touch("linear", "s1", 1), touch("linear", "s2", 1)])
-    _insert(migrated, ATTRIBUTION.storage, [touch("linear", "s2", 2), touch("linear", "s3", 2)])
     _insert(migrated, ATTRIBUTION.storage, [touch("first_touch", "s1", 1)])
-    rows = migrated.query(
-        migrated.sql("SELECT model, session_id, version FROM {db}.attribution ORDER BY model, session_id")
-    )
-    assert rows.rows == [("first_touch", "s1", 1), ("linear", "s2", 2), ("linear", "s3", 2)]
+    query = migrated.sql("SELECT model, session_id, version FROM {db}.attribution ORDER BY model, session_id")
+    assert migrated.query(query).rows == [("first_touch", "s1", 1), ("linear", "s1", 1), ("linear", "s2", 1)]
+    _insert(migrated, ATTRIBUTION.storage, [touch("linear", "s2", 2), touch("linear", "s3", 2)])
+    _insert(migrated, ATTRIBUTION.storage, [touch("first_touch", "s2", 2)])
+    _insert(migrated, "conversions_store", [conversion(2)])
+    rows = migrated.query(query)
+    assert rows.rows == [("first_touch", "s2", 2), ("linear", "s2", 2), ("linear", "s3", 2)]
+    # a version 3 with nothing left to credit hides every credit
+    _insert(migrated, "conversions_store", [conversion(3)])
+    assert migrated.query(query).rows == []
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from pipeline.config import Settings
+from pipeline.errors import RetryableError
 from tests.conftest import o2o, query, start_o2o
 
 pytestmark = pytest.mark.integration
@@ -32,14 +34,25 @@ def produce(settings: Settings, path: Path, events: list[dict[str, Any]]) -> Non
     o2o(settings, "produce", "--file", str(path))
 
 
+def live(settings: Settings, sql: str) -> list[list[Any]]:
+    """Rows of a query while the pipeline runs, through `o2o sql` in another process.
+
+    Opening chDB in this test process could take the folder before the sink does.
+    """
+    proc = o2o(settings, "sql", sql, "--format", "json", check=False)
+    if proc.returncode != 0:
+        raise AssertionError(proc.stderr[-500:])
+    return [list(row.values()) for row in orjson.loads(proc.stdout)]
+
+
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except AssertionError:
-            pass
+        except (AssertionError, RetryableError):
+            pass  # the sink (and its query server) may still be starting
         time.sleep(1)
     pytest.fail(f"timed out waiting for {what}")
 
@@ -57,29 +70,33 @@ def test_a_late_app_batch_joins_sessions_and_a_very_late_event_is_flagged(
             ev("w2", "web", "page_view", 5),
             ev("w3", "web", "page_view", 50),
         ])  # fmt: skip
-        wait_for(lambda: len(query(settings, "SELECT 1 FROM {db}.events")) == 3, "the web events")
-        first = query(settings, "SELECT event_id, session_id FROM {db}.events ORDER BY event_id")
+        wait_for(lambda: len(live(settings, "SELECT 1 FROM {db}.events")) == 3, "the web events")
+        first = live(settings, "SELECT event_id, session_id FROM {db}.events ORDER BY event_id")
         assert first[0][1] == first[1][1] != first[2][1]
 
         # the phone's batch from 10:25 arrives now (25 minutes late): it bridges the gap
         produce(settings, tmp_path / "2.jsonl", [ev("a1", "app", "screen_view", 25)])
         wait_for(
-            lambda: len({r[0] for r in query(settings, "SELECT session_id FROM {db}.events")}) == 1,
+            lambda: len({r[0] for r in live(settings, "SELECT session_id FROM {db}.events")}) == 1,
             "the sessions to join",
         )
         # then a new session at 13:00 moves event time on, and an event from 11:30 comes in:
         # 90 minutes late, beyond the allowed hour
         produce(settings, tmp_path / "3.jsonl", [ev("w4", "web", "page_view", 180)])
-        wait_for(lambda: len(query(settings, "SELECT 1 FROM {db}.events")) == 5, "the 13:00 event")
+        wait_for(lambda: len(live(settings, "SELECT 1 FROM {db}.events")) == 5, "the 13:00 event")
         produce(settings, tmp_path / "4.jsonl", [
             ev("a2", "app", "screen_view", 90),
             ev("w5", "web", "order_completed", 185,
                properties={"order_id": "o1", "revenue": 40.0, "currency": "EUR", "fulfillment": "delivery"}),
         ])  # fmt: skip
-        wait_for(lambda: len(query(settings, "SELECT 1 FROM {db}.conversions")) == 1, "the order")
+        wait_for(lambda: len(live(settings, "SELECT 1 FROM {db}.conversions")) == 1, "the order")
     finally:
         os.killpg(pipeline.pid, signal.SIGTERM)
-        pipeline.communicate(timeout=60)
+        try:
+            pipeline.communicate(timeout=90)
+        except subprocess.TimeoutExpired:  # never leave a stage holding the chDB folder
+            os.killpg(pipeline.pid, signal.SIGKILL)
+            pipeline.communicate()
     o2o(settings, "run", "all", "--drain")
 
     events = query(settings, "SELECT event_id, session_id, late, version FROM {db}.events ORDER BY event_id")

@@ -108,6 +108,7 @@ def test_web_as_a_cookie_a_store_purchase_then_a_login_that_links_them() -> None
     linear = [r for t, r in p.rows if t == "rows.attribution" and r["model"] == "first_touch"
               and r["conversion_id"] == conversion_id_for("b1") and r["version"] == 2]  # fmt: skip
     assert [(r["channel"], r["credit"]) for r in linear] == [("paid_search", 1.0), ("store", 0.0)]
+    assert purchase["time_to_convert_seconds"] == 3600.0  # from the web touch at 10:00 to the till at 11:00
     order = credits[conversion_id_for("o1")]
     assert order["path_length"] == 1  # after the purchase the path starts again
 

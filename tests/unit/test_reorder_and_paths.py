@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.attribution.models import Touch
 from pipeline.attribution.paths import PathAttributor, conversion_id_for, new_state, o2o_label
@@ -326,3 +330,64 @@ def test_without_path_reset_every_touch_in_the_lookback_counts() -> None:
     out.clear()
     attributor.convert(state, conversion("e2", DAY + 2000, "s2", order_id="o2"), out)
     assert [(r["session_id"], r["credit"]) for r in rows_of(out, "attribution")] == [("s1", 0.5), ("s2", 0.5)]
+
+
+record_strategy = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("touch"),
+            st.integers(0, 9),
+            st.integers(0, 40 * DAY),
+            st.sampled_from(["email", "direct", "store"]),
+        ),
+        st.tuples(st.just("conversion"), st.integers(0, 9), st.integers(0, 40 * DAY), st.just("")),
+        st.tuples(st.just("removed"), st.integers(0, 9), st.just(0), st.just("")),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def live_credits(rows: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str, str], float]:
+    """What the attribution view shows: the credits of each conversion's newest version."""
+    newest: dict[str, int] = {}
+    for r in rows_of(rows, "conversions"):
+        newest[r["conversion_id"]] = max(newest.get(r["conversion_id"], 0), r["version"])
+    return {
+        (r["conversion_id"], r["model"], r["session_id"]): r["credit"]
+        for r in rows_of(rows, "attribution")
+        if r["version"] == newest[r["conversion_id"]]
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=record_strategy)
+def test_property_credits_sum_to_one_and_a_replay_changes_nothing(
+    raw: list[tuple[str, int, int, str]],
+) -> None:
+    attributor = PathAttributor(["linear", "first_touch", "time_decay"], lookback_days=30, half_life_days=7)
+
+    def apply(state: dict[str, Any] | None, out: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+        for i, (kind, n, at, channel) in enumerate(raw):
+            if kind == "touch":
+                state = attributor.add_touch(state, touch(f"s{n}", at, channel=channel), out)
+            elif kind == "removed":
+                state = attributor.remove_touch(state, {"person_id": "p", "session_id": f"s{n}"}, out)
+            else:
+                state = attributor.convert(state, conversion(f"e{i}", at, f"s{n}", order_id=f"o{i}"), out)
+        return state
+
+    first: list[tuple[str, dict[str, Any]]] = []
+    state = apply(None, first)
+    live = live_credits(first)
+    totals: dict[tuple[str, str], list[float]] = {}
+    for (conversion_id, model, _sid), credit in live.items():
+        totals.setdefault((conversion_id, model), []).append(credit)
+    assert all(math.fsum(credits) == 1.0 for credits in totals.values())
+    # a replay (a restart re-reading uncommitted input) leaves the same credits in the view
+    replayed: list[tuple[str, dict[str, Any]]] = []
+    apply(state, replayed)
+    assert live_credits(first + replayed) == live
+    touched = [n for kind, n, *_ in raw if kind == "touch"]
+    if len(touched) == len(set(touched)) and not any(kind == "removed" for kind, *_ in raw):
+        assert replayed == []  # each session once, none withdrawn: a replay writes no row at all
