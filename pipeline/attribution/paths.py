@@ -94,6 +94,9 @@ class PathAttributor:
         self.lookback_ms = int(lookback_days * DAY_MS)
         self.half_life_ms = int(half_life_days * DAY_MS)
         self.fitted: Mapping[str, FittedModel] = {}
+        # when True, changes only mark the state; the caller runs recredit() once per
+        # person and batch (a merge brings many touch changes at once)
+        self.deferred = False
 
     def add_touch(
         self, state: dict[str, Any] | None, touch: dict[str, Any], out: list[Output]
@@ -147,6 +150,8 @@ class PathAttributor:
         the person's remembered conversions (nothing is emitted then).
         """
         state = _normalised(state)
+        if state.pop("dirty", False):
+            state = self.recredit(state, out)
         index = next(
             (
                 i
@@ -231,7 +236,14 @@ class PathAttributor:
         return credits, path, store_sessions
 
     def _recredit(self, state: dict[str, Any], out: list[Output]) -> dict[str, Any]:
+        if self.deferred:
+            state["dirty"] = True
+            return state
+        return self.recredit(state, out)
+
+    def recredit(self, state: dict[str, Any], out: list[Output]) -> dict[str, Any]:
         """Credit every remembered conversion whose path differs from the one it was credited over."""
+        state.pop("dirty", None)
         conversions = list(state["conversions"])
         for index, conversion in enumerate(conversions):
             credits, path, store_sessions = self._credits(state, index)

@@ -59,6 +59,8 @@ class AttributionHandler:
         """Remember touches, credit conversions, re-credit those a touch change concerns."""
         out: list[Output] = []
         handoffs: list[Emission] = []
+        dirty: set[str] = set()
+        self.attributor.deferred = True  # one re-credit per person and batch, at the end
         for record in records:
             person = record["person_id"]
             state = self.state.get(person)
@@ -104,6 +106,13 @@ class AttributionHandler:
                 self.counts["unknown_records"] += 1
                 continue
             self.state[person] = state
+            if state.get("dirty"):
+                dirty.add(person)
+        self.attributor.deferred = False
+        for person in dirty:
+            state = self.state.get(person)
+            if state and state.get("dirty"):
+                self.state[person] = self.attributor.recredit(dict(state), out)
         self.counts["rows"] += len(out)
         return [*handoffs, *((ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out)]
 

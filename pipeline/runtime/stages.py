@@ -104,6 +104,8 @@ def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
             loop = ConfluentStageLoop(settings, "sink", handler.topics, handler, gate, batch_size=5000)
             serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)})
             loop.install_signal_handlers()
+            if stop.stopped:  # a SIGTERM while connecting or starting: honour it
+                loop.stop()
             loop.run()
         finally:
             if server is not None:

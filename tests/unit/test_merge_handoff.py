@@ -190,3 +190,56 @@ def test_a_forget_record_drops_the_person_from_every_stage() -> None:
     again = identity.process([{**event, "event_id": "x2", "occurred_at": 2 * MIN}]) + identity.flush()
     assert [t for t, _k, _v in again] == []  # an event that passed ingest before the erasure is dropped
     assert identity.counts["suppressed"] == 1
+
+
+def test_click_and_collect_the_order_converts_the_pickup_upsell_is_its_own_conversion() -> None:
+    p = Pipeline()
+    store = {"context": {"store_id": "s1"}}
+    p.send(
+        [
+            ev("v", "A", 0, context={"campaign": {"medium": "cpc"}}),
+            ev(
+                "o",
+                "A",
+                5 * MIN,
+                etype="order_completed",
+                properties={"order_id": "cc1", "revenue": 100, "fulfillment": "click_and_collect"},
+            ),
+            ev("in", "A", 24 * 60 * MIN, "geofence", "enter", **store, properties={"store_id": "s1"}),
+            ev(
+                "up",
+                "A",
+                24 * 60 * MIN + 5 * MIN,
+                "pos",
+                "click_and_collect_pickup",
+                **store,
+                properties={"store_id": "s1", "order_id": "cc1", "upsell_revenue": 15, "staff_id": "sam"},
+            ),
+            ev("in2", "A", 48 * 60 * MIN, "geofence", "enter", **store, properties={"store_id": "s1"}),
+            ev(
+                "plain",
+                "A",
+                48 * 60 * MIN + 5 * MIN,
+                "pos",
+                "click_and_collect_pickup",
+                **store,
+                properties={"store_id": "s1", "order_id": "cc2", "upsell_revenue": 0},
+            ),
+        ],
+        flush=True,
+    )
+    conversions = {r["event_id"]: r for r in p.latest("conversions", "conversion_id").values()}
+    assert set(conversions) == {"o", "up"}  # a pickup without upsell is not a second conversion
+    assert (conversions["o"]["kind"], conversions["o"]["revenue"]) == ("order", 100)
+    upsell = conversions["up"]
+    assert (upsell["kind"], upsell["revenue"], upsell["staff_id"], upsell["store_id"]) == (
+        "upsell",
+        15,
+        "sam",
+        "s1",
+    )
+    credited = [
+        r for t, r in p.rows if t == "rows.attribution" and r["conversion_id"] == upsell["conversion_id"]
+    ]
+    assert {(r["channel"], r["credit"]) for r in credited if r["model"] == "linear"} == {("store", 1.0)}
+    assert upsell["o2o_label"] == "offline_only"  # the path restarted after the order
