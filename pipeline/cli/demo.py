@@ -73,7 +73,10 @@ def demo(ctx: click.Context, customers: int, days: int, seed: int, keep: bool) -
         click.echo(f"\n{title}")
         click.echo(render(columns, rows, "table"))
     elapsed = time.monotonic() - started
-    console.print(f"\ndemo finished in {elapsed:.0f} s; try: o2o sql 'SELECT * FROM {{db}}.sessions LIMIT 5'")
+    console.print(
+        f"\ndemo finished in {elapsed:.0f} s; try: o2o sql 'SELECT * FROM {{db}}.sessions LIMIT 5', "
+        "or o2o attribution fit --report (Markov and Shapley on the demo's paths)"
+    )
 
 
 def register(group: click.Group) -> None:
