@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     identity_max_persons_per_id: int = Field(
         5, ge=1, description="an identifier seen with more persons (a shared tablet) stops linking"
     )
+    identity_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="identity processes `run all` starts; above 1 graph updates go through one partition",
+    )
     blocked_id_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="regular expressions of identifier values that never link (whole value)"
     )

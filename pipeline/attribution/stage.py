@@ -31,7 +31,7 @@ class ModelFeed(Protocol):
 class AttributionHandler:
     """Keeps per-person paths in a state table and credits conversions."""
 
-    table_names = ("attribution_paths", "attribution_forward")
+    table_names = topics.STATE_TABLES["attribution"]
     inputs = (topics.JOURNEYS,)
 
     def __init__(self, settings: Settings, feed: ModelFeed | None = None) -> None:

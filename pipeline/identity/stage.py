@@ -18,12 +18,24 @@ from pipeline.runtime.faust_stage import Emission
 class IdentityHandler:
     """Resolves events with an :class:`IdentityGraph` over the stage's tables."""
 
-    table_names = ("identity_ids", "identity_persons", "identity_pending")
-    inputs = (topics.VALID,)
+    table_names = topics.STATE_TABLES["identity"]
 
     def __init__(
-        self, max_persons_per_id: int = 5, origins: Sequence[str] = (), suppressions: Any = None
+        self,
+        max_persons_per_id: int = 5,
+        origins: Sequence[str] = (),
+        suppressions: Any = None,
+        workers: int = 1,
+        valid_partitions: int = 0,
     ) -> None:
+        # One process: the graph is updated straight from events.valid. Several:
+        # every process forwards its events.valid partitions to the one-partition
+        # identity.sequence, and whichever process owns that partition applies
+        # them to the graph (docs/identity.md, "Several identity processes").
+        self.inputs: tuple[str, ...] = (topics.SEQUENCE,) if workers > 1 else (topics.VALID,)
+        self.forward_from: tuple[str, ...] = (topics.VALID,) if workers > 1 else ()
+        self.needs_every_partition = workers == 1
+        self.valid_partitions = valid_partitions
         self.max_persons_per_id = max_persons_per_id
         self.origins = tuple(origins)  # "<source>/<raw partition>" of every raw partition
         self.suppressions = suppressions  # the erasure list (o2o forget), if any
@@ -42,8 +54,12 @@ class IdentityHandler:
             tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id
         )
         self.reorder.bind(tables["identity_pending"])
-        self.partitions = partitions
-        self.reorder.buffer.expect([f"{o}>{p}" for o in self.origins for p in range(partitions)])
+        self.partitions = self.valid_partitions or partitions
+        self.reorder.buffer.expect([f"{o}>{p}" for o in self.origins for p in range(self.partitions)])
+
+    def forward(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
+        """Several identity processes: pass events.valid records on to the sequence partition."""
+        return [(topics.SEQUENCE, "sequence", record) for record in records]
 
     def _stream(self, event: dict[str, Any]) -> str:
         """The ordered path an event came on: its raw partition, then its ``events.valid`` partition.

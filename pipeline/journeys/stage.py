@@ -38,7 +38,7 @@ def watermark_key(partition: int, partitions: int) -> str:
 class JourneysHandler:
     """Runs the :class:`JourneyTimeline` of each person over the stage's state tables."""
 
-    table_names = ("journeys_state", "journeys_watermarks", "journeys_forward")
+    table_names = topics.STATE_TABLES["journeys"]
     inputs = (topics.IDENTIFIED,)
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:

@@ -41,6 +41,7 @@ MERGES = "identity.merges"
 DLQ = "dlq"
 MODELS = "attribution.models"
 SUPPRESSIONS = "identity.suppressions"
+SEQUENCE = "identity.sequence"
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
@@ -54,6 +55,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
     ),
     TopicSpec(DLQ, "dead letters: reason, detail and the original payload", retention_ms=30 * DAY_MS),
+    TopicSpec(
+        SEQUENCE,
+        "validated events in the one order the identity graph applies them (several identity processes)",
+        partitions=1,
+    ),
     TopicSpec(
         SUPPRESSIONS,
         "erased persons and their hashed identifiers (o2o forget), compacted",
@@ -77,11 +83,41 @@ TOPICS: tuple[TopicSpec, ...] = (
 COMPACTED = frozenset(spec.name for spec in TOPICS if spec.cleanup_policy == "compact")
 
 
+# The state tables of the faust stages. `o2o init` creates their changelog topics
+# up front: a changelog topic faust creates itself at start-up can be missing from
+# the first group assignment ("Ignoring missing topic"), and the table then
+# waits for the next metadata refresh, minutes later.
+STATE_TABLES: dict[str, tuple[str, ...]] = {
+    "identity": ("identity_ids", "identity_persons", "identity_pending"),
+    "journeys": ("journeys_state", "journeys_watermarks", "journeys_forward"),
+    "attribution": ("attribution_paths", "attribution_forward"),
+}
+
+
+def stage_input(settings: Settings, stage: str) -> str:
+    """The topic (without prefix) whose partitions a faust stage's tables follow."""
+    if stage == "identity":
+        return SEQUENCE if settings.identity_workers > 1 else VALID
+    return {"journeys": IDENTIFIED, "attribution": JOURNEYS}[stage]
+
+
+def changelog_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
+    """(full name, partitions, config) of the faust changelog topic of every state table."""
+    specs = []
+    for stage, tables in STATE_TABLES.items():
+        partitions = 1 if stage_input(settings, stage) == SEQUENCE else settings.partitions
+        for table in tables:
+            specs.append(
+                (f"{settings.group(stage)}-{table}-changelog", partitions, {"cleanup.policy": "compact"})
+            )
+    return specs
+
+
 def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
-    """(full name, partitions, config) of every topic for these settings."""
+    """(full name, partitions, config) of every topic for these settings, changelogs included."""
     return [
         (settings.topic(spec.name), spec.partitions or settings.partitions, spec.config()) for spec in TOPICS
-    ]
+    ] + changelog_specs(settings)
 
 
 def raw_topics(settings: Settings) -> list[str]:

@@ -190,6 +190,8 @@ class FaustStage:
         self._worker: faust.Worker | None = None
         self._outputs: dict[str, Any] = {}
         self._finished = False
+        self._warned_alone = False
+        self._consumed: list[str] = []
         # keyed by the name without prefix, as handlers emit them
         prefix = settings.topic_prefix
         self._partitions = {
@@ -254,6 +256,18 @@ class FaustStage:
                 self.processed += len(records)
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
+        forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
+        if forward_from:
+            # several processes of this stage: each passes its share of these topics on
+            # to the handler's own (one-partition) input, whose owner does the work
+            upstream = app.topic(*forward_from, key_serializer="raw", value_serializer="raw")
+
+            async def forwarder(stream: Any) -> None:
+                async for batch in stream.take(self.batch_size, within=0.2):
+                    await self._send(self.handler.forward([r for value in batch for r in unpack(value)]))  # type: ignore[attr-defined]
+
+            app.agent(upstream, name=f"{self.stage}_forwarder")(forwarder)
+        self._consumed = [*self.inputs, *forward_from]
         app.timer(self.tick_seconds)(self._tick)
         if self.drain is not None:
             app.timer(0.5)(self._check_drained)
@@ -304,6 +318,8 @@ class FaustStage:
             cache.write_back()
 
     async def _tick(self) -> None:
+        if getattr(self.handler, "needs_every_partition", False):
+            self._check_alone()
         if not self._finished:
             emitted = self.handler.tick()
             self._write_back()
@@ -317,11 +333,18 @@ class FaustStage:
             return
         loop = asyncio.get_running_loop()
         lag = await loop.run_in_executor(
-            None, group_lag, self.settings, self.settings.group(self.stage), self.inputs
+            None, group_lag, self.settings, self.settings.group(self.stage), self._consumed
         )
         if lag:
             return
         self._finished = True
+        if not self._owns_input():
+            # another process of this stage owns the input that does the work: it
+            # flushes and leaves the marker; this one only forwarded
+            log.info("%s: drained (forwarding only) after %d records", self.stage, self.processed)
+            if self._worker is not None:
+                self._worker._schedule_shutdown(signal.SIGTERM)
+            return
         emitted = self.handler.flush()
         self._write_back()
         await self._send(emitted, force=True)
@@ -330,6 +353,24 @@ class FaustStage:
         log.info("%s: drained after %d records", self.stage, self.processed)
         if self._worker is not None:
             self._worker._schedule_shutdown(signal.SIGTERM)
+
+    def _check_alone(self) -> None:
+        """Warn when another process of a single-process stage took some of its partitions."""
+        own = set(self.inputs)
+        held = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in own}
+        total = max(self._partitions.get(name, self.settings.partitions) for name in self.handler.inputs)
+        if held and len(held) < total and not self._warned_alone:
+            self._warned_alone = True
+            log.error(
+                "%s: this process holds %d of %d input partitions: another process of the stage runs; "
+                "set O2O_IDENTITY_WORKERS to the number of processes (graph updates then go through "
+                "one partition)", self.stage, len(held), total,
+            )  # fmt: skip
+
+    def _owns_input(self) -> bool:
+        """True when this process holds a partition of the handler's own input."""
+        own = set(self.inputs)
+        return any(tp.topic in own for tp in self.app.consumer.assignment())
 
     def run(self) -> None:
         """Run the worker until stopped (a signal) or drained."""

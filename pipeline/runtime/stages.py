@@ -74,7 +74,13 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
         from pipeline.identity.erasure import Suppressions
 
         suppressions = Suppressions(settings, "identity-suppressions").load()
-        return IdentityHandler(settings.identity_max_persons_per_id, origins, suppressions)
+        return IdentityHandler(
+            settings.identity_max_persons_per_id,
+            origins,
+            suppressions,
+            workers=settings.identity_workers,
+            valid_partitions=counts.get(settings.topic(topics.VALID), settings.partitions),
+        )
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 
@@ -180,7 +186,8 @@ def run_all(
             for upstream in UPSTREAM[stage]:
                 if upstream in stages:
                     cmd += ["--after", upstream]
-        children.append(ChildStage(stage, subprocess.Popen(cmd, env=env)))
+        copies = settings.identity_workers if stage == "identity" else 1
+        children += [ChildStage(stage, subprocess.Popen(cmd, env=env)) for _ in range(copies)]
     stopping = False
 
     def stop_all(*_args: object) -> None:
@@ -193,13 +200,13 @@ def run_all(
     previous = signal.signal(signal.SIGTERM, stop_all)
     try:
         while True:
-            states = {c.stage: c.process.poll() for c in children}
-            failed = [s for s, rc in states.items() if rc not in (None, 0)]
+            states = [(c.stage, c.process.poll()) for c in children]
+            failed = sorted({s for s, rc in states if rc not in (None, 0)})
             if failed and not stopping:
                 stop_all()
                 _wait(children)
                 raise FatalError(f"stage {', '.join(failed)} failed; stopped the others")
-            if all(rc is not None for rc in states.values()):
+            if all(rc is not None for _s, rc in states):
                 break
             if on_progress is not None:
                 done = {s for s in stages if drain and marker(settings, s).exists()}
