@@ -25,6 +25,7 @@ from datetime import date
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+from pipeline.clickhouse.format import sql_string
 from pipeline.config import Settings
 
 TITLES: dict[str, str] = {
@@ -94,11 +95,7 @@ class ReportOptions:
         """SQL condition on ``model`` (``1`` for every model)."""
         if not self.models:
             return "1"
-        return "model IN (" + ", ".join(_sql_string(m) for m in self.models) + ")"
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "model IN (" + ", ".join(sql_string(m) for m in self.models) + ")"
 
 
 def report_queries(db: str, options: ReportOptions | None = None) -> dict[str, str]:

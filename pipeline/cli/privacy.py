@@ -42,9 +42,11 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
     from pipeline.clickhouse.format import render
     from pipeline.clickhouse.query_server import erase_any, query_any
     from pipeline.identity.erasure import find, identifier_key, publish
+    from pipeline.ingest.normalize import EventNormalizer
 
     settings = settings_of(ctx)
-    keys = [identifier_key(spec, settings.salt, settings.phone_region) for spec in specs]
+    normalizer = EventNormalizer.from_settings(settings)
+    keys = [identifier_key(spec, normalizer) for spec in specs]
     db = settings.clickhouse_database
     erasure = find(lambda sql: query_any(settings, sql)[1], db, keys)
     counts = erase_any(settings, sorted(erasure.person_ids), sorted(erasure.identifiers), dry_run)

@@ -48,6 +48,11 @@ def _datetime_text(value: dt.datetime | dt.time) -> str:
     return value.isoformat()
 
 
+def sql_string(value: str) -> str:
+    """``value`` as a quoted ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as str/int/float/bool/None/list/dict: datetimes to ISO text, Decimal to float, ..."""
     if value is None or isinstance(value, (str, bool, float)):

@@ -139,8 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict) or not all(isinstance(body.get(k), list) for k in ("persons", "keys")):
             self._reply(HTTPStatus.BAD_REQUEST, {"error": 'body must be {"persons": [...], "keys": [...]}'})
             return
-        erasure = Erasure([str(k) for k in body["keys"]], identifiers={str(k) for k in body["keys"]})
-        erasure.person_ids = {str(p) for p in body["persons"]}
+        erasure = Erasure.of(body["persons"], body["keys"])
         ch = self.server.ch
         try:
             statements = erase_statements(ch.database, erasure)
@@ -307,6 +306,16 @@ def query_endpoint(endpoint: dict[str, Any], sql: str) -> tuple[list[str], list[
     return [str(name) for name in columns], [tuple(row) for row in rows]
 
 
+def live_endpoint(settings: Settings) -> dict[str, Any] | None:
+    """The answering query server of the configured chDB folder, if a process holds it."""
+    if not settings.embedded_clickhouse:
+        return None
+    endpoint = read_endpoint(endpoint_file(settings))
+    folder = chdb_folder(settings.clickhouse_dsn)
+    same_folder = endpoint is not None and endpoint.get("folder") in ("", None, str(folder))
+    return endpoint if endpoint is not None and same_folder and _healthy(endpoint) else None
+
+
 def erase_any(
     settings: Settings, persons: Sequence[str], keys: Sequence[str], dry_run: bool
 ) -> dict[str, int]:
@@ -317,25 +326,23 @@ def erase_any(
     """
     from pipeline.identity.erasure import Erasure, erase_statements, execute
 
-    if settings.embedded_clickhouse:
-        endpoint = read_endpoint(endpoint_file(settings))
-        if endpoint is not None and _healthy(endpoint):
-            request = urllib.request.Request(
-                _url(endpoint, "/erase"),
-                data=orjson.dumps({"persons": list(persons), "keys": list(keys), "dry_run": dry_run}),
-                headers={
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {endpoint.get('token', '')}",
-                },
-                method="POST",
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=QUERY_TIMEOUT * 10) as response:
-                    return {str(k): int(v) for k, v in orjson.loads(response.read())["counts"].items()}
-            except (OSError, ValueError, KeyError) as exc:
-                raise ClickHouseUnavailable(f"the query server could not erase: {exc}") from exc
-    erasure = Erasure(list(keys), identifiers=set(keys))
-    erasure.person_ids = set(persons)
+    endpoint = live_endpoint(settings)
+    if endpoint is not None:
+        request = urllib.request.Request(
+            _url(endpoint, "/erase"),
+            data=orjson.dumps({"persons": list(persons), "keys": list(keys), "dry_run": dry_run}),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {endpoint.get('token', '')}",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=QUERY_TIMEOUT * 10) as response:
+                return {str(k): int(v) for k, v in orjson.loads(response.read())["counts"].items()}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClickHouseUnavailable(f"the query server could not erase: {exc}") from exc
+    erasure = Erasure.of(persons, keys)
     with connect(settings) as ch:
         statements = erase_statements(settings.clickhouse_database, erasure)
         return execute(lambda sql: ch.query(sql).rows, ch.command, statements, dry_run)
@@ -350,14 +357,10 @@ def query_any(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, 
     closed afterwards.
     """
     sql = sql.replace("{db}", settings.clickhouse_database)
-    if settings.embedded_clickhouse:
-        path = endpoint_file(settings)
-        endpoint = read_endpoint(path)
-        folder = chdb_folder(settings.clickhouse_dsn)
-        same_folder = endpoint is not None and endpoint.get("folder") in ("", None, str(folder))
-        if endpoint is not None and same_folder and _healthy(endpoint):
-            log.debug("querying through the query server of pid %s", endpoint["pid"])
-            return query_endpoint(endpoint, sql)
+    endpoint = live_endpoint(settings)
+    if endpoint is not None:
+        log.debug("querying through the query server of pid %s", endpoint["pid"])
+        return query_endpoint(endpoint, sql)
     try:
         ch = connect(settings)
     except ClickHouseUnavailable as exc:

@@ -19,17 +19,18 @@ Running it again finds nothing more to delete and changes nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from pipeline.clickhouse.format import sql_string
 from pipeline.config import Settings
-from pipeline.errors import ConfigError
-from pipeline.ingest.normalize import hash_pii, normalise_id
+from pipeline.errors import ConfigError, InvalidEvent
+from pipeline.ingest.normalize import EventNormalizer
 from pipeline.kafka import topics
-from pipeline.model.contract import ID_TYPES, PII_ID_TYPES
+from pipeline.model.contract import ID_TYPES
 
 Query = Callable[[str], list[tuple[Any, ...]]]
 
@@ -46,31 +47,32 @@ PERSON_TABLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def identifier_key(spec: str, salt: str, phone_region: str = "") -> str:
-    """``type:value`` as stored, from what a user types (``email:Alice@Example.com``)."""
+def identifier_key(spec: str, normalizer: EventNormalizer) -> str:
+    """``type:value`` as stored, from what a user types (``email:Alice@Example.com``).
+
+    The value goes through ingest's own rule (:meth:`EventNormalizer.stored_ids`),
+    so it matches what ingest stored for the same input.
+    """
     id_type, sep, value = spec.partition(":")
     id_type = id_type.strip()
     if not sep or not value.strip():
         raise ConfigError(f"--id {spec!r}: expected TYPE:VALUE, e.g. email:alice@example.com")
     if id_type not in ID_TYPES:
         raise ConfigError(f"--id {spec!r}: unknown identifier type; known: {', '.join(sorted(ID_TYPES))}")
-    value = value.strip()
-    if id_type in PII_ID_TYPES:
-        if value.startswith("sha256:") and len(value) == 71:
-            return f"{id_type}:{value[7:]}"
-        normal = normalise_id(id_type, value, phone_region)
-        if not normal:
-            raise ConfigError(f"--id {spec!r}: not a valid {id_type}")
-        return f"{id_type}:{hash_pii(normal, salt)}"
-    return f"{id_type}:{value}"
+    try:
+        stored = normalizer.stored_ids({id_type: value.strip()})
+    except InvalidEvent:
+        raise ConfigError(f"--id {spec!r}: not a valid {id_type}") from None
+    return f"{id_type}:{stored[id_type]}"
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def carries(ids: Mapping[str, str], keys: Container[str]) -> bool:
+    """True when one of an event's stored ``ids`` is among ``keys`` (``type:value``)."""
+    return any(f"{id_type}:{value}" in keys for id_type, value in ids.items())
 
 
 def _sql_list(values: Iterable[str]) -> str:
-    return "(" + ", ".join([_quote(v) for v in sorted(set(values))] or ["''"]) + ")"
+    return "(" + ", ".join([sql_string(v) for v in sorted(set(values))] or ["''"]) + ")"
 
 
 @dataclass
@@ -81,6 +83,12 @@ class Erasure:
     persons: set[str] = field(default_factory=set)
     person_ids: set[str] = field(default_factory=set)
     identifiers: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, person_ids: Iterable[str], keys: Iterable[str]) -> Erasure:
+        """An erasure already looked up: the stored person ids and identifiers to remove."""
+        keys = [str(k) for k in keys]
+        return cls(keys, person_ids={str(p) for p in person_ids}, identifiers=set(keys))
 
     def suppressions(self, now_ms: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         """The (key, value) messages of the suppression list."""
@@ -93,7 +101,7 @@ class Erasure:
 def find(query: Query, db: str, keys: Sequence[str]) -> Erasure:
     """Look the identifiers up: their persons, the person ids merged into them, all identifiers."""
     erasure = Erasure(list(keys), identifiers=set(keys))
-    pairs = ", ".join(f"({_quote(k.partition(':')[0])}, {_quote(k.partition(':')[2])})" for k in keys)
+    pairs = ", ".join(f"({sql_string(k.partition(':')[0])}, {sql_string(k.partition(':')[2])})" for k in keys)
     rows = query(f"SELECT DISTINCT person_id FROM {db}.identities WHERE (id_type, id_value) IN ({pairs})")
     erasure.persons = {str(r[0]) for r in rows if r[0]}
     if not erasure.persons:
@@ -122,7 +130,7 @@ def erase_statements(db: str, erasure: Erasure) -> list[tuple[str, str, str]]:
             )
     values = sorted({key.partition(":")[2] for key in erasure.identifiers if len(key.partition(":")[2]) >= 6})
     if values:
-        where = " OR ".join(f"position(payload, {_quote(v)}) > 0" for v in values)
+        where = " OR ".join(f"position(payload, {sql_string(v)}) > 0" for v in values)
         statements.append(
             (
                 "dead_letters_store",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,15 @@ class IdentityGraph:
         self._refresh_root(result.person_id, keys, at, result)
         self.counts["conflicts"] += result.conflicts
         return result
+
+    def forget(self, keys: Iterable[str], persons: Iterable[str]) -> None:
+        """Drop erased identifiers and persons (``o2o forget``) from the state."""
+        for key in keys:
+            if key in self.ids:
+                del self.ids[key]
+        for person in persons:
+            if person in self.persons:
+                del self.persons[person]
 
     def _root(self, person: str) -> list[Any]:
         record = self.persons[person]

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+from pipeline.identity.erasure import carries
 from pipeline.identity.graph import IdentityGraph, is_identified
 from pipeline.identity.reorder import DurableReorder
 from pipeline.kafka import topics
@@ -81,7 +82,7 @@ class IdentityHandler:
         for record in records:
             if record.get("record") == "forget":
                 out += self._forget(record)
-            elif self.suppressed and any(f"{t}:{v}" in self.suppressed for t, v in record["ids"].items()):
+            elif self.suppressed and carries(record["ids"], self.suppressed):
                 self.counts["suppressed"] += 1  # passed ingest before its person was erased
             else:
                 events.append(record)
@@ -91,12 +92,7 @@ class IdentityHandler:
         """Drop erased persons and identifiers from the graph; tell journeys (once, from copy 0)."""
         assert self.graph is not None, "bind() first"
         self.suppressed |= set(record.get("keys") or ())
-        for key in record.get("keys") or ():
-            if key in self.graph.ids:
-                del self.graph.ids[key]
-        for person in record.get("persons") or ():
-            if person in self.graph.persons:
-                del self.graph.persons[person]
+        self.graph.forget(record.get("keys") or (), record.get("persons") or ())
         self.counts["forgotten"] += len(record.get("persons") or ())
         if record.get("copy", 0) != 0:
             return []

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pipeline.clickhouse.format import sql_string
 from pipeline.config import Settings
 from pipeline.errors import KafkaUnavailable
 from pipeline.kafka.topics import DLQ, raw_topics
@@ -59,11 +60,6 @@ def parse_since(text: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
-
-
-def sql_string(value: str) -> str:
-    """``value`` as a quoted ClickHouse string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _text(raw: str | bytes | None) -> str:

@@ -175,7 +175,7 @@ class EventNormalizer:
             "type": etype,
             "occurred_at": occurred_at,
             "received_at": received_at,
-            "ids": self._ids(doc.get("ids")),
+            "ids": self.stored_ids(doc.get("ids")),
         }
         if original != occurred_at:
             event["original_occurred_at"] = original
@@ -200,7 +200,12 @@ class EventNormalizer:
                     raise InvalidEvent("schema_violation", f"$.consent.{key}: expected true or false")
         return event
 
-    def _ids(self, ids: Any) -> dict[str, str]:
+    def stored_ids(self, ids: Any) -> dict[str, str]:
+        """An event's ``ids`` as stored downstream: normalised, PII hashed, placeholders dropped.
+
+        Raises :class:`InvalidEvent` (``missing_identifier``, ``blocked_identifier``,
+        ``schema_violation``) when nothing usable is left.
+        """
         if not isinstance(ids, dict):
             raise InvalidEvent("missing_identifier", "$.ids: expected an object with at least one identifier")
         out: dict[str, str] = {}

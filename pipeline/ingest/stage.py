@@ -11,7 +11,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from pipeline.config import Settings
 from pipeline.errors import FatalError, InvalidEvent
-from pipeline.identity.erasure import Suppressions
+from pipeline.identity.erasure import Suppressions, carries
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_key, redact_pii
 from pipeline.ingest.schemas import default_registry
 from pipeline.journeys.sessions import event_row
@@ -73,7 +73,7 @@ class IngestHandler:
             received = stamp if kind != TIMESTAMP_NOT_AVAILABLE and 0 < stamp <= now else now
             try:
                 event = self.normalizer.normalise(raw, received)
-                if suppressed and any(f"{t}:{v}" in suppressed for t, v in event["ids"].items()):
+                if suppressed and carries(event["ids"], suppressed):
                     raise InvalidEvent("suppressed", "$.ids: an identifier of a person erased by o2o forget")
             except InvalidEvent as exc:
                 self.counts[f"dead_letter.{exc.reason}"] += 1

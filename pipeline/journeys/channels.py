@@ -139,11 +139,6 @@ def _host(url: str) -> str:
     return host.removeprefix("www.")
 
 
-def is_search_engine(host: str) -> bool:
-    """True for the hosts of well-known search engines."""
-    return any(engine in host for engine in SEARCH_ENGINES)
-
-
 def classify(event: Event, store_visit: bool = False) -> str:
     """The channel of a session that starts with ``event``, under the built-in grouping."""
     return DEFAULT_RULES.classify(event, store_visit)

@@ -201,10 +201,6 @@ class JourneysHandler:
                 continue  # an older entry of a person re-scheduled since
             self._store(person, partition, self.timeline.advance(state, watermark, out))
 
-    def held_persons(self) -> int:
-        """Persons with events still held (the state's size)."""
-        return len(self.state)
-
 
 def _route(kind: str, record: dict[str, Any]) -> Emission:
     if kind == "event":

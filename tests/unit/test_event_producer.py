@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.clickhouse.format import sql_string
 from pipeline.config import Settings, load_settings
 from pipeline.errors import DeliveryFailed, InvalidEvent, KafkaUnavailable
 from pipeline.event_producer import DeliveryReport, EventProducer
-from pipeline.ingest.dead_letters import DeadLetter, DeadLetterFilter, parse_since, replay, sql_string
+from pipeline.ingest.dead_letters import DeadLetter, DeadLetterFilter, parse_since, replay
 
 
 class FakeMessage:
