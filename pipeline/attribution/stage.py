@@ -10,7 +10,7 @@ from pipeline.attribution.custom import load_rules
 from pipeline.attribution.datadriven import FittedModel
 from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
 from pipeline.config import Settings
-from pipeline.identity.graph import follow
+from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.kafka import topics
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 from pipeline.runtime.faust_stage import Emission
@@ -78,10 +78,11 @@ class AttributionHandler:
                 self.counts["returns" if matched else "unmatched_returns"] += 1
             elif kind == "merge":
                 # the merged person's touches and conversions go to the survivor's partition
+                survivor = record["to_person"]
+                if not record_merge(self.forward, person, survivor, self.counts, "attribution"):
+                    continue  # a self-merge: nothing moves
                 if person in self.state:
                     del self.state[person]
-                survivor = record["to_person"]
-                self.forward[person] = survivor
                 # sessions journeys still held come back re-cut under the survivor
                 held = set(record.get("held_sessions") or ())
                 moved = dict(state or {})
@@ -96,7 +97,9 @@ class AttributionHandler:
                 self.counts["forgotten"] += 1
                 continue
             elif kind == "handoff":
-                target = follow(self.forward, person)
+                # never round a cycle of the forward table (pipeline/identity/forwarding.py)
+                sender = record.get("from_person", "")
+                target = settle_handoff(self.forward, person, sender, self.counts, "attribution")
                 if target != person:  # this person merged on since: pass the state on
                     handoffs.append((topics.JOURNEYS, target, {**record, "person_id": target}))
                     continue

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,18 +312,6 @@ def _identity_row(key: str, person: str, first_seen: int, version: int) -> dict[
         "first_seen": first_seen,
         "version": version,
     }
-
-
-def follow(forward: Mapping[str, Any], person: str) -> str:
-    """Where a person went through merges and renames since (itself when it did not move).
-
-    ``forward`` maps a merged person to the person its state was handed to.
-    """
-    seen = {person}
-    while person in forward and forward[person] not in seen:
-        person = str(forward[person])
-        seen.add(person)
-    return person
 
 
 def is_identified(record: dict[str, Any]) -> bool:

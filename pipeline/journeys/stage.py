@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.identity.graph import follow
+from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
 from pipeline.journeys.sessions import Output, SessionRules
 from pipeline.journeys.timeline import JourneyTimeline
@@ -73,7 +73,8 @@ class JourneysHandler:
         Besides events, the input carries two control records: ``merge`` (from
         identity, keyed by the merged person, after its events) hands the
         person's state to the survivor's partition as ``handoff``; ``handoff``
-        re-cuts it with the survivor's events.
+        re-cuts it with the survivor's events, or passes it on when the person
+        merged on since. Forward cycles are cut (``forward_cycles_cut``).
         """
         out: list[Output] = []
         handoffs: list[Emission] = []
@@ -87,7 +88,8 @@ class JourneysHandler:
                 continue
             self._place(person, pending.pop(person, []), newest, out)
             if control == "merge":
-                handoffs.append(self._hand_over(record, out))
+                if record_merge(self.forward, person, record["to_person"], self.counts, "journeys"):
+                    handoffs.append(self._hand_over(record, out))
             elif control == "forget":  # o2o forget: the person is erased
                 if person in self.state:
                     del self.state[person]
@@ -96,7 +98,10 @@ class JourneysHandler:
                 out.append(("forget", {"person_id": person}))
                 self.counts["forgotten"] += 1
             elif control == "handoff":
-                target = follow(self.forward, person)
+                # never round a cycle of the forward table (pipeline/identity/forwarding.py)
+                target = settle_handoff(
+                    self.forward, person, record.get("from_person", ""), self.counts, "journeys"
+                )
                 if target != person:  # this person merged on since: pass the state on
                     handoffs.append((topics.IDENTIFIED, target, {**record, "person_id": target}))
                     continue
@@ -129,12 +134,14 @@ class JourneysHandler:
         newest[partition] = max(newest.get(partition, latest), latest)
 
     def _hand_over(self, merge: dict[str, Any], out: list[Output]) -> Emission:
-        """Send a merged person's held events to the survivor; tell attribution to do the same."""
+        """Send a merged person's held events to the survivor; tell attribution to do the same.
+
+        The caller has recorded the merge in ``forward`` already.
+        """
         merged, survivor = merge["person_id"], merge["to_person"]
         state = self.state.get(merged) or {}
         if merged in self.state:
             del self.state[merged]
-        self.forward[merged] = survivor
         # sessions still held here come back re-cut under the survivor: attribution
         # need not hand their touches over
         held = sorted(state.get("emitted", {}))
