@@ -158,6 +158,12 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
+    fault_at: str = Field(
+        "",
+        pattern=r"^([a-z]+:[a-z_]+(:[0-9]+)?(,[a-z]+:[a-z_]+(:[0-9]+)?)*)?$",
+        description="test hook: STAGE:POINT[:N],... kills the stage process at the Nth pass of POINT",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -180,6 +186,14 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one attribution model is needed")
         return tuple(value)
+
+    @field_validator("fault_at")
+    @classmethod
+    def _check_fault_points(cls, value: str) -> str:
+        from pipeline.runtime.faults import parse_plan
+
+        parse_plan(value)
+        return value
 
     @field_validator("blocked_id_patterns", mode="before")
     @classmethod

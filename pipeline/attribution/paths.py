@@ -97,6 +97,8 @@ class PathAttributor:
         # when True, changes only mark the state; the caller runs recredit() once per
         # person and batch (a merge brings many touch changes at once)
         self.deferred = False
+        # the runtime's epoch floor: a replay after a crash credits above anything sent before it
+        self.version_floor = 0
 
     def add_touch(
         self, state: dict[str, Any] | None, touch: dict[str, Any], out: list[Output]
@@ -251,7 +253,7 @@ class PathAttributor:
                                                     t.identified, t.kind] for t in path]))  # fmt: skip
             if fingerprint == conversion["print"]:
                 continue
-            version = conversion["version"] + 1
+            version = max(conversion["version"] + 1, self.version_floor)
             conversion = conversions[index] = {**conversion, "version": version, "print": fingerprint}
             self._emit(conversion, credits, path, store_sessions, version, out)
             if conversion["returns"]:

@@ -12,8 +12,8 @@ from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
 from pipeline.config import Settings
 from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.kafka import topics
+from pipeline.model.handler import Emission
 from pipeline.model.rows import ROW_TABLES_BY_NAME
-from pipeline.runtime.faust_stage import Emission
 
 
 class ModelFeed(Protocol):
@@ -54,6 +54,10 @@ class AttributionHandler:
         self.forward = tables.get("attribution_forward", {})
         if self.feed is not None:
             self.attributor.fitted = self.feed.load()
+
+    def set_version_floor(self, floor: int) -> None:
+        """Credit at versions of at least ``floor`` (the runtime's epoch after a restart)."""
+        self.attributor.version_floor = floor
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Remember touches, credit conversions, re-credit those a touch change concerns."""

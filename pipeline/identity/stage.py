@@ -12,8 +12,8 @@ from pipeline.identity.reorder import DurableReorder
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import strongest_id
+from pipeline.model.handler import Emission
 from pipeline.model.rows import ROW_TABLES_BY_NAME
-from pipeline.runtime.faust_stage import Emission
 
 
 class IdentityHandler:

@@ -22,17 +22,14 @@ from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
 from pipeline.journeys.sessions import Output, SessionRules
 from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
-from pipeline.kafka.envelopes import partition_for
+from pipeline.kafka.envelopes import key_for_partition, partition_for
+from pipeline.model.handler import Emission
 from pipeline.model.rows import EVENTS, SESSIONS
-from pipeline.runtime.faust_stage import Emission
 
 
 def watermark_key(partition: int, partitions: int) -> str:
     """A state-table key that lands on ``partition``, to keep that partition's watermark."""
-    i = 0
-    while partition_for(f"watermark:{i}".encode(), partitions) != partition:
-        i += 1
-    return f"watermark:{i}"
+    return key_for_partition("watermark", partition, partitions)
 
 
 class JourneysHandler:

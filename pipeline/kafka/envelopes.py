@@ -26,6 +26,14 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def key_for_partition(prefix: str, partition: int, partitions: int) -> str:
+    """The first key ``<prefix>:<i>`` that lands on ``partition``: a per-partition slot in a state table."""
+    i = 0
+    while partition_for(f"{prefix}:{i}".encode(), partitions) != partition:
+        i += 1
+    return f"{prefix}:{i}"
+
+
 def pack(
     records: Iterable[tuple[str, str, dict[str, Any]]],
     partitions: Mapping[str, int],

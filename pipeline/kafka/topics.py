@@ -94,6 +94,11 @@ STATE_TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
+def epoch_table(stage: str) -> str:
+    """The runtime's own state table of a stateful stage: the epoch each partition runs under."""
+    return f"{stage}_epochs"
+
+
 def stage_input(settings: Settings, stage: str) -> str:
     """The topic (without prefix) whose partitions a faust stage's tables follow."""
     if stage == "identity":
@@ -106,7 +111,7 @@ def changelog_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]
     specs = []
     for stage, tables in STATE_TABLES.items():
         partitions = 1 if stage_input(settings, stage) == SEQUENCE else settings.partitions
-        for table in tables:
+        for table in (*tables, epoch_table(stage)):
             specs.append(
                 (f"{settings.group(stage)}-{table}-changelog", partitions, {"cleanup.policy": "compact"})
             )

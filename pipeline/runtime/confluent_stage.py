@@ -21,6 +21,7 @@ from pipeline.config import Settings
 from pipeline.errors import RetryableError
 from pipeline.kafka.clients import make_consumer
 from pipeline.runtime.drain import DrainGate
+from pipeline.runtime.faults import FaultPlan
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ConfluentStageLoop:
         self._stop = False
         self._consumer: Consumer = make_consumer(settings, settings.group(stage))
         self._uncommitted: dict[tuple[str, int], int] = {}
+        self.faults = FaultPlan(stage, settings.fault_at)
 
     def stop(self, *_args: object) -> None:
         """Ask the loop to finish its batch, commit and return."""
@@ -133,6 +135,7 @@ class ConfluentStageLoop:
                 if self._stop and self.drain is None:
                     raise
         if self._uncommitted:
+            self.faults.reach("after_insert")
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
             self._consumer.commit(offsets=offsets, asynchronous=False)
             self._uncommitted.clear()

@@ -1,10 +1,13 @@
 """Thin faust-streaming wiring around a stateful stage's pure logic.
 
-A :class:`StatefulHandler` names the tables it needs and turns batches of
-decoded input records into outputs; this module builds a faust app (no global
-app: one per call), gives the handler its changelog-backed tables, runs the
-agent, sends the outputs, and in drain mode stops once everything upstream is
-done and this stage's group has committed up to the end of its inputs.
+A :class:`~pipeline.model.handler.StatefulHandler` names the tables it needs
+and turns batches of decoded input records into outputs; this module builds
+a faust app (no global app: one per call) that hosts the tables (group
+membership, assignment, changelog recovery) and the timers, and runs every
+step of the handler through the commit protocol of
+:mod:`pipeline.runtime.durable`: outputs durable, then state, then the input
+acknowledged. In drain mode it stops once everything upstream is done and
+this stage's group has committed up to the end of its inputs.
 """
 
 from __future__ import annotations
@@ -13,152 +16,28 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import faust
-import orjson
-from faust.serializers import codecs
 
 from pipeline.config import Settings
-from pipeline.errors import FatalError
 from pipeline.kafka.admin import group_lag, partition_counts
-from pipeline.kafka.envelopes import pack, partition_for, unpack
-from pipeline.kafka.topics import COMPACTED
+from pipeline.kafka.envelopes import key_for_partition, unpack
+from pipeline.kafka.topics import epoch_table
+from pipeline.model.handler import StatefulHandler
 from pipeline.runtime.drain import DrainGate
+from pipeline.runtime.durable import DurableWriter
+from pipeline.runtime.faults import FaultPlan
+from pipeline.runtime.state import BatchCache, ChangelogRecord, key_partition, register_codecs
 
 log = logging.getLogger(__name__)
 
-Emission = tuple[str, str, dict[str, Any]]  # (topic without prefix, key, value)
+EPOCH_SHIFT = 32
+"""Versions a stage emits after its partitions' n-th start are at least ``n << EPOCH_SHIFT``."""
 
-
-class StatefulHandler(Protocol):
-    """The pure side of a faust stage."""
-
-    @property
-    def table_names(self) -> Sequence[str]:
-        """Names of the state tables the handler needs."""
-
-    @property
-    def inputs(self) -> Sequence[str]:
-        """Input topics, without the prefix."""
-
-    def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
-        """Receive the state tables (faust tables in a worker, dicts in tests).
-
-        ``partitions`` is the input topics' partition count: a record keyed
-        ``k`` came from partition ``murmur2(k) % partitions``.
-        """
-
-    def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
-        """Handle a batch of input records (already decoded)."""
-
-    def tick(self) -> list[Emission]:
-        """Periodic work in event or processing time (closing idle sessions)."""
-
-    def flush(self) -> list[Emission]:
-        """End of input in drain mode: emit everything still held."""
-
-
-class _Utf8KeyCodec(codecs.Codec):
-    """Table keys as plain UTF-8, the same bytes as the source topic's keys.
-
-    With the default JSON codec a key ``p_1`` is written as ``"p_1"``, which
-    hashes to another partition than the source message keyed ``p_1``; plain
-    bytes keep a table's changelog partition equal to its source partition.
-    """
-
-    def _dumps(self, obj: Any) -> bytes:
-        return obj.encode() if isinstance(obj, str) else bytes(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return s.decode()
-
-
-class _OrjsonCodec(codecs.Codec):
-    """State values as orjson: several times faster than faust's json codec."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        # a deleted key's changelog record (tombstone) has an empty value
-        return orjson.loads(s) if s else None
-
-
-def _key_partition(key: Any, partitions: int) -> int:
-    return partition_for(key.encode() if isinstance(key, str) else bytes(key), partitions)
-
-
-def register_codecs() -> None:
-    """Make the pipeline's faust codecs known (idempotent)."""
-    codecs.register("o2o_utf8", _Utf8KeyCodec())
-    codecs.register("o2o_orjson", _OrjsonCodec())
-
-
-_DELETED = object()
-
-
-class BatchCache(MutableMapping[str, Any]):
-    """A write-behind view of a state table for one batch.
-
-    Handlers read and write it like a dict; :meth:`write_back` then writes
-    each changed key once. An event held and released within one batch, or a
-    person touched by many events of a batch, costs one changelog record
-    instead of one per change.
-    """
-
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
-        self.table = table
-        self.dirty: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        value = self.dirty[key] if key in self.dirty else self.table[key]
-        if value is _DELETED or value is None:  # None: a deleted key restored from the changelog
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.dirty[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        if key not in self:
-            raise KeyError(key)
-        self.dirty[key] = _DELETED
-
-    def __contains__(self, key: object) -> bool:
-        if key in self.dirty:
-            return self.dirty[key] is not _DELETED  # type: ignore[index]
-        return key in self.table and self.table[key] is not None  # type: ignore[index]
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self.table:
-            if key not in self.dirty and self.table[key] is not None:
-                yield key
-        for key, value in self.dirty.items():
-            if value is not _DELETED:
-                yield key
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default``."""
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def write_back(self) -> None:
-        """Write every changed key to the table, once."""
-        for key, value in self.dirty.items():
-            if value is _DELETED:
-                if key in self.table:
-                    del self.table[key]
-            else:
-                self.table[key] = value
-        self.dirty.clear()
+HANDOVER_RECORDS = frozenset({"merge", "handoff"})
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -167,7 +46,7 @@ def faust_broker_url(bootstrap_servers: str) -> str:
 
 
 class FaustStage:
-    """Runs a :class:`StatefulHandler` as a faust worker."""
+    """Runs a :class:`StatefulHandler` as a faust worker, every step through the commit protocol."""
 
     def __init__(
         self,
@@ -188,15 +67,21 @@ class FaustStage:
         self.batch_size = batch_size
         self.processed = 0
         self._worker: faust.Worker | None = None
-        self._outputs: dict[str, Any] = {}
         self._finished = False
         self._warned_alone = False
         self._consumed: list[str] = []
+        self._caches: dict[str, BatchCache] = {}
+        self.epochs: dict[int, int] = {}  # owned source partition -> the epoch it runs under here
         # keyed by the name without prefix, as handlers emit them
         prefix = settings.topic_prefix
         self._partitions = {
             name.removeprefix(prefix): count for name, count in partition_counts(settings).items()
         }
+        self.faults = FaultPlan(stage, settings.fault_at)
+        self.writer = DurableWriter(settings, stage, self._partitions, self.faults)
+        self.source_partitions = max(
+            self._partitions.get(name, settings.partitions) for name in self.handler.inputs
+        )
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -214,10 +99,6 @@ class FaustStage:
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            producer_compression_type="lz4",
-            producer_linger=0.02,  # batch outputs; aiokafka sends one request per message otherwise
-            producer_max_batch_size=1 << 20,
             broker_commit_interval=0.5 if self.drain else 2.0,
             broker_commit_every=self.batch_size,
             table_standby_replicas=0,
@@ -225,35 +106,33 @@ class FaustStage:
             broker_heartbeat_interval=3.0,
             stream_buffer_maxsize=8192,
         )
-        tables = {}
-        source_partitions = max(
-            self._partitions.get(name, settings.partitions) for name in self.handler.inputs
-        )
-        for name in self.handler.table_names:
-            table = app.Table(name, default=None, partitions=source_partitions)
+        partitions = self.source_partitions
+        for name in (*self.handler.table_names, epoch_table(self.stage)):
+            table = app.Table(name, default=None, partitions=partitions)
             # A key's changelog partition is the partition its source messages
-            # hash to (murmur2, like the producers'), computed here: faust's
-            # default needs the current event (no timers, no drain flush) and
-            # its use_partitioner mode needs producer metadata that may not be
-            # loaded yet on the first write.
-            table.partition_for_key = partial(_key_partition, partitions=source_partitions)  # type: ignore[method-assign]
+            # hash to (murmur2, like the producers'): the runtime writes the
+            # changelog itself (state.BatchCache), faust only reads it back.
+            table.partition_for_key = partial(key_partition, partitions=partitions)  # type: ignore[method-assign]
             table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
             table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
             # the changelog topic was already made (with JSON codecs) when the
             # table registered itself; make it again with these codecs
             table.changelog_topic = table._new_changelog_topic()  # type: ignore[attr-defined]
-            tables[name] = BatchCache(table)
-        self._caches = list(tables.values())
-        self.handler.bind(tables, partitions=source_partitions)
+            table.apply_changelog_batch = self._restoring(table.apply_changelog_batch)  # type: ignore[method-assign]
+            changelog = table.changelog_topic.get_topic_name()
+            # reads and writes go to the in-memory store, never through faust's changelog sends
+            self._caches[name] = BatchCache(table.data, changelog, partitions)
+        self.handler.bind(
+            {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
+        )
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
 
         async def agent(stream: Any) -> None:
             async for batch in stream.take(self.batch_size, within=0.2):
-                records = [record for value in batch for record in unpack(value)]
-                emitted = self.handler.process(records)
-                self._write_back()
-                await self._send(emitted)
-                self.processed += len(records)
+                # The step runs without an await: nothing can interrupt it half
+                # way, and take() acknowledges the batch only after it returned.
+                self._guarded(self._run_batch, batch)
+                self.faults.reach("before_ack")
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
         forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
@@ -264,7 +143,8 @@ class FaustStage:
 
             async def forwarder(stream: Any) -> None:
                 async for batch in stream.take(self.batch_size, within=0.2):
-                    await self._send(self.handler.forward([r for value in batch for r in unpack(value)]))  # type: ignore[attr-defined]
+                    records = [r for value in batch for r in unpack(value)]
+                    self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
 
             app.agent(upstream, name=f"{self.stage}_forwarder")(forwarder)
         self._consumed = [*self.inputs, *forward_from]
@@ -273,57 +153,90 @@ class FaustStage:
             app.timer(0.5)(self._check_drained)
         return app
 
-    def _topic(self, name: str) -> Any:
-        topic = self._outputs.get(name)
-        if topic is None:
-            topic = self.app.topic(
-                self.settings.topic(name),
-                key_serializer="raw",
-                value_serializer="raw",
-                partitions=self._partitions.get(name, self.settings.partitions),
-            )
-            self._outputs[name] = topic
-        return topic
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step; on any failure stop the process before anything more is acknowledged."""
+        try:
+            step(*args)
+        except BaseException as exc:
+            # A clean faust stop would acknowledge and commit the batch that failed.
+            log.critical("%s: step failed, exiting without acknowledging it: %r", self.stage, exc,
+                         exc_info=not isinstance(exc, KeyboardInterrupt))  # fmt: skip
+            logging.shutdown()
+            os._exit(70)
 
-    async def _send(self, emissions: Sequence[Emission], force: bool = False) -> None:
-        if not emissions:
+    def _changes(self) -> list[ChangelogRecord]:
+        return [record for cache in self._caches.values() for record in cache.write_back()]
+
+    def _run_batch(self, batch: Sequence[bytes]) -> None:
+        records = [record for value in batch for record in unpack(value)]
+        self._open_epochs()
+        emitted = self.handler.process(records)
+        points = ["after_outputs"]
+        if any(record.get("record") in HANDOVER_RECORDS for record in records):
+            points.append("mid_handover")
+        self.writer.commit_step(emitted, self._changes(), points)
+        self.faults.reach("after_state")
+        self.processed += len(records)
+
+    def _run_tick(self) -> None:
+        self._open_epochs()
+        self.writer.commit_step(self.handler.tick(), self._changes(), ["mid_tick"])
+
+    def _run_flush(self) -> None:
+        self._open_epochs()
+        self.writer.commit_step(self.handler.flush(), self._changes(), ["mid_flush"])
+
+    def _owned(self) -> set[int]:
+        own = set(self.inputs)
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in own}
+
+    def _open_epochs(self) -> None:
+        """Start a new epoch on partitions this process has just been given, durably, before any output.
+
+        A replay after a crash may compute another version of a row than the
+        one the crashed process had already sent (its state was not durable
+        yet). Versions emitted under epoch n are at least ``n << EPOCH_SHIFT``,
+        so the replay's rows outrank whatever the crashed run sent.
+        """
+        owned = self._owned()
+        for partition in [p for p in self.epochs if p not in owned]:
+            del self.epochs[partition]
+        new = sorted(owned - self.epochs.keys())
+        if not new:
             return
-        missing = {name for name, _k, _v in emissions} - self._partitions.keys()
-        if missing:
-            raise FatalError(f"topics {sorted(missing)} do not exist; run `o2o init`")
-        batched = [e for e in emissions if e[0] not in COMPACTED]
-        for name, partition, value in pack(batched, self._partitions):
-            self._watch(await self._topic(name).send(value=value, partition=partition, force=force))
-        for name, key, record in emissions:
-            if name in COMPACTED:  # compaction needs one keyed message per record
-                self._watch(
-                    await self._topic(name).send(key=key.encode(), value=orjson.dumps(record), force=force)
-                )
+        cache = self._caches[epoch_table(self.stage)]
+        for partition in new:
+            key = key_for_partition("epoch", partition, self.source_partitions)
+            self.epochs[partition] = int(cache.get(key) or 0)
+            cache[key] = self.epochs[partition] + 1  # the next start of this partition runs above
+        self.writer.write_state(self._changes())
+        set_floor = getattr(self.handler, "set_version_floor", None)
+        if set_floor is not None:
+            set_floor(max(self.epochs.values()) << EPOCH_SHIFT)
+        log.info("%s: epochs %s", self.stage, self.epochs)
 
-    def _watch(self, future: Any) -> None:
-        """Stop the worker when Kafka refuses an output, so nothing after it is committed."""
+    def _restoring(self, apply: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a table's changelog apply with the ``during_restore`` fault point."""
 
-        def check(done: Any) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                # Exit at once: a clean faust stop commits the acked offsets,
-                # which could include the input of the lost output.
-                log.critical("%s: output not delivered: %r; exiting", self.stage, done.exception())
-                logging.shutdown()
-                os._exit(70)
+        def apply_batch(*args: Any, **kwargs: Any) -> Any:
+            self.faults.reach("during_restore")
+            return apply(*args, **kwargs)
 
-        future.add_done_callback(check)
-
-    def _write_back(self) -> None:
-        for cache in self._caches:
-            cache.write_back()
+        return apply_batch
 
     async def _tick(self) -> None:
         if getattr(self.handler, "needs_every_partition", False):
             self._check_alone()
-        if not self._finished:
-            emitted = self.handler.tick()
-            self._write_back()
-            await self._send(emitted, force=True)
+        if self._finished or not self._ready():
+            return
+        self._guarded(self._run_tick)
+
+    def _ready(self) -> bool:
+        """True when this process owns input partitions and their state is fully restored."""
+        recovery = getattr(self.app.tables, "recovery", None)
+        if recovery is not None and getattr(recovery, "in_recovery", False):
+            return False
+        return bool(self._owned())
 
     async def _check_drained(self) -> None:
         assert self.drain is not None
@@ -345,10 +258,7 @@ class FaustStage:
             if self._worker is not None:
                 self._worker._schedule_shutdown(signal.SIGTERM)
             return
-        emitted = self.handler.flush()
-        self._write_back()
-        await self._send(emitted, force=True)
-        await self.app.producer.flush()
+        self._guarded(self._run_flush)
         self.drain.mark_done()
         log.info("%s: drained after %d records", self.stage, self.processed)
         if self._worker is not None:
@@ -369,14 +279,10 @@ class FaustStage:
 
     def _owns_input(self) -> bool:
         """True when this process holds a partition of the handler's own input."""
-        own = set(self.inputs)
-        return any(tp.topic in own for tp in self.app.consumer.assignment())
+        return bool(self._owned())
 
     def run(self) -> None:
         """Run the worker until stopped (a signal) or drained."""
-        # faust stalls a stream whenever more than 100 changelog records wait
-        # to be sent; batches write far more than that at once.
-        self.app.producer.buffer.max_messages = 50_000
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._worker = faust.Worker(
             self.app, loglevel=level.lower() if level != "WARNING" else "warn", quiet=True,

@@ -20,7 +20,7 @@ from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
 
 if TYPE_CHECKING:
     from pipeline.clickhouse.client import ClickHouse
-    from pipeline.runtime.faust_stage import StatefulHandler
+    from pipeline.model.handler import StatefulHandler
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from confluent_kafka import Message
 from pipeline.config import Settings
 from pipeline.identity.erasure import Suppressions
 from pipeline.model.rows import ROW_TABLES
+from pipeline.runtime.faults import FaultPlan
 from pipeline.sink.writer import Inserter, RowBatcher
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ class SinkHandler:
 
     def __init__(self, settings: Settings, inserter: Inserter) -> None:
         self.tables = {settings.topic(table.topic): table for table in ROW_TABLES}
-        self.batcher = RowBatcher(inserter, settings.sink_batch_rows, settings.sink_flush_seconds)
+        faults = FaultPlan("sink", settings.fault_at)
+        rows, seconds = settings.sink_batch_rows, settings.sink_flush_seconds
+        self.batcher = RowBatcher(inserter, rows, seconds, lambda: faults.reach("mid_insert"))
         self.suppressions = Suppressions(settings, "sink-suppressions").load()
 
     @property

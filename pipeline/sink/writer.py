@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any, Protocol
 
 from pipeline.errors import ClickHouseUnavailable, PipelineError
@@ -44,8 +44,15 @@ def dead_letter_row(value: bytes, headers: Iterable[tuple[str, bytes | None]]) -
 class RowBatcher:
     """Buffers rows per table and writes them in batches."""
 
-    def __init__(self, inserter: Inserter, batch_rows: int, flush_seconds: float) -> None:
+    def __init__(
+        self,
+        inserter: Inserter,
+        batch_rows: int,
+        flush_seconds: float,
+        after_table: Callable[[], None] = lambda: None,
+    ) -> None:
         self.inserter = inserter
+        self.after_table = after_table  # called after each table's insert (a fault-injection point)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.buffers: dict[RowTable, list[list[Any]]] = {}
@@ -104,3 +111,4 @@ class RowBatcher:
             self.written[table.name] += len(rows)
             self.pending -= len(rows)
             del self.buffers[table]
+            self.after_table()

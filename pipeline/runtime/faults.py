@@ -1,0 +1,73 @@
+"""Deterministic fault injection: a stage kills itself at a named point of its commit cycle.
+
+Crash safety is proven by killing a process where it hurts most, not where a
+random signal happens to land. ``O2O_FAULT_AT=journeys:after_outputs:3`` makes
+the journeys process SIGKILL itself the third time it passes the point
+``after_outputs``; several ``STAGE:POINT[:N]`` entries may be given, separated
+by commas. Without the setting every call is a dictionary miss.
+
+The points, in the order a stateful stage passes them:
+
+* ``during_restore`` -- while state is read back from the changelog at start;
+* ``after_outputs`` -- a batch's outputs are durable, its state is not;
+* ``after_state`` -- outputs and state durable, the input not acknowledged;
+* ``before_ack`` -- the step is complete, just before the input is acknowledged;
+* ``mid_tick`` -- a timer tick's outputs are durable, its state is not;
+* ``mid_handover`` -- a batch carrying a merge or hand-over record sent its
+  outputs, its state is not durable;
+* ``mid_flush`` -- the drain's final flush sent its outputs, its state is not durable.
+
+The sink passes ``after_insert`` (rows in ClickHouse, offsets not committed)
+and ``mid_insert`` (some tables of a batch inserted, others not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import Counter
+
+log = logging.getLogger(__name__)
+
+STATEFUL_POINTS = (
+    "during_restore",
+    "after_outputs",
+    "after_state",
+    "before_ack",
+    "mid_tick",
+    "mid_handover",
+    "mid_flush",
+)
+SINK_POINTS = ("after_insert", "mid_insert")
+POINTS = STATEFUL_POINTS + SINK_POINTS
+
+
+def parse_plan(spec: str) -> dict[tuple[str, str], int]:
+    """``STAGE:POINT[:N],...`` as {(stage, point): N}; raises ValueError on an unknown point."""
+    plan: dict[tuple[str, str], int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        stage, point, *rest = part.split(":")
+        if point not in POINTS:
+            raise ValueError(f"unknown fault point {point!r}; points: {', '.join(POINTS)}")
+        plan[(stage, point)] = int(rest[0]) if rest else 1
+    return plan
+
+
+class FaultPlan:
+    """Where this process kills itself; :meth:`reach` is called at every named point."""
+
+    def __init__(self, stage: str, spec: str = "") -> None:
+        self.stage = stage
+        self.plan = {point: n for (s, point), n in parse_plan(spec).items() if s == stage}
+        self.passed: Counter[str] = Counter()
+
+    def reach(self, point: str) -> None:
+        """Count a pass of ``point``; SIGKILL this process on the planned pass."""
+        if not self.plan:
+            return
+        self.passed[point] += 1
+        if self.plan.get(point) == self.passed[point]:
+            log.warning("%s: fault injected at %s (pass %d): SIGKILL", self.stage, point, self.passed[point])
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)

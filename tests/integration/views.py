@@ -1,0 +1,69 @@
+"""What analysts see, as comparable data: every analyst view's rows, sorted, versions left out.
+
+Crash tests compare these snapshots between an undisturbed run and a run with
+kills; ``version`` differs legitimately (a replay after a restart outranks
+what the crashed run sent) and ``received_at`` is the Kafka time of each
+produce run, so both are left out. Floats are rounded to 9 digits, as sums
+may be added in another order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Settings
+from tests.conftest import query
+
+VIEWS = (
+    "events",
+    "sessions",
+    "conversions",
+    "attribution",
+    "attribution_adjustments",
+    "identities",
+    "identity_conflicts",
+    "person_merges",
+    "credits_daily",
+    "credits_by_store",
+    "conversion_paths",
+)
+LEFT_OUT = ("version", "received_at")
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, list | tuple):
+        return tuple(_normalised(v) for v in value)
+    return value
+
+
+def snapshot(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    """Every analyst view's rows, sorted (call it while no pipeline runs)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for view in VIEWS:
+        columns = [
+            name
+            for (name,) in query(
+                settings,
+                "SELECT name FROM system.columns WHERE database = '{db}' "
+                f"AND table = '{view}' ORDER BY position",
+            )
+        ]
+        kept = ", ".join(f"`{c}`" for c in columns if c not in LEFT_OUT)
+        out[view] = sorted(
+            (_normalised(row) for row in query(settings, f"SELECT {kept} FROM {{db}}.{view}")), key=repr
+        )
+    return out
+
+
+def differences(expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> dict[str, str]:
+    """Per view, a short description of how ``actual`` differs from ``expected`` (empty: equal)."""
+    diffs: dict[str, str] = {}
+    for view in VIEWS:
+        want, got = expected[view], actual[view]
+        if want != got:
+            missing = [r for r in want if r not in got][:3]
+            extra = [r for r in got if r not in want][:3]
+            diffs[view] = f"{len(want)} rows expected, {len(got)} found; missing {missing}; extra {extra}"
+    return diffs
