@@ -1,176 +1,240 @@
-"""``o2o bench``: end-to-end throughput and memory, against a bare confluent-kafka passthrough.
+"""``o2o bench``: steady-state throughput, where the time and CPU go, and (``--live``) freshness.
 
-Both runs read the same simulated events from the same broker in the same
-invocation, so the ratio between them says what the pipeline's work costs on
-this machine. Timings are printed, never asserted in tests.
+The throughput run produces N simulated events, then runs ``o2o run all
+--drain`` while sampling the offsets every stage's consumer group commits.
+Reading the topics back afterwards turns the sink's committed offsets into
+rows consumed, which gives the phases of the run: start-up (launch until the
+first output), the steady window (10% to 90% of the sink's input) and the
+drain tail. A bare confluent-kafka passthrough of the same events in the same
+invocation is the baseline. Every step runs within a time limit
+(:mod:`pipeline.bench_steps`). Timings are printed, never asserted in tests.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import threading
-import time
+import os
+import resource
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import click
 import psutil
+from rich.progress import Progress, TaskID
 
+from pipeline.bench_probe import Census, OffsetSampler, ProcessSampler, broker_process
+from pipeline.bench_stats import Phases, records_consumed, steady_window
+from pipeline.bench_steps import StepRunner
 from pipeline.cli.common import console, handle_errors, settings_of
-from pipeline.config import Settings
-from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer, produce
+from pipeline.config import STAGES, Settings
+
+STACK_TIMEOUT_S = 300.0
+#: asked every tick while the pipeline runs: (seconds, offsets, progress, task) -> stop it now?
+StopCheck = Callable[[float, OffsetSampler, Progress, TaskID], bool]
+
+
+def bench_settings(base: Settings) -> Settings:
+    """The bench's own topic prefix, consumer groups and database."""
+    return base.model_copy(
+        update={"topic_prefix": "bench.", "consumer_group_prefix": "bench.", "clickhouse_database": "bench"}
+    )
+
+
+def default_timeout(events: int) -> float:
+    """Seconds each step may take by default: 2 minutes plus 1 ms per event."""
+    return 120.0 + events / 1000
 
 
 @dataclass
-class MemorySampler:
-    """Samples the summed RSS of this process's children (the pipeline's stages); keeps the peak."""
+class EndToEnd:
+    """What the bench saw while ``run all --drain`` ran."""
 
-    peak_bytes: int = 0
-    _stop: bool = False
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop:
-            total = 0
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak_bytes = max(self.peak_bytes, total)
-            time.sleep(0.2)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop = True
-        self._thread.join()
+    seconds: float
+    offsets: OffsetSampler
+    procs: ProcessSampler
+    broker_label: str
+    children_cpu: float
+    own_cpu: float
 
 
-def passthrough(settings: Settings, topics: list[str], expected: int) -> float:
-    """Bare confluent-kafka: consume ``expected`` messages, produce each again; returns seconds."""
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+def cpu_seconds(who: int) -> float:
+    """User plus system CPU seconds of ``resource.getrusage(who)``."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
-    from pipeline.kafka.admin import admin_client
 
-    out_topic = settings.topic("passthrough")
-    admin = admin_client(settings)
-    for future in admin.create_topics([NewTopic(out_topic, settings.partitions, 1)]).values():
-        future.result()
-    consumer = make_consumer(settings, settings.group("passthrough"))
-    delivery = DeliveryTracker()
-    producer = make_producer(settings, on_delivery=delivery)
-    consumer.subscribe(topics)
-    seen = 0
-    start = time.monotonic()
-    while seen < expected:
-        for message in consumer.consume(5000, timeout=0.5):
-            if message.error() is None:
-                produce(producer, out_topic, message.value() or b"", message.key())
-                seen += 1
-        producer.poll(0)
-    producer.flush()
-    delivery.raise_if_failed()
-    seconds = time.monotonic() - start
-    consumer.close()
-    return seconds
+def child_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with ``settings`` as O2O_ variables."""
+    from pipeline.runtime.stages import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("O2O_")}
+    env.update(settings_env(settings))
+    return env
+
+
+def watch_pipeline(
+    runner: StepRunner, settings: Settings, name: str, args: list[str], timeout: float, stop: StopCheck
+) -> EndToEnd:
+    """Run ``o2o run all <args>`` as a bounded step, sampling offsets, CPU and memory every tick.
+
+    ``stop(seconds, offsets)`` is asked every tick whether to stop the
+    pipeline (SIGTERM to ``run all``); for a drain it never needs to.
+    """
+    offsets = OffsetSampler(settings, {stage: settings.group(stage) for stage in STAGES})
+    broker = broker_process(settings)
+    label = f"Kafka broker (pid {broker.pid})" if broker is not None else "Kafka broker (not found)"
+    children0, own0 = cpu_seconds(resource.RUSAGE_CHILDREN), cpu_seconds(resource.RUSAGE_SELF)
+    samplers: dict[int, ProcessSampler] = {}
+
+    def tick(elapsed: float, pid: int, progress: Progress, task: TaskID) -> bool:
+        procs = samplers.get(pid)
+        if procs is None:
+            procs = samplers[pid] = ProcessSampler(psutil.Process(pid), broker)
+        procs.sample()
+        offsets.sample(elapsed)
+        return stop(elapsed, offsets, progress, task)
+
+    command = [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "run", "all", *args]
+    try:
+        seconds = runner.watch(name, command, child_env(settings), timeout, tick)
+        offsets.sample(seconds)
+    finally:
+        offsets.close()
+    procs = next(iter(samplers.values())) if samplers else ProcessSampler(psutil.Process(), None)
+    return EndToEnd(
+        seconds=seconds,
+        offsets=offsets,
+        procs=procs,
+        broker_label=label,
+        children_cpu=cpu_seconds(resource.RUSAGE_CHILDREN) - children0,
+        own_cpu=cpu_seconds(resource.RUSAGE_SELF) - own0,
+    )
+
+
+class DrainProgress:
+    """Whether to stop a watched pipeline, and what its progress bar shows (default: drain progress)."""
+
+    def __init__(self, settings: Settings, expected: int) -> None:
+        from pipeline.kafka.topics import raw_topics
+
+        self.raw = set(raw_topics(settings))
+        self.expected = expected
+
+    def __call__(self, elapsed: float, offsets: OffsetSampler, progress: Progress, task: TaskID) -> bool:
+        """Update the bar (raw events ingest committed; messages the sink committed); never stop."""
+        ingested = sum(o for (t, _p), o in offsets.last("ingest").items() if t in self.raw)
+        sunk = sum(offsets.last("sink").values())
+        progress.update(
+            task, total=self.expected, completed=min(ingested, self.expected), info=f"sink {sunk:,} msgs"
+        )
+        return False
+
+
+def phases_of(e2e: EndToEnd, census: Census) -> tuple[Phases | None, int]:
+    """The run's phases from the sink's progress in rows, and the rows the sink consumed in all."""
+    series = [(t, float(records_consumed(c, census.running))) for t, c in e2e.offsets.series["sink"]]
+    total = records_consumed(e2e.offsets.last("sink"), census.running)
+    return steady_window(series, float(total), e2e.seconds), total
+
+
+def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
+    """Per stage: first commit, and when everything it finally committed was committed (seconds)."""
+    rows = []
+    for stage in STAGES:
+        samples = e2e.offsets.series.get(stage, [])
+        final = sum(e2e.offsets.last(stage).values())
+        first = next((t for t, c in samples if sum(c.values()) > 0), None)
+        done = next((t for t, c in samples if final and sum(c.values()) >= final), None)
+        rows.append([stage, "-" if first is None else f"{first:.1f}", "-" if done is None else f"{done:.1f}"])
+    return rows
 
 
 @click.command()
 @click.option(
     "--events", type=click.IntRange(1000), default=100_000, show_default=True, help="Events to simulate."
 )
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Simulation seed; same seed, same events."
+)
+@click.option(
+    "--parts/--no-parts",
+    default=True,
+    show_default=True,
+    help="Also measure each stage alone, the identity graph and journeys logic in process, "
+    "and the HTTP collector (throughput mode).",
+)
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(1),
+    help="Seconds any step may take before it is killed with its processes and the bench fails "
+    "[default: 120 + 1 ms per event; starting the stack: 300].",
+)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Freshness instead of throughput: pace events at --rate through a running `o2o run all` "
+    "and report send-to-visible percentiles.",
+)
+@click.option(
+    "--rate",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="(--live) Events per second to send.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1),
+    default=30.0,
+    show_default=True,
+    help="(--live) How long to send.",
+)
+@click.option(
+    "--bound",
+    type=click.FloatRange(0.5),
+    default=10.0,
+    show_default=True,
+    help="(--live) Give up on an event not visible this many seconds after it was sent.",
+)
 @click.pass_context
 @handle_errors
-def bench(ctx: click.Context, events: int, seed: int) -> None:
-    """Measure end-to-end events/s into ClickHouse, peak memory, and the bare passthrough rate.
+def bench(
+    ctx: click.Context,
+    events: int,
+    seed: int,
+    parts: bool,
+    step_timeout: float | None,
+    live: bool,
+    rate: int,
+    seconds: float,
+    bound: float,
+) -> None:
+    """Measure steady-state throughput and where the time, CPU and bytes go; or freshness (--live).
 
-    Uses its own topic prefix and ClickHouse database (`bench.`, `bench`), wiped first.
+    Throughput: N simulated events through `run all --drain`; prints start-up,
+    steady-state events/s and the drain tail, the bare confluent-kafka
+    passthrough and the ratio, CPU seconds per stage and of the broker, memory,
+    records and bytes per input event on every topic, and each part alone.
+
+    Live: `run all` runs while events are sent at --rate for --seconds with
+    occurred_at = now; prints p50/p95/p99 from send until visible in
+    ClickHouse `events`, `conversions` and `attribution`.
+
+    Uses its own topic prefix and ClickHouse database (`bench.`, `bench`),
+    wiped first. Every step has a time limit (--step-timeout); a step over it
+    is killed with its processes and the bench exits non-zero naming it.
+    See docs/benchmark.md for what each figure means.
     """
-    from pipeline.bench_parts import (
-        collector_rate,
-        identity_state_size,
-        ingest_rate,
-        journeys_state_size,
-        stage_rate,
-    )
-    from pipeline.cli.demo import prepare, run_drained
-    from pipeline.kafka.admin import ensure_topics
-    from pipeline.kafka.topics import raw_topics
-    from pipeline.producer import send_events
-    from pipeline.simulate import count_estimate, simulate
-
     base = settings_of(ctx)
-    settings = base.model_copy(
-        update={"topic_prefix": "bench.", "consumer_group_prefix": "bench.", "clickhouse_database": "bench"}
-    )
-    prepare(settings, reset=True)
-    ensure_topics(settings)
-    per_customer = max(1.0, count_estimate(1000, 30) / 1000)
-    customers = math.ceil(events / per_customer * 1.2)
-    stream = itertools.islice(simulate(customers, 30, seed), events)
-    t0 = time.monotonic()
-    n = send_events(settings, stream)
-    produce_s = time.monotonic() - t0
-    console.print(f"produced {n} events in {produce_s:.1f} s")
+    settings = bench_settings(base)
+    limit = step_timeout or default_timeout(rate * int(seconds) if live else events)
+    runner = StepRunner(console, settings.state_dir / "bench" / "logs", limit)
+    stack_limit = step_timeout or STACK_TIMEOUT_S
+    if live:
+        from pipeline.bench_live import run_live
 
-    pass_s = passthrough(settings, raw_topics(settings), n)
-    with MemorySampler() as memory:
-        pipe_s = run_drained(settings, n)
-    written = _count_rows(settings)
-    pipe_rate, pass_rate = n / pipe_s, n / pass_s
-    console.print("measuring each stage alone and the HTTP collector ...")
-    ingest_n, ingest_s = ingest_rate(base, n, seed)
-    alone = {stage: stage_rate(base, settings, stage) for stage in ("identity", "journeys", "attribution")}
-    logic_rate, held, per_person = journeys_state_size(settings, alone["journeys"][2])
-    graph_rate, identifiers, per_million = identity_state_size(alone["identity"][2])
-    requests, accepted, collector_s = collector_rate(base, min(n, 50_000), seed)
-    rows = [
-        ("events", f"{n:,}"),
-        ("rows written to ClickHouse", f"{written:,}"),
-        ("producer (simulate + produce)", f"{n / produce_s:,.0f} events/s"),
-        ("pipeline end to end (all stages, into ClickHouse)", f"{pipe_rate:,.0f} events/s ({pipe_s:.1f} s)"),
-        ("pipeline peak memory (all stage processes)", f"{memory.peak_bytes / 2**20:,.0f} MiB"),
-        ("bare confluent-kafka passthrough", f"{pass_rate:,.0f} events/s ({pass_s:.1f} s)"),
-        ("ratio pipeline / passthrough", f"{pipe_rate / pass_rate:.3f}"),
-        ("ingest stage alone (drain, start-up included)", f"{ingest_n / ingest_s:,.0f} events/s"),
-        *(
-            (
-                f"{stage} stage alone (drain, start-up included)",
-                f"{k / s:,.0f} records/s ({k:,} in {s:.1f} s)",
-            )
-            for stage, (k, s, _values) in alone.items()
-        ),
-        ("identity graph alone (in process, no Kafka)", f"{graph_rate:,.0f} events/s"),
-        (
-            "identity state per million identifiers (serialised)",
-            f"{per_million:,.0f} MiB ({identifiers:,} identifiers measured)",
-        ),
-        ("journeys logic alone (in process, no Kafka)", f"{logic_rate:,.0f} events/s"),
-        (
-            "journeys state per active person (serialised)",
-            f"{per_person:,.0f} bytes ({held:,} persons held at the peak)",
-        ),
-        (
-            "HTTP collector (8 clients, batches of 100)",
-            f"{requests / collector_s:,.0f} requests/s, {accepted / collector_s:,.0f} events/s",
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        run_live(runner, settings, rate, seconds, bound, seed, stack_limit)
+    else:
+        from pipeline.bench_throughput import run_throughput
 
-
-def _count_rows(settings: Settings) -> int:
-    from pipeline.clickhouse.query_server import query_any
-
-    db = settings.clickhouse_database
-    total = 0
-    for table in ("events_store", "sessions_store", "conversions_store", "attribution_store"):
-        _cols, rows = query_any(settings, f"SELECT count() FROM {db}.{table}")
-        total += int(rows[0][0])
-    return total
+        run_throughput(runner, base, settings, events, seed, parts, stack_limit)

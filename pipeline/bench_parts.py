@@ -1,12 +1,17 @@
-"""Per-part measurements for ``o2o bench``: each stage alone, and the HTTP collector.
+"""The steps of ``o2o bench`` that run in a step process (see :mod:`pipeline.bench_steps`).
 
-Each part gets its own topic prefix so it never mixes with the end-to-end run.
+Preparing the stack, producing, the bare passthrough, counting rows, and the
+per-part measurements: each stage alone, the identity graph and journeys
+logic in process, and the HTTP collector. Each part gets its own topic prefix
+so it never mixes with the end-to-end run. Every function here returns
+picklable values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import subprocess
 import sys
 import time
@@ -22,6 +27,93 @@ from pipeline.producer import send_events
 from pipeline.runtime.stages import settings_env
 from pipeline.simulate import simulate
 from pipeline.stack.kafka_net import free_port
+
+
+def prepare(settings: Settings, reset: bool = True) -> str:
+    """Use the configured broker if it answers, else start the local stack; wipe and init the prefix.
+
+    Returns a line saying which broker is used.
+    """
+    from pipeline.clickhouse.client import connect
+    from pipeline.clickhouse.migrations import apply_migrations
+    from pipeline.stack.kafka_net import topic_count
+    from pipeline.stack.local_kafka import LocalKafka
+
+    if topic_count(settings.bootstrap_servers, timeout=5.0) is not None:
+        where = f"the running broker at {settings.bootstrap_servers}"
+    else:
+        status = LocalKafka(settings).up()
+        where = f"the local stack's Kafka {status.version} at {status.bootstrap}"
+    if reset:
+        delete_prefixed(settings)
+    ensure_topics(settings)
+    with connect(settings) as ch:
+        if reset:
+            ch.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        apply_migrations(ch)
+    return where
+
+
+def produce(settings: Settings, events: int, seed: int) -> tuple[int, float]:
+    """Simulate about ``events`` events and produce them to the raw topics: (count, seconds)."""
+    from pipeline.simulate import count_estimate
+
+    per_customer = max(1.0, count_estimate(1000, 30) / 1000)
+    customers = math.ceil(events / per_customer * 1.2)
+    start = time.monotonic()
+    n = send_events(settings, itertools.islice(simulate(customers, 30, seed), events))
+    return n, time.monotonic() - start
+
+
+def passthrough(settings: Settings, expected: int) -> tuple[int, float, float]:
+    """Bare confluent-kafka: consume the raw topics, produce every message again, one by one.
+
+    Returns (messages, seconds in all, seconds from the first message on): the
+    second figure leaves the consumer group's start-up out, like the
+    pipeline's steady state.
+    """
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    from pipeline.kafka.admin import admin_client
+    from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer
+    from pipeline.kafka.clients import produce as send
+
+    out_topic = settings.topic("passthrough")
+    admin = admin_client(settings)
+    for future in admin.create_topics([NewTopic(out_topic, settings.partitions, 1)]).values():
+        future.result()
+    consumer = make_consumer(settings, settings.group("passthrough"))
+    delivery = DeliveryTracker()
+    producer = make_producer(settings, on_delivery=delivery)
+    consumer.subscribe(topics.raw_topics(settings))
+    seen = 0
+    start = time.monotonic()
+    first: float | None = None
+    while seen < expected:
+        for message in consumer.consume(5000, timeout=0.5):
+            if message.error() is None:
+                if first is None:
+                    first = time.monotonic()
+                send(producer, out_topic, message.value() or b"", message.key())
+                seen += 1
+        producer.poll(0)
+    producer.flush()
+    delivery.raise_if_failed()
+    end = time.monotonic()
+    consumer.close()
+    return seen, end - start, end - (first if first is not None else start)
+
+
+def count_rows(settings: Settings) -> dict[str, int]:
+    """Rows in each storage table of the run's database (opens the chDB folder; nothing else holds it)."""
+    from pipeline.clickhouse.query_server import query_any
+
+    db = settings.clickhouse_database
+    counts = {}
+    for table in ("events_store", "sessions_store", "conversions_store", "attribution_store"):
+        _cols, rows = query_any(settings, f"SELECT count() FROM {db}.{table}")
+        counts[table] = int(rows[0][0])
+    return counts
 
 
 def part_settings(settings: Settings, name: str) -> Settings:
@@ -55,21 +147,22 @@ def ingest_rate(settings: Settings, n: int, seed: int) -> tuple[int, float]:
 STAGE_INPUTS = {"identity": topics.VALID, "journeys": topics.IDENTIFIED, "attribution": topics.JOURNEYS}
 
 
-def copy_topic(source: Settings, target: Settings, name: str) -> list[bytes]:
-    """Copy topic ``name`` of ``source``'s prefix to ``target``'s, partition by partition.
+def copy_topic(source: Settings, target: Settings | None, name: str) -> list[bytes]:
+    """Read topic ``name`` of ``source``'s prefix from the start; copy it to ``target``'s, if given.
 
-    Returns the copied message values (batch envelopes), for in-process use.
+    Partition by partition; returns the message values (batch envelopes), for in-process use.
     """
     from confluent_kafka import TopicPartition
 
     from pipeline.kafka.admin import end_offsets
-    from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer, produce
+    from pipeline.kafka.clients import DeliveryTracker, make_consumer, make_producer
+    from pipeline.kafka.clients import produce as send
 
     ends = {p: end for (_t, p), end in end_offsets(source, [source.topic(name)]).items() if end > 0}
     consumer = make_consumer(source, source.group("bench-copy"), **{"enable.auto.commit": False})
     consumer.assign([TopicPartition(source.topic(name), p, 0) for p in ends])
     delivery = DeliveryTracker()
-    producer = make_producer(target, on_delivery=delivery)
+    producer = make_producer(target, on_delivery=delivery) if target is not None else None
     values: list[bytes] = []
     left = dict(ends)
     while left:
@@ -78,19 +171,22 @@ def copy_topic(source: Settings, target: Settings, name: str) -> list[bytes]:
                 continue
             partition = int(message.partition() or 0)
             value = message.value() or b""
-            produce(producer, target.topic(name), value, message.key(), partition=partition)
+            if producer is not None and target is not None:
+                send(producer, target.topic(name), value, message.key(), partition=partition)
             values.append(value)
             if int(message.offset() or 0) + 1 >= ends[partition]:
                 left.pop(partition, None)
-        producer.poll(0)
-    producer.flush()
+        if producer is not None:
+            producer.poll(0)
+    if producer is not None:
+        producer.flush()
     delivery.raise_if_failed()
     consumer.close()
     return values
 
 
-def stage_rate(base: Settings, source: Settings, stage: str) -> tuple[int, float, list[bytes]]:
-    """(records, seconds, input values) of one faust stage alone, draining a copy of its input.
+def stage_rate(base: Settings, source: Settings, stage: str) -> tuple[int, float]:
+    """(records, seconds) of one faust stage alone, draining a copy of its input.
 
     The input is what the end-to-end run under ``source`` left in the stage's
     input topic; the stage runs in its own process, start-up included.
@@ -109,18 +205,21 @@ def stage_rate(base: Settings, source: Settings, stage: str) -> tuple[int, float
     )
     seconds = time.monotonic() - start
     delete_prefixed(part)
-    return sum(len(unpack(v)) for v in values), seconds, values
+    return sum(len(unpack(v)) for v in values), seconds
 
 
-def journeys_state_size(settings: Settings, values: list[bytes]) -> tuple[float, int, float]:
+def journeys_state_size(settings: Settings) -> tuple[float, int, float]:
     """The journeys logic alone, in this process: (events/s, peak persons held, bytes per person).
 
-    State size is the serialised (changelog) size of the held persons, taken
-    every 2,000 events; the figure is its mean per held person at the peak.
+    Its input is what the end-to-end run under ``settings`` left in the
+    identified-events topic. State size is the serialised (changelog) size
+    of the held persons, taken every 2,000 events; the figure is its mean per
+    held person at the peak.
     """
     from pipeline.journeys.stage import JourneysHandler
     from pipeline.kafka.envelopes import unpack
 
+    values = copy_topic(settings, None, STAGE_INPUTS["journeys"])
     handler = JourneysHandler(settings)
     tables: dict[str, dict[str, Any]] = {"journeys_state": {}, "journeys_watermarks": {}}
     handler.bind(tables, partitions=settings.partitions)
@@ -140,15 +239,17 @@ def journeys_state_size(settings: Settings, values: list[bytes]) -> tuple[float,
     return len(records) / max(seconds, 1e-9), peak_persons, peak_bytes / max(peak_persons, 1)
 
 
-def identity_state_size(values: list[bytes]) -> tuple[float, int, float]:
+def identity_state_size(settings: Settings) -> tuple[float, int, float]:
     """The identity graph alone, in process: (events/s, identifiers, MiB per million identifiers).
 
-    Size is the serialised (changelog) size of both identity tables after all
-    events, scaled to a million identifiers.
+    Its input is the end-to-end run's validated events. Size is the serialised
+    (changelog) size of both identity tables after all events, scaled to a
+    million identifiers.
     """
     from pipeline.identity.graph import IdentityGraph
     from pipeline.kafka.envelopes import unpack
 
+    values = copy_topic(settings, None, STAGE_INPUTS["identity"])
     ids: dict[str, Any] = {}
     persons: dict[str, Any] = {}
     graph = IdentityGraph(ids, persons)

@@ -1,0 +1,159 @@
+"""``o2o bench`` (throughput mode): the steps in order, and the figures they give.
+
+Sections are printed as soon as their figures are known, so that a later
+step that fails or times out leaves the earlier ones on screen.
+"""
+
+from __future__ import annotations
+
+from pipeline import bench_parts as parts_
+from pipeline.bench import DrainProgress, EndToEnd, phases_of, stage_timeline, watch_pipeline
+from pipeline.bench_probe import topic_census
+from pipeline.bench_report import cpu_table, section, table, topic_table
+from pipeline.bench_stats import Phases
+from pipeline.bench_steps import StepRunner
+from pipeline.cli.common import console
+from pipeline.config import Settings
+from pipeline.kafka.topics import row_topics
+
+
+def run_throughput(
+    runner: StepRunner,
+    base: Settings,
+    settings: Settings,
+    events: int,
+    seed: int,
+    parts: bool,
+    stack_limit: float,
+) -> None:
+    """Produce, pass through, run the pipeline to the end, read back; then each part alone."""
+    where = runner.run(
+        "start the stack; reset the bench prefix and database", parts_.prepare, settings, timeout=stack_limit
+    )
+    console.print(f"using {where}")
+    n, produce_s = runner.run(
+        f"simulate and produce {events:,} events", parts_.produce, settings, events, seed
+    )
+    pass_n, pass_total_s, pass_steady_s = runner.run(
+        "bare confluent-kafka passthrough", parts_.passthrough, settings, n
+    )
+    e2e = watch_pipeline(
+        runner,
+        settings,
+        "pipeline end to end (run all --drain)",
+        ["--drain"],
+        runner.timeout,
+        DrainProgress(settings, n),
+    )
+    census = runner.run("read every topic back", topic_census, settings, row_topics(settings))
+    rows = runner.run("count rows in ClickHouse", parts_.count_rows, settings)
+    phases, sunk = phases_of(e2e, census)
+    pass_rate = pass_n / pass_steady_s if pass_steady_s > 0 else float("inf")
+    section(
+        "producer and baseline",
+        [
+            ("events", f"{n:,}"),
+            ("producer (simulate + produce)", f"{n / produce_s:,.0f} events/s ({produce_s:.1f} s)"),
+            (
+                "bare confluent-kafka passthrough, steady",
+                f"{pass_rate:,.0f} events/s ({pass_steady_s:.1f} s from the first message; "
+                f"{pass_total_s:.1f} s with the group join)",
+            ),
+        ],
+    )
+    _print_pipeline(e2e, phases, sunk, n, pass_rate, rows)
+    table(
+        "stages over time (seconds since launch)",
+        ["stage", "first commit", "input all committed"],
+        stage_timeline(e2e),
+    )
+    cpu_table(
+        "CPU seconds per process (end-to-end run)",
+        e2e.procs, e2e.broker_label, e2e.seconds, e2e.children_cpu, e2e.own_cpu, n,
+    )  # fmt: skip
+    topic_table(
+        "records and bytes per input event, by topic (end-to-end run)", census, n, settings.topic_prefix
+    )
+    if parts:
+        _print_parts(runner, base, settings, n, seed)
+    section("steps", [(name, f"{seconds:.1f} s") for name, seconds in runner.done])
+
+
+def _print_pipeline(
+    e2e: EndToEnd, phases: Phases | None, sunk: int, n: int, pass_rate: float, rows: dict[str, int]
+) -> None:
+    lines = [
+        ("total (launch until every stage exited)", f"{n / e2e.seconds:,.0f} events/s ({e2e.seconds:.1f} s)")
+    ]
+    if phases is None or phases.steady_s <= 0:
+        lines.append(("steady state", "not measured: the sink's progress was not seen in time"))
+    else:
+        steady = phases.rate(n)
+        lines += [
+            ("start-up (launch until the sink's first commit)", f"{phases.startup_s:.1f} s"),
+            ("ramp (first commit until 10% of the sink's input)", f"{phases.ramp_s:.1f} s"),
+            (
+                "steady state (10% to 90% of the sink's input)",
+                f"{steady:,.0f} events/s ({phases.steady_s:.1f} s; {phases.rate(sunk):,.0f} rows/s)",
+            ),
+            ("drain tail (90% until every stage exited)", f"{phases.tail_s:.1f} s"),
+            ("ratio steady state / passthrough", f"{steady / pass_rate:.3f}"),
+        ]
+    lines += [
+        (
+            "rows written to ClickHouse",
+            f"{sum(rows.values()):,} ("
+            + ", ".join(f"{t.removesuffix('_store')} {c:,}" for t, c in rows.items())
+            + f"; the sink consumed {sunk:,} rows)",
+        ),
+        ("peak memory, stage processes (summed RSS)", f"{e2e.procs.peak_rss / 2**20:,.0f} MiB"),
+        (
+            "peak memory, Kafka broker (RSS)",
+            f"{e2e.procs.broker_peak_rss / 2**20:,.0f} MiB" if e2e.procs.broker is not None else "n/a",
+        ),
+    ]
+    section("pipeline end to end (o2o run all --drain)", lines)
+
+
+def _print_parts(runner: StepRunner, base: Settings, settings: Settings, n: int, seed: int) -> None:
+    ingest_n, ingest_s = runner.run("ingest stage alone", parts_.ingest_rate, base, n, seed)
+    alone = {
+        stage: runner.run(f"{stage} stage alone", parts_.stage_rate, base, settings, stage)
+        for stage in ("identity", "journeys", "attribution")
+    }
+    graph_rate, identifiers, per_million = runner.run(
+        "identity graph alone, in process", parts_.identity_state_size, settings
+    )
+    logic_rate, held, per_person = runner.run(
+        "journeys logic alone, in process", parts_.journeys_state_size, settings
+    )
+    requests, accepted, collector_s = runner.run(
+        "HTTP collector", parts_.collector_rate, base, min(n, 50_000), seed
+    )
+    section(
+        "each part alone",
+        [
+            ("ingest stage alone (drain, start-up included)", f"{ingest_n / ingest_s:,.0f} events/s"),
+            *(
+                (
+                    f"{stage} stage alone (drain, start-up included)",
+                    f"{k / s:,.0f} records/s ({k:,} in {s:.1f} s)",
+                )
+                for stage, (k, s) in alone.items()
+            ),
+            ("identity graph alone (in process, no Kafka)", f"{graph_rate:,.0f} events/s"),
+            (
+                "identity state per million identifiers (serialised)",
+                f"{per_million:,.0f} MiB ({identifiers:,} identifiers measured)",
+            ),
+            ("journeys logic alone (in process, no Kafka)", f"{logic_rate:,.0f} events/s"),
+            (
+                "journeys state per active person (serialised)",
+                f"{per_person:,.0f} bytes ({held:,} persons held at the peak)",
+            ),
+            (
+                "HTTP collector (8 clients, batches of 100)",
+                f"{requests / collector_s:,.0f} requests/s, {accepted / collector_s:,.0f} events/s",
+            ),
+        ],
+    )

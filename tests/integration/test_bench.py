@@ -1,0 +1,79 @@
+"""``o2o bench`` end to end on the test broker, tiny: only the structure of its output is checked.
+
+Timings are printed by the bench, never asserted here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.config import Settings
+from tests.conftest import o2o
+
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def _sections(stdout: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in stdout.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:], [])
+        elif line.strip():
+            current.append(line)
+    return sections
+
+
+def _value(lines: list[str], label: str) -> str:
+    found = [line for line in lines if line.startswith(label)]
+    assert found, f"no line {label!r} in {lines}"
+    return found[0][len(label) :].strip()
+
+
+def test_bench_throughput_prints_every_section(settings: Settings) -> None:
+    proc = o2o(settings, "bench", "--events", "1000", "--no-parts", "--step-timeout", "150", timeout=300)
+    print(proc.stdout)
+    assert "did not finish within" not in proc.stderr
+    sections = _sections(proc.stdout)
+    pipeline = sections["pipeline end to end (o2o run all --drain)"]
+    assert re.search(
+        rf"^{NUMBER} events/s", _value(pipeline, "steady state (10% to 90% of the sink's input)")
+    )
+    assert re.search(rf"^{NUMBER} s$", _value(pipeline, "start-up (launch until the sink's first commit)"))
+    assert re.search(rf"^{NUMBER}$", _value(pipeline, "ratio steady state / passthrough"))
+    cpu = next(lines for title, lines in sections.items() if title.startswith("CPU seconds per process"))
+    labels = {line.split("  ")[0] for line in cpu}
+    assert {"ingest", "identity", "journeys", "attribution", "sink"} <= labels
+    assert any(line.startswith("Kafka broker (pid") for line in cpu)
+    topics = next(
+        lines for title, lines in sections.items() if title.startswith("records and bytes per input")
+    )
+    names = {line.split()[0] for line in topics}
+    assert {"raw.web", "events.valid", "rows.events", "identity-identity_ids-changelog"} <= names
+    raw = next(line for line in topics if line.startswith("raw.web"))
+    assert all(re.fullmatch(NUMBER, cell) for cell in raw.split()[1:4])
+    assert "steps" in sections
+
+
+def test_bench_live_prints_percentiles(settings: Settings) -> None:
+    args = ["--live", "--rate", "200", "--seconds", "4", "--bound", "10", "--step-timeout", "150"]
+    proc = o2o(settings, "bench", *args, timeout=300)
+    print(proc.stdout)
+    assert "did not finish within" not in proc.stderr
+    sections = _sections(proc.stdout)
+    sending = next(lines for title, lines in sections.items() if title.startswith("live: sending"))
+    assert re.search(rf"^{NUMBER} events in {NUMBER} s", _value(sending, "sent"))
+    visible = sections["live: seconds from send until visible in ClickHouse"]
+    rows = {
+        line.split(" (")[0]: line for line in visible if line.startswith(("events", "conversions", "credits"))
+    }
+    assert set(rows) == {"events", "conversions", "credits"}
+    for row in rows.values():
+        cells = row.split(")", 1)[1].split()
+        expected, seen, *latencies, not_visible, _all = cells
+        assert int(expected.replace(",", "")) > 0 and re.fullmatch(NUMBER, seen)
+        assert re.fullmatch(NUMBER, not_visible)
+        # p50, p95, p99, max: numbers, or "-" when nothing was seen in time (never a timing assertion)
+        assert all(re.fullmatch(NUMBER, c) or c == "-" for c in latencies) and len(latencies) == 4
+    assert any(title.startswith("CPU seconds per process") for title in sections)
+    assert any(title.startswith("records and bytes per sent event") for title in sections)
