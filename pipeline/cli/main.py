@@ -241,17 +241,18 @@ def report(
     click.echo(render_report(build_tables(settings_of(ctx), options, only), fmt))
 
 
-def main() -> None:
-    """Entry point of the ``o2o`` console script."""
+def full_cli() -> click.Group:
+    """The root group with every command registered (safe to call more than once)."""
     from pipeline.cli import attribution, collector, data, demo, dlq, privacy
 
-    attribution.register(cli)
-    privacy.register(cli)
-    data.register(cli)
-    demo.register(cli)
-    collector.register(cli)
-    dlq.register(cli)
-    cli(prog_name="o2o")
+    for module in (attribution, privacy, data, demo, collector, dlq):
+        module.register(cli)
+    return cli
+
+
+def main() -> None:
+    """Entry point of the ``o2o`` console script."""
+    full_cli()(prog_name="o2o")
 
 
 if __name__ == "__main__":
