@@ -66,6 +66,9 @@ RETRYABLE_CODES = frozenset(
         1000,  # POCO_EXCEPTION
     }
 )
+# ClickHouse's own storage failing (a full, read-only or unmounted disk) comes back as
+# STD_EXCEPTION wrapping a C++ filesystem error: the statement was fine, retry it.
+STORAGE_FAILURE = re.compile(r"filesystem error")
 _CALLER_ERRORS = (ProgrammingError, DataError, NotSupportedError, InterfaceError)
 _SESSION_STATEMENT = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(SET|USE)\b", re.I | re.S)
 _BACKEND_CLAUSES = re.compile(r"\s*SETTINGS readonly = '\d'|\n FORMAT Native")
@@ -151,7 +154,7 @@ def translate(exc: Exception, what: str) -> PipelineError:
     if isinstance(exc, ClickHouseError):
         code: int | None = getattr(exc, "code", None)
         name: str | None = getattr(exc, "name", None)
-        if code in RETRYABLE_CODES:
+        if code in RETRYABLE_CODES or (code == 1001 and STORAGE_FAILURE.search(str(exc))):
             return ClickHouseUnavailable(message)
         if code is None and not isinstance(exc, _CALLER_ERRORS):
             return ClickHouseUnavailable(message)  # transport failure: no answer from ClickHouse
