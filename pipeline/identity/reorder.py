@@ -7,9 +7,11 @@ The buffer tracks *streams* (by default the source; the identity stage uses
 source and input partition) and holds events until every active stream has
 passed their time (the watermark is the minimum over streams of the newest
 event time seen), then releases them sorted. A stream that sent nothing for
-``idle_seconds`` of processing time stops holding the others back. Events
-older than what was already released are let through at once and counted as
-late; the journeys stage then places them (see docs/journeys.md).
+``idle_seconds`` of processing time stops holding the others back, and so,
+at once, does a stream whose source said it has nothing more for now
+(:meth:`ReorderBuffer.progress`: ingest's progress marks). Events older than
+what was already released are let through at once and counted as late; the
+journeys stage then places them (see docs/journeys.md).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ReorderBuffer:
         self.released_up_to = 0
         self.late = 0
         self._waiting: set[str] = set()
+        self._caught_up: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -47,6 +50,29 @@ class ReorderBuffer:
         """Buffer one event; returns the late event itself when it is older than what was released."""
         at = event["occurred_at"]
         stream = self.stream_of(event)
+        self._seen(stream, at, caught_up=False)
+        if at < self.released_up_to:
+            self.late += 1
+            return [event]
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
+        return []
+
+    def progress(self, stream: str, at: int | None, caught_up: bool) -> None:
+        """What the source of ``stream`` says about it, in order with the stream's events.
+
+        ``at``: nothing later on the stream is older than this (the newest
+        event time the source has passed on, ``None`` when it has passed on
+        nothing yet). ``caught_up``: the source has read everything there was;
+        the stream holds nothing back until its next event.
+        """
+        if at is None and stream not in self._newest:
+            if caught_up:
+                self._caught_up.add(stream)
+            return
+        self._seen(stream, at if at is not None else self._newest[stream], caught_up)
+
+    def _seen(self, stream: str, at: int, caught_up: bool) -> None:
         now = self.clock()
         if self._waiting:
             # expected streams start their idle clock with the first input, not
@@ -56,12 +82,10 @@ class ReorderBuffer:
             self._waiting.clear()
         self._newest[stream] = max(self._newest.get(stream, at), at)
         self._last_seen[stream] = now
-        if at < self.released_up_to:
-            self.late += 1
-            return [event]
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
-        return []
+        if caught_up:
+            self._caught_up.add(stream)
+        else:
+            self._caught_up.discard(stream)
 
     def expect(self, streams: Sequence[str]) -> None:
         """Streams known to exist: each holds everything back until it sends or goes idle.
@@ -78,7 +102,11 @@ class ReorderBuffer:
     def watermark(self) -> int | None:
         """The event time up to which every active stream has arrived."""
         now = self.clock()
-        active = [t for s, t in self._newest.items() if now - self._last_seen.get(s, now) < self.idle_seconds]
+        active = [
+            t
+            for s, t in self._newest.items()
+            if now - self._last_seen.get(s, now) < self.idle_seconds and s not in self._caught_up
+        ]
         if not active:
             return max(self._newest.values()) if self._newest else None
         return min(active)

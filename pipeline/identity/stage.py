@@ -80,13 +80,22 @@ class IdentityHandler:
             self.suppressed |= self.suppressions.identifiers
         events = []
         for record in records:
-            if record.get("record") == "forget":
+            control = record.get("record")
+            if control == "progress":
+                self._progress(record)
+            elif control == "forget":
                 out += self._forget(record)
             elif self.suppressed and carries(record["ids"], self.suppressed):
                 self.counts["suppressed"] += 1  # passed ingest before its person was erased
             else:
                 events.append(record)
         return out + self._resolve(self.reorder.add_all(events))
+
+    def _progress(self, record: dict[str, Any]) -> None:
+        """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""
+        partition = record["partition"]
+        for origin, (at, at_end) in record["marks"].items():
+            self.reorder.buffer.progress(f"{origin}>{partition}", at, at_end)
 
     def _forget(self, record: dict[str, Any]) -> list[Emission]:
         """Drop erased persons and identifiers from the graph; tell journeys (once, from copy 0)."""

@@ -7,12 +7,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from pipeline.config import Settings
 from pipeline.errors import FatalError, InvalidEvent
 from pipeline.identity.erasure import Suppressions, carries
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_key, redact_pii
+from pipeline.ingest.progress import ProgressMarks
 from pipeline.ingest.schemas import default_registry
 from pipeline.journeys.sessions import event_row
 from pipeline.kafka import topics
@@ -56,6 +58,8 @@ class IngestHandler:
             raise FatalError(f"topic {self.valid_topic} does not exist; run `o2o init`")
         self.partitions = {topic: counts[topic] for topic in (self.valid_topic, settings.topic(EVENTS.topic))}
         self.dlq_topic = settings.topic(topics.DLQ)
+        self.marks = ProgressMarks()
+        self._source_of = {settings.topic(name): source for source, name in topics.RAW_TOPICS.items()}
         self.delivery = DeliveryTracker()
         self.producer = make_producer(settings, on_delivery=self.delivery)
 
@@ -103,12 +107,24 @@ class IngestHandler:
             key = f"{strongest[0]}:{strongest[1]}" if strongest else event["event_id"]
             # each raw partition is in event-time order; identity's reorder
             # buffer follows every such stream (see pipeline/identity/reorder.py)
-            valid.append(
-                (self.valid_topic, key, {**event, "origin": f"{event['source']}/{message.partition()}"})
-            )
+            origin = f"{event['source']}/{message.partition()}"
+            self.marks.passed(origin, event["occurred_at"])
+            valid.append((self.valid_topic, key, {**event, "origin": origin}))
         for topic, partition, value in pack(valid, self.partitions):
             produce(self.producer, topic, value, partition=partition)
         self.producer.poll(0)
+
+    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+        """Tell identity, in order with the events, how far each raw partition has got.
+
+        See pipeline/ingest/progress.py.
+        """
+        for topic, partition in at_end:
+            self.marks.reached_end(f"{self._source_of.get(topic, topic)}/{partition}")
+        if self.marks.due():
+            for record in self.marks.records(self.partitions[self.valid_topic]):
+                produce(self.producer, self.valid_topic, orjson.dumps(record), partition=record["partition"])
+            self.producer.poll(0)
 
     def due(self) -> bool:
         """Ingest commits after every batch."""

@@ -35,6 +35,9 @@ class BatchHandler(Protocol):
     def due(self) -> bool:
         """True when buffered work should be made durable now."""
 
+    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+        """Called once per poll: the partitions that reached their end in it (may be empty)."""
+
     def make_durable(self) -> None:
         """Make every output of the handled messages durable; raise RetryableError if not now."""
 
@@ -64,6 +67,8 @@ class ConfluentStageLoop:
         handler: BatchHandler,
         drain: DrainGate | None = None,
         batch_size: int = 2000,
+        poll_seconds: float = 0.05,
+        report_ends: bool = False,
     ) -> None:
         self.settings = settings
         self.stage = stage
@@ -71,9 +76,12 @@ class ConfluentStageLoop:
         self.handler = handler
         self.drain = drain
         self.batch_size = batch_size
+        # consume() waits this long for a full batch: at low rates it is latency
+        self.poll_seconds = poll_seconds
         self.stats = LoopStats()
         self._stop = False
-        self._consumer: Consumer = make_consumer(settings, settings.group(stage))
+        extra = {"enable.partition.eof": True} if report_ends else {}
+        self._consumer: Consumer = make_consumer(settings, settings.group(stage), **extra)
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.faults = FaultPlan(stage, settings.fault_at)
 
@@ -97,14 +105,16 @@ class ConfluentStageLoop:
         log.info("%s: consuming %s", self.stage, ", ".join(self.topics))
         try:
             while not self._stop:
-                messages = self._consumer.consume(self.batch_size, timeout=0.2)
+                messages = self._consumer.consume(self.batch_size, timeout=self.poll_seconds)
                 batch = [m for m in messages if not self._is_error(m)]
+                at_end = [(m.topic() or "", m.partition() or 0) for m in messages if _is_end(m)]
                 if batch:
                     self.handler.handle(batch)
                     for m in batch:
                         self._uncommitted[(m.topic() or "", m.partition() or 0)] = (m.offset() or 0) + 1
                     self.stats.consumed += len(batch)
                     self.stats.batches += 1
+                self.handler.progress(at_end)
                 if self._uncommitted and (self.handler.due() or not batch):
                     self._checkpoint()
                 if not batch and self.drain is not None and self._drained():
@@ -169,7 +179,12 @@ class ConfluentStageLoop:
         err = message.error()
         if err is None:
             return False
-        if err.code() == KafkaError._PARTITION_EOF:
-            return True
-        log.warning("%s: consumer error %s", self.stage, err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: consumer error %s", self.stage, err)
         return True
+
+
+def _is_end(message: Message) -> bool:
+    """True for the event saying a partition has been read to its end (``enable.partition.eof``)."""
+    err = message.error()
+    return err is not None and err.code() == KafkaError._PARTITION_EOF

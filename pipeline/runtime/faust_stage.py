@@ -39,6 +39,9 @@ EPOCH_SHIFT = 32
 
 HANDOVER_RECORDS = frozenset({"merge", "handoff"})
 
+TAKE_WITHIN_SECONDS = 0.05
+"""How long ``take()`` waits to fill a batch: at low rates each hop adds up to this much latency."""
+
 
 def faust_broker_url(bootstrap_servers: str) -> str:
     """faust's broker URL for a Kafka bootstrap list."""
@@ -128,7 +131,7 @@ class FaustStage:
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
 
         async def agent(stream: Any) -> None:
-            async for batch in stream.take(self.batch_size, within=0.2):
+            async for batch in stream.take(self.batch_size, within=TAKE_WITHIN_SECONDS):
                 # The step runs without an await: nothing can interrupt it half
                 # way, and take() acknowledges the batch only after it returned.
                 self._guarded(self._run_batch, batch)
@@ -142,7 +145,7 @@ class FaustStage:
             upstream = app.topic(*forward_from, key_serializer="raw", value_serializer="raw")
 
             async def forwarder(stream: Any) -> None:
-                async for batch in stream.take(self.batch_size, within=0.2):
+                async for batch in stream.take(self.batch_size, within=TAKE_WITHIN_SECONDS):
                     records = [r for value in batch for r in unpack(value)]
                     self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
 

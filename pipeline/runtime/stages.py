@@ -34,7 +34,8 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         from pipeline.ingest.stage import IngestHandler
 
         ingest = IngestHandler(settings)
-        loop = ConfluentStageLoop(settings, stage, topics.raw_topics(settings), ingest, gate)
+        raw = topics.raw_topics(settings)
+        loop = ConfluentStageLoop(settings, stage, raw, ingest, gate, report_ends=True)
         serve_metrics(settings, stage, {"": counter_of(ingest.counts)})
         loop.install_signal_handlers()
         loop.run()
@@ -107,7 +108,9 @@ def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
             from pipeline.metrics import counter_of, serve_metrics
 
             handler = SinkHandler(settings, ch)
-            loop = ConfluentStageLoop(settings, "sink", handler.topics, handler, gate, batch_size=5000)
+            loop = ConfluentStageLoop(
+                settings, "sink", handler.topics, handler, gate, batch_size=5000, poll_seconds=0.2
+            )
             serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)})
             loop.install_signal_handlers()
             if stop.stopped:  # a SIGTERM while connecting or starting: honour it

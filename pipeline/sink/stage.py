@@ -46,6 +46,9 @@ class SinkHandler:
         """Write when the batch is full or old enough."""
         return self.batcher.due()
 
+    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+        """The sink has nothing to say about its progress downstream."""
+
     def make_durable(self) -> None:
         """Insert everything buffered (raises ClickHouseUnavailable to retry)."""
         if self.batcher.pending:
