@@ -8,6 +8,7 @@ must equal, row for row, the views of an undisturbed run of the same input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -16,12 +17,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from pipeline.config import Settings
+from pipeline.kafka import topics
+from pipeline.kafka.admin import admin_client, committed_offsets, end_offsets
 from pipeline.simulate import simulate
 from tests.conftest import o2o, start_o2o
 from tests.integration.views import differences, snapshot
@@ -103,7 +109,31 @@ def _run_until_fault(settings: Settings, plan: str, drain: bool = False, bound: 
     )
     stage, point = plan.split(":")[:2]
     assert any(f"{stage}: fault injected at {point}" in line for line in fired), (plan, fired)
+    committed, end = _offsets(settings, stage)
+    print(f"{plan}: {stage} committed {committed} of {end} at the kill (lag {end - committed})")
+    if point in UNACKED_POINTS:
+        assert committed < end, f"{plan}: the input of the killed step was acknowledged ({committed}/{end})"
     return fired[0]
+
+
+# Points where the killed stage has not acknowledged the input it worked on.
+UNACKED_POINTS = ("after_outputs", "after_state", "before_ack", "mid_handover", "mid_insert", "after_insert")
+
+
+def _inputs(settings: Settings, stage: str) -> list[str]:
+    if stage == "ingest":
+        return topics.raw_topics(settings)
+    if stage == "sink":
+        return topics.row_topics(settings)
+    return [settings.topic(topics.stage_input(settings, stage))]
+
+
+def _offsets(settings: Settings, stage: str) -> tuple[int, int]:
+    """(committed, end) offsets of a stage's group, summed over its input partitions."""
+    inputs = _inputs(settings, stage)
+    ends = end_offsets(settings, inputs)
+    done = committed_offsets(settings, settings.group(stage), inputs)
+    return sum(done.values()), sum(ends.values())
 
 
 def _expect_same(settings: Settings, expected: dict[str, list[tuple[object, ...]]]) -> None:
@@ -160,30 +190,92 @@ def test_kills_in_the_sink_and_mid_tick(
     _expect_same(settings, undisturbed)
 
 
+class _Offsets:
+    """Committed and end offsets of every stage's inputs, read with clients kept open (fast to poll)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.inputs = {stage: _inputs(settings, stage) for stage in STAGE_NAMES}
+        self.groups = {
+            stage: Consumer(
+                {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group(stage)}
+            )
+            for stage in STAGE_NAMES
+        }
+        self.admin = admin_client(settings)
+        self.partitions = {
+            stage: [TopicPartition(t, p) for t, p in end_offsets(settings, inputs)]
+            for stage, inputs in self.inputs.items()
+        }
+
+    def of(self, stage: str) -> tuple[int, int]:
+        """(committed, end) of ``stage``, summed over its input partitions."""
+        wanted = self.partitions[stage]
+        latest = {tp: OffsetSpec.latest() for tp in wanted}  # type: ignore[no-untyped-call]
+        ends = [f.result().offset for f in self.admin.list_offsets(latest, request_timeout=10).values()]
+        done = self.groups[stage].committed(wanted, timeout=10)
+        return sum(max(tp.offset, 0) for tp in done), sum(ends)
+
+    def close(self) -> None:
+        for consumer in self.groups.values():
+            consumer.close()
+
+
 def test_random_kills_of_any_stage(
     settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
 ) -> None:
-    """Chaos: several SIGKILLs of random stages at random moments, each followed by a restart."""
+    """Chaos: SIGKILLs of stages, in random order, each on a condition, never after a fixed time.
+
+    In each round, the first stage (checked in a random order) that has
+    committed more in this run and still has input pending is killed. Its
+    offsets are read again once it is dead, so what is recorded is what it
+    had committed when it died.
+    """
     o2o(settings, "init")
     o2o(settings, "produce", "--file", str(events_file))
     chance = random.Random(20261202)
-    kills = 0
-    for _round in range(3):
-        run = start_o2o(settings, "run", "all", "--drain")
-        try:
-            time.sleep(chance.uniform(4.0, 12.0))
-            stages = [
-                child
-                for child in psutil.Process(run.pid).children()
-                if any(name in child.cmdline() for name in STAGE_NAMES)
-            ]
-            if stages and run.poll() is None:
-                chance.choice(stages).send_signal(signal.SIGKILL)
-                kills += 1
-            run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
-    assert kills >= 2
+    offsets = _Offsets(settings)
+    kills: list[tuple[str, int, int]] = []
+    try:
+        for _round in range(4):
+            if len(kills) == 2:
+                break
+            before = {stage: offsets.of(stage)[0] for stage in STAGE_NAMES}
+            run = start_o2o(settings, "run", "all", "--drain")
+            try:
+                while run.poll() is None and not _kill_one(run.pid, offsets, before, chance, kills):
+                    time.sleep(0.1)
+                run.communicate(timeout=120)
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.communicate()
+    finally:
+        offsets.close()
+    print("kills (stage, committed, end):", kills)
+    assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
     _expect_same(settings, undisturbed)
+
+
+def _kill_one(
+    parent: int, offsets: _Offsets, before: dict[str, int], chance: random.Random, kills: list[Any]
+) -> bool:
+    """Kill the first stage that committed in this run and has input pending; record its offsets."""
+    for stage in chance.sample(STAGE_NAMES, len(STAGE_NAMES)):
+        committed, end = offsets.of(stage)
+        if before[stage] < committed < end:
+            victim = _stage_process(parent, stage)
+            if victim is None:
+                continue
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            kills.append((stage, *offsets.of(stage)))
+            return True
+    return False
+
+
+def _stage_process(parent: int, stage: str) -> psutil.Process | None:
+    for child in psutil.Process(parent).children():
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline()[3:5] == ["run", stage]:
+                return child
+    return None
