@@ -1,8 +1,17 @@
-"""Whatever bytes arrive, ingest either normalises them or names a reason; it never crashes."""
+"""Whatever bytes arrive, ingest either normalises them or names a reason; it never crashes.
+
+The event fuzzers start from valid events of the simulator and mutate them
+(drop or replace a field, another source's type, an odd time or identifier,
+extra keys, truncation), so both the accept and the reject paths are run;
+each fuzz test checks that both occurred.
+"""
 
 from __future__ import annotations
 
+import copy
 import string
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,6 +20,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.normalize import EventNormalizer, redact_pii
+from pipeline.simulate import simulate
 
 REASONS = {
     "malformed_json", "schema_violation", "unknown_type", "missing_identifier", "blocked_identifier",
@@ -33,26 +43,56 @@ timestamps = st.one_of(
         ["2026-11-01T10:00:00Z", "2026-11-01T10:00:00+05:30", "2026-11-01", "9999-12-31T23:59:59Z"]
     ),
 )
-ids = st.dictionaries(
-    st.sampled_from(["anonymous_id", "device_id", "user_id", "email", "phone", "loyalty_id", "odd"]),
-    st.one_of(
-        st.text(alphabet=string.printable, max_size=20),
-        st.sampled_from(["null", "0", "", "undefined"]),
-        int64,
-        st.none(),
-    ),
-    max_size=4,
-)  # fmt: skip
-events = st.fixed_dictionaries(
-    {
-        "event_id": st.one_of(st.text(max_size=20), int64, st.none()),
-        "source": st.sampled_from(["web", "app", "geofence", "pos", "fax", ""]),
-        "type": st.sampled_from(["page_view", "purchase", "enter", "login", "order_completed", "x"]),
-        "occurred_at": timestamps,
-        "ids": ids,
-    },
-    optional={"consent": json_value, "context": json_value, "properties": json_value, "sent_at": timestamps},
+VALID_EVENTS = list(simulate(customers=40, days=3, seed=14))  # every source and type, all valid
+FIELDS = ("event_id", "source", "type", "occurred_at", "ids", "consent", "context", "properties")
+TYPES = sorted({e["type"] for e in VALID_EVENTS})
+
+
+def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation setting ``doc[path[0]][path[1]]...`` (replacing whatever is not an object on the way)."""
+
+    def apply(doc: dict[str, Any]) -> None:
+        target = doc
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+
+    return apply
+
+
+def _drop(field: str) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc.pop(field, None)
+
+
+ID_KEYS = ["anonymous_id", "device_id", "user_id", "email", "phone", "loyalty_id", "payment_token", "odd"]
+id_values = st.one_of(
+    st.text(alphabet=string.printable, max_size=20),
+    st.sampled_from(["null", "0", "", "undefined"]),
+    int64,
+    st.none(),
 )
+mutations = st.one_of(
+    st.sampled_from(FIELDS).map(_drop),
+    st.tuples(st.sampled_from(FIELDS), json_value).map(lambda fv: _set((fv[0],), fv[1])),
+    st.sampled_from(TYPES).map(lambda t: _set(("type",), t)),
+    st.sampled_from(["web", "app", "geofence", "pos", "fax", ""]).map(lambda s: _set(("source",), s)),
+    timestamps.map(lambda t: _set(("occurred_at",), t)),
+    st.tuples(st.sampled_from(ID_KEYS), id_values).map(lambda kv: _set(("ids", kv[0]), kv[1])),
+    st.just(_set(("ids",), {})),
+    st.tuples(st.text(max_size=10), json_value).map(lambda kv: _set(("properties", kv[0] or "k"), kv[1])),
+    st.tuples(st.text(max_size=10), json_value).map(lambda kv: _set((kv[0] or "extra",), kv[1])),
+)  # fmt: skip
+
+
+@st.composite
+def events(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid simulator event, mutated zero or more times."""
+    doc = copy.deepcopy(draw(st.sampled_from(VALID_EVENTS)))
+    for mutate in draw(st.lists(mutations, max_size=3)):
+        mutate(doc)
+    return doc
 
 
 def outcome(raw: bytes) -> str:
@@ -74,13 +114,29 @@ def test_random_bytes(raw: bytes) -> None:
     redact_pii(raw, "s")
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(events)
-def test_random_events(doc: dict[str, Any]) -> None:
-    raw = orjson.dumps(doc)
-    outcome(raw)
-    outcome(raw[: len(raw) // 2])  # truncated JSON
-    redact_pii(raw, "s")
+def test_mutated_simulator_events_are_accepted_or_rejected_with_a_reason() -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+    @given(events())
+    def check(doc: dict[str, Any]) -> None:
+        raw = orjson.dumps(doc)
+        seen[outcome(raw)] += 1
+        outcome(raw[: len(raw) // 2])  # truncated JSON
+        redact_pii(raw, "s")
+
+    check()
+    rejected = sum(n for reason, n in seen.items() if reason != "valid")
+    assert seen["valid"] >= 40 and rejected >= 40, seen
+    assert len(seen) >= 4, f"too few distinct reasons: {seen}"
+
+
+def test_every_simulator_event_is_valid() -> None:
+    assert {outcome(orjson.dumps(e)) for e in VALID_EVENTS} == {"valid"}
+    assert {(e["source"], e["type"]) for e in VALID_EVENTS} >= {
+        ("web", "order_completed"),
+        ("pos", "purchase"),
+    }
 
 
 def test_deep_nesting_huge_strings_and_odd_unicode() -> None:
