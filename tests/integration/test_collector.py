@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import rudderstack.analytics as rudder
 import uvicorn
 from starlette.applications import Starlette
 
@@ -199,7 +200,6 @@ def test_segment_client_calls_arrive_as_contract_events(settings: Settings, coll
 
 
 def test_rudderstack_client_calls_arrive_as_contract_events(settings: Settings, collector: Running) -> None:
-    rudder = pytest.importorskip("rudderstack.analytics")
     ts = sent_time()
     client = rudder.Client(WEB_KEY, host=collector.url, sync_mode=True)  # gzip by default
     send_calls(client, "rudder", ts)

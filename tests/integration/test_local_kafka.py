@@ -1,14 +1,12 @@
 """The local Apache Kafka stack (``pipeline.stack.local_kafka``) against a real broker.
 
-The broker classpath is fetched once per test session into a shared cache
-(``$O2O_KAFKA_DIST_CACHE`` when set, so CI can keep it between runs), and one broker
-runs for the whole module on random free ports with a temporary state folder.
+The broker classpath comes from the cache the session broker of
+tests/conftest.py uses (``.state/kafka/dist``), and one broker runs for the
+whole module on random free ports with a temporary state folder.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import time
 import uuid
@@ -21,8 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StackError
-from pipeline.stack.kafka_dist import DIST_CACHE_ENV, cached_lib
 from pipeline.stack.local_kafka import LocalKafka, StackStatus, free_port
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -31,15 +29,13 @@ TOPIC = "o2o.test.local-kafka"
 
 
 @pytest.fixture(scope="session")
-def dist_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One classpath download shared by every broker of the run."""
-    shared = os.environ.get(DIST_CACHE_ENV)
-    cache = Path(shared) if shared else tmp_path_factory.mktemp("kafka-dist")
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed")
-    if cached_lib(cache, VERSION) is None and shutil.which("mvn") is None:
-        pytest.skip("mvn is not installed and the Kafka classpath is not cached")
-    return cache
+def dist_cache() -> Path:
+    """The classpath cache of the session broker (tests/conftest.py): the same, never a skip.
+
+    Without java, or without mvn and a cached classpath, the brokers fail
+    to start and the tests fail (.ci/run installs both).
+    """
+    return REPO / ".state" / "kafka" / "dist"
 
 
 def _settings(state_dir: Path, port: int | None = None) -> Settings:
@@ -116,11 +112,9 @@ def test_status_of_running_broker(kafka: LocalKafka) -> None:
     assert kafka.pid_file.read_text().strip() == str(status.pid)
 
 
-def test_up_again_is_idempotent_and_fast(kafka: LocalKafka) -> None:
+def test_up_again_is_idempotent(kafka: LocalKafka) -> None:
     before = kafka.status()
-    started = time.monotonic()
     again = kafka.up()
-    assert time.monotonic() - started < 5
     assert again.running and again.pid == before.pid
     # a second handle on the same state folder finds the same broker
     other = LocalKafka(kafka.settings, dist_cache=kafka.dist_cache)

@@ -14,8 +14,10 @@ from pipeline.cli.main import cli
 
 
 def full_cli() -> None:
-    from pipeline.cli import collector, data, dlq
+    from pipeline.cli import attribution, collector, data, dlq, privacy
 
+    attribution.register(cli)
+    privacy.register(cli)
     data.register(cli)
     register_demo(cli)
     collector.register(cli)
@@ -27,7 +29,7 @@ full_cli()
 COMMANDS = [
     [], ["stack"], ["stack", "up"], ["stack", "status"], ["stack", "down"], ["init"], ["run"],
     ["sql"], ["report"], ["simulate"], ["produce"], ["demo"], ["bench"], ["collector"],
-    ["dlq"], ["dlq", "list"], ["dlq", "replay"],
+    ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["forget"], ["attribution"], ["attribution", "fit"],
 ]  # fmt: skip
 
 
