@@ -73,12 +73,19 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def watch_pipeline(
-    runner: StepRunner, settings: Settings, name: str, args: list[str], timeout: float, stop: StopCheck
+    runner: StepRunner,
+    settings: Settings,
+    name: str,
+    args: list[str],
+    timeout: float,
+    stop: StopCheck,
+    on_sample: Callable[[ProcessSampler, OffsetSampler], None] | None = None,
 ) -> EndToEnd:
     """Run ``o2o run all <args>`` as a bounded step, sampling offsets, CPU and memory every tick.
 
     ``stop(seconds, offsets)`` is asked every tick whether to stop the
     pipeline (SIGTERM to ``run all``); for a drain it never needs to.
+    ``on_sample`` sees every sample (the profiler's window).
     """
     offsets = OffsetSampler(settings, {stage: settings.group(stage) for stage in STAGES})
     broker = broker_process(settings)
@@ -92,6 +99,8 @@ def watch_pipeline(
             procs = samplers[pid] = ProcessSampler(psutil.Process(pid), broker)
         procs.sample()
         offsets.sample(elapsed)
+        if on_sample is not None:
+            on_sample(procs, offsets)
         return stop(elapsed, offsets, progress, task)
 
     command = [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "run", "all", *args]
@@ -120,9 +129,13 @@ class DrainProgress:
         self.raw = set(raw_topics(settings))
         self.expected = expected
 
+    def ingested(self, offsets: OffsetSampler) -> int:
+        """Raw events ingest has committed."""
+        return sum(o for (t, _p), o in offsets.last("ingest").items() if t in self.raw)
+
     def __call__(self, elapsed: float, offsets: OffsetSampler, progress: Progress, task: TaskID) -> bool:
         """Update the bar (raw events ingest committed; messages the sink committed); never stop."""
-        ingested = sum(o for (t, _p), o in offsets.last("ingest").items() if t in self.raw)
+        ingested = self.ingested(offsets)
         sunk = sum(offsets.last("sink").values())
         progress.update(
             task, total=self.expected, completed=min(ingested, self.expected), info=f"sink {sunk:,} msgs"
@@ -164,6 +177,12 @@ def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
     "and the HTTP collector (throughput mode).",
 )
 @click.option(
+    "--profile",
+    is_flag=True,
+    help="(throughput) Sample every stage process with py-spy over the steady window and print "
+    "where its time goes, by package and function; collapsed stacks go to <state dir>/bench/profiles.",
+)
+@click.option(
     "--step-timeout",
     type=click.FloatRange(1),
     help="Seconds any step may take before it is killed with its processes and the bench fails "
@@ -203,6 +222,7 @@ def bench(
     events: int,
     seed: int,
     parts: bool,
+    profile: bool,
     step_timeout: float | None,
     live: bool,
     rate: int,
@@ -237,4 +257,4 @@ def bench(
     else:
         from pipeline.bench_throughput import run_throughput
 
-        run_throughput(runner, base, settings, events, seed, parts, stack_limit)
+        run_throughput(runner, base, settings, events, seed, parts, stack_limit, profile)

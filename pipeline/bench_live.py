@@ -16,8 +16,8 @@ import time
 from collections import Counter
 
 from pipeline.bench import EndToEnd, watch_pipeline
-from pipeline.bench_live_probe import POLL_S, READY_LIMIT_S, LiveControl, LiveProbe, live_events
-from pipeline.bench_parts import prepare
+from pipeline.bench_live_probe import PROGRESS_S, READY_LIMIT_S, LiveControl, LiveProbe, live_events
+from pipeline.bench_parts import hold_merges, prepare
 from pipeline.bench_probe import topic_census
 from pipeline.bench_report import cpu_table, section, table, topic_table
 from pipeline.bench_stats import percentile
@@ -26,6 +26,7 @@ from pipeline.cli.common import console
 from pipeline.config import Settings
 
 STEADY = (0.1, 0.9)
+MEASURED_TABLES = ("events_store", "conversions_store", "attribution_store")
 KIND_LABELS = {
     "events": "events (row in `events`)",
     "conversions": "conversions (row in `conversions`)",
@@ -47,6 +48,7 @@ def run_live(
         "start the stack; reset the bench prefix and database", prepare, settings, timeout=stack_limit
     )
     console.print(f"using {where}")
+    runner.run("hold ClickHouse merges of the measured tables", hold_merges, settings, *MEASURED_TABLES)
     count = max(1, round(rate * seconds))
     events = runner.run(f"simulate {count:,} events for the live run", live_events, settings, count, seed)
     probe = LiveProbe(settings, events, rate, bound)
@@ -96,12 +98,16 @@ def _print_live(
                 f"events sent {STEADY[0] * send_s:.1f} s to {STEADY[1] * send_s:.1f} s after the first",
             ),
             (
-                "polling",
-                f"every {POLL_S:g} s through {path} (the path of `o2o sql`): {len(query_ms):,} queries, "
-                f"p50 {_p(query_ms, 50, '.0f')} ms, p99 {_p(query_ms, 99, '.0f')} ms, "
-                f"{probe.query_errors} failed",
+                "queries",
+                f"a count every {PROGRESS_S:g} s, then when each row was stored, through {path} (the "
+                f"path of `o2o sql`): {len(query_ms):,} queries, p50 {_p(query_ms, 50, '.0f')} ms, "
+                f"p99 {_p(query_ms, 99, '.0f')} ms, {probe.query_errors} failed",
             ),
             ("sink flush interval (O2O_SINK_FLUSH_SECONDS)", f"{settings.sink_flush_seconds:g} s"),
+            (
+                "messages not yet committed when sending ended, by stage",
+                ", ".join(f"{stage} {lag:,}" for stage, lag in (control.lag_at_send_end or {}).items()),
+            ),
             ("pipeline stopped after", f"{e2e.seconds:.1f} s"),
         ],
     )
@@ -144,8 +150,8 @@ def _print_live(
             "over the events sent in the steady part; expected: every accepted event, its "
             "conversion when it is one (with analytics consent), its credits when it also has "
             "marketing consent (a conversion without any touchpoint gets none, so it counts as not "
-            "visible); seen within one poll, so add up to "
-            f"{POLL_S:g} s of resolution; all sent: seen/expected over the whole run"
+            "visible); visible = first stored (`inserted_at` of the storage table, merges held off); "
+            "credits: once the conversion row is stored too; all sent: seen/expected over the whole run"
         ),
     )
     if missing:

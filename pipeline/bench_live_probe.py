@@ -5,10 +5,10 @@ stable and the sink's query server answers, a sender thread paces simulated
 events at ``--rate`` through :class:`~pipeline.event_producer.EventProducer`,
 each re-timed to ``occurred_at`` = the moment it is sent and given a fresh
 ``event_id``. A poller thread asks ClickHouse through the query path of
-``o2o sql`` (the sink's query server) every :data:`POLL_S` for the events,
-conversions and credits it still waits for (:class:`~pipeline.bench_stats.Pending`)
-and notes when it first saw each. Latency = first seen - sent, both on this
-machine's clock.
+``o2o sql`` (the sink's query server) how many rows are stored, to know when
+to stop; then it reads when each event, conversion and credit was first
+stored (the storage tables' ``inserted_at``, merges held off so that first
+versions stay). Latency = first stored - sent, both on this machine's clock.
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from pipeline.bench_stats import Pending
-from pipeline.clickhouse.format import sql_string
 from pipeline.config import STAGES, Settings
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2
-MAX_CREDIT_IDS = 2000
+PROGRESS_S = 0.5
 READY_LIMIT_S = 180.0
 
 #: (event, a conversion is expected, credits are expected)
@@ -102,13 +99,14 @@ class LiveProbe:
         self.error: str | None = None
         self.kinds = {kind: Seen() for kind in ("events", "conversions", "credits")}
         self.query_s: list[float] = []
+        self.stored = (0, 0, 0)  # rows in events_store, conversions_store; conversions credited
         self.query_errors = 0
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start sending and polling."""
         self.send_start = time.time()
-        for target in (self._send, self._poll):
+        for target in (self._send, self._watch):
             thread = threading.Thread(target=self._guard(target), daemon=True, name=target.__name__)
             thread.start()
             self._threads.append(thread)
@@ -143,129 +141,108 @@ class LiveProbe:
                 self.sent.append((event_id, now, conversion, credits))
             self.send_end = time.time()
 
-    def _poll(self) -> None:
-        from pipeline.clickhouse.query_server import live_endpoint, query_any, query_endpoint
+    def _watch(self) -> None:
+        """Count what is stored while sending (progress; when to stop), then read when each item was.
 
-        endpoint = live_endpoint(self.settings)
-        db = self.settings.clickhouse_database
-        pending = {kind: Pending(self.bound) for kind in self.kinds}
-        waiting_credits: dict[str, float] = {}  # event_id -> sent at, until its conversion is seen
-        scanned = 0
+        Nothing is looked up item by item while the pipeline runs: a query
+        runs in the sink's process and would slow what it measures. Every
+        :data:`PROGRESS_S` one cheap count per table; once sending ended and
+        the counts reach what was sent (or ``bound`` seconds later), one
+        query per table reads the ``inserted_at`` of every row.
+        """
         while not self.stop.is_set():
             tick = time.monotonic()
-            while scanned < len(self.sent):
-                event_id, sent, conversion, credits = self.sent[scanned]
-                scanned += 1
-                pending["events"].add(event_id, sent)
-                self.kinds["events"].expected.append(sent)
-                if conversion:
-                    pending["conversions"].add(event_id, sent)
-                    self.kinds["conversions"].expected.append(sent)
-                if credits:
-                    waiting_credits[event_id] = sent
-                    self.kinds["credits"].expected.append(sent)
-            now = time.time()
-            for kind, items in pending.items():
-                for item, sent in items.expire(now):
-                    self._give_up(kind, item, sent)
-            for event_id, sent in list(waiting_credits.items()):
-                if now - sent > self.bound:
-                    del waiting_credits[event_id]
-                    self._give_up("credits", event_id, sent)
-            sql = self._sql(db, pending, now)
-            if sql is None:
-                if self.send_end is not None and not waiting_credits and scanned == len(self.sent):
+            self.stored = self._counts()
+            if self.send_end is not None:
+                expected = (
+                    len(self.sent),
+                    sum(1 for s in self.sent if s[2]),
+                    sum(1 for s in self.sent if s[3]),
+                )
+                caught_up = all(have >= want for have, want in zip(self.stored, expected, strict=True))
+                if caught_up or time.time() > self.send_end + self.bound:
                     break
-            else:
-                started = time.monotonic()
-                try:
-                    if endpoint is not None:
-                        _cols, rows = query_endpoint(endpoint, sql)
-                    else:
-                        _cols, rows = query_any(self.settings, sql)
-                except PipelineError as exc:
-                    self.query_errors += 1
-                    if self.query_errors > 50:
-                        raise
-                    log.warning("live bench: query failed (%s); trying again", exc)
-                    endpoint = live_endpoint(self.settings)
-                    rows = []
-                seen_at = time.time()
-                self.query_s.append(time.monotonic() - started)
-                self._take(rows, seen_at, pending, waiting_credits)
-            time.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
+            time.sleep(max(0.0, PROGRESS_S - (time.monotonic() - tick)))
+        self._collect()
         self.done.set()
 
-    def _give_up(self, kind: str, item: str, sent: float) -> None:
-        seen = self.kinds[kind]
-        seen.expired.append(sent)
-        seen.missing.append(self.what.get(item, "?"))
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        from pipeline.clickhouse.query_server import query_any
 
-    def _take(
-        self,
-        rows: list[tuple[Any, ...]],
-        seen_at: float,
-        pending: dict[str, Pending],
-        waiting_credits: dict[str, float],
-    ) -> None:
-        """Note the first sight of what the query returned; a seen conversion's credits are looked for."""
-        for kind, first, second in rows:
-            if kind == "e":
-                sent = pending["events"].found(first)
-                if sent is not None:
-                    self.kinds["events"].latencies.append((sent, seen_at - sent))
-            elif kind == "c":
-                sent = pending["conversions"].found(first)
-                if sent is not None:
-                    self.kinds["conversions"].latencies.append((sent, seen_at - sent))
-                credit_sent = waiting_credits.pop(first, None)
-                if credit_sent is not None:
-                    pending["credits"].add(second, credit_sent)
-                    self.what[second] = self.what.get(first, "?")
-            elif kind == "a":
-                sent = pending["credits"].found(first)
-                if sent is not None:
-                    self.kinds["credits"].latencies.append((sent, seen_at - sent))
+        started = time.monotonic()
+        try:
+            return query_any(self.settings, sql)[1]
+        except PipelineError as exc:
+            self.query_errors += 1
+            if self.query_errors > 20:
+                raise
+            log.warning("live bench: query failed (%s); trying again", exc)
+            return []
+        finally:
+            self.query_s.append(time.monotonic() - started)
 
-    @staticmethod
-    def _sql(db: str, pending: dict[str, Pending], now: float) -> str | None:
-        """One query for everything still looked for, or None when nothing is.
+    def _counts(self) -> tuple[int, int, int]:
+        rows = self._query(
+            "SELECT (SELECT count() FROM {db}.events_store), (SELECT count() FROM {db}.conversions_store), "
+            "(SELECT uniqExact(conversion_id) FROM {db}.attribution_store)"
+        )
+        return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else self.stored
 
-        Events and conversions are looked for in the storage tables behind the
-        ``events`` and ``conversions`` views: a row there is in the view (the
-        views only pick the newest version and map merged persons), and a
-        time range on the storage table costs a fraction of one on the view.
-        Credits are looked for in the ``attribution`` view itself (its
-        version filter can hide credits), by the conversion ids already seen.
-        """
-        parts = []
-        specs = {
-            "events": ("'e', event_id, ''", f"{db}.events_store"),
-            "conversions": ("'c', event_id, conversion_id", f"{db}.conversions_store"),
+    def _collect(self) -> None:
+        """Latency of every sent item from the first ``inserted_at`` of its rows."""
+        first = "toUnixTimestamp64Milli(min(inserted_at))"
+        events = dict(self._query(f"SELECT event_id, {first} FROM {{db}}.events_store GROUP BY event_id"))
+        conversions = {
+            event_id: (conversion_id, at)
+            for event_id, conversion_id, at in self._query(
+                f"SELECT event_id, conversion_id, {first} FROM {{db}}.conversions_store "
+                "GROUP BY event_id, conversion_id"
+            )
         }
-        for kind, (columns, table) in specs.items():
-            since, ids = pending[kind].query(now)
-            conditions = []
-            if since is not None:
-                conditions.append(
-                    f"occurred_at >= fromUnixTimestamp64Milli(toInt64({int(since * 1000) - 1000}))"
-                )
-            if ids:
-                conditions.append(f"event_id IN ({', '.join(sql_string(i) for i in ids)})")
-            if conditions:
-                parts.append(f"SELECT {columns} FROM {table} WHERE {' OR '.join(conditions)}")
-        credits = list(pending["credits"].items)[:MAX_CREDIT_IDS]
-        if credits:
-            listed = ", ".join(sql_string(i) for i in credits)
-            where = f"conversion_id IN ({listed})"
-            parts.append(f"SELECT DISTINCT 'a', conversion_id, '' FROM {db}.attribution WHERE {where}")
-        return " UNION ALL ".join(parts) if parts else None
+        credits = dict(
+            self._query(f"SELECT conversion_id, {first} FROM {{db}}.attribution_store GROUP BY conversion_id")
+        )
+        for event_id, sent, conversion, credited in self.sent:
+            self._record("events", event_id, sent, events.get(event_id))
+            conversion_id, converted_at = conversions.get(event_id, ("", None))
+            if conversion:
+                self._record("conversions", event_id, sent, converted_at)
+            if credited:
+                # the attribution view shows credits once their conversion row is stored too
+                at = credits.get(conversion_id)
+                both = None if at is None or converted_at is None else max(at, converted_at)
+                self._record("credits", event_id, sent, both)
+
+    def _record(self, kind: str, event_id: str, sent: float, stored_ms: int | None) -> None:
+        seen = self.kinds[kind]
+        seen.expected.append(sent)
+        latency = None if stored_ms is None else int(stored_ms) / 1000 - sent
+        if latency is not None and latency <= self.bound:
+            seen.latencies.append((sent, latency))
+        else:
+            seen.expired.append(sent)
+            seen.missing.append(self.what.get(event_id, "?"))
 
     def join(self, timeout: float) -> None:
         """Wait for both threads (at most ``timeout`` seconds in all)."""
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def stage_lag(settings: Settings) -> dict[str, int]:
+    """Messages each stage's consumer group has not committed yet, by stage."""
+    from pipeline.kafka import topics
+    from pipeline.kafka.admin import group_lag
+
+    inputs = {
+        "ingest": topics.raw_topics(settings),
+        "identity": [settings.topic(topics.VALID)],
+        "journeys": [settings.topic(topics.IDENTIFIED)],
+        "attribution": [settings.topic(topics.JOURNEYS)],
+        "sink": topics.row_topics(settings),
+    }
+    return {stage: group_lag(settings, settings.group(stage), names) for stage, names in inputs.items()}
 
 
 def groups_ready(settings: Settings, admin: Any) -> bool:
@@ -297,6 +274,7 @@ class LiveControl:
         self.probe = probe
         self.ready_limit = ready_limit
         self.ready_at: float | None = None
+        self.lag_at_send_end: dict[str, int] | None = None  # messages not yet committed, by stage
         self._last_check = -1.0
         from pipeline.kafka.admin import admin_client
 
@@ -317,11 +295,12 @@ class LiveControl:
                     probe.start()
             progress.update(task, info="waiting for every stage's group and the query server")
             return False
-        seen = probe.kinds["events"].latencies
+        if probe.send_end is not None and self.lag_at_send_end is None:
+            self.lag_at_send_end = stage_lag(self.settings)
         progress.update(
             task,
             total=len(probe.events),
             completed=len(probe.sent),
-            info=f"sent {len(probe.sent):,}, seen {len(seen):,}",
+            info=f"sent {len(probe.sent):,}, stored {probe.stored[0]:,}",
         )
         return probe.done.is_set()

@@ -54,6 +54,21 @@ def prepare(settings: Settings, reset: bool = True) -> str:
     return where
 
 
+def hold_merges(settings: Settings, *tables: str) -> None:
+    """Keep ClickHouse from merging parts of ``tables`` (call while no sink holds the chDB folder).
+
+    A background merge of a ReplacingMergeTree keeps only the newest version
+    of a row; without merges the storage table keeps every insert, so the
+    first time a row was stored can still be read.
+    """
+    from pipeline.clickhouse.client import connect
+
+    with connect(settings) as ch:
+        for table in tables:
+            setting = "max_bytes_to_merge_at_max_space_in_pool = 1"
+            ch.command(ch.sql(f"ALTER TABLE {{db}}.{table} MODIFY SETTING {setting}"))
+
+
 def produce(settings: Settings, events: int, seed: int) -> tuple[int, float]:
     """Simulate about ``events`` events and produce them to the raw topics: (count, seconds)."""
     from pipeline.simulate import count_estimate

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pipeline import bench_parts as parts_
 from pipeline.bench import DrainProgress, EndToEnd, phases_of, stage_timeline, watch_pipeline
-from pipeline.bench_probe import topic_census
+from pipeline.bench_probe import OffsetSampler, ProcessSampler, topic_census
+from pipeline.bench_profile import StageProfiler, top_rows
 from pipeline.bench_report import cpu_table, section, table, topic_table
 from pipeline.bench_stats import Phases
 from pipeline.bench_steps import StepRunner
 from pipeline.cli.common import console
-from pipeline.config import Settings
+from pipeline.config import STAGES, Settings
 from pipeline.kafka.topics import row_topics
 
 
@@ -25,6 +26,7 @@ def run_throughput(
     seed: int,
     parts: bool,
     stack_limit: float,
+    profile: bool = False,
 ) -> None:
     """Produce, pass through, run the pipeline to the end, read back; then each part alone."""
     where = runner.run(
@@ -37,14 +39,32 @@ def run_throughput(
     pass_n, pass_total_s, pass_steady_s = runner.run(
         "bare confluent-kafka passthrough", parts_.passthrough, settings, n
     )
-    e2e = watch_pipeline(
-        runner,
-        settings,
-        "pipeline end to end (run all --drain)",
-        ["--drain"],
-        runner.timeout,
-        DrainProgress(settings, n),
-    )
+    progress = DrainProgress(settings, n)
+    profiler = StageProfiler(settings.state_dir / "bench" / "profiles") if profile else None
+
+    def profile_window(procs: ProcessSampler, offsets: OffsetSampler) -> None:
+        # from 10% of the input ingested until all of it: every stage is busy then
+        if profiler is None:
+            return
+        done = progress.ingested(offsets) / n
+        if not profiler.started and done >= 0.1:
+            profiler.start({pid: label for pid, (label, _) in procs.cpu.items() if label in STAGES})
+        elif profiler.started and done >= 1.0:
+            profiler.stop()
+
+    try:
+        e2e = watch_pipeline(
+            runner,
+            settings,
+            "pipeline end to end (run all --drain)",
+            ["--drain"],
+            runner.timeout,
+            progress,
+            profile_window,
+        )
+    finally:
+        if profiler is not None:
+            profiler.stop()
     census = runner.run("read every topic back", topic_census, settings, row_topics(settings))
     rows = runner.run("count rows in ClickHouse", parts_.count_rows, settings)
     phases, sunk = phases_of(e2e, census)
@@ -74,6 +94,8 @@ def run_throughput(
     topic_table(
         "records and bytes per input event, by topic (end-to-end run)", census, n, settings.topic_prefix
     )
+    if profiler is not None:
+        _print_profile(profiler)
     if parts:
         _print_parts(runner, base, settings, n, seed)
     section("steps", [(name, f"{seconds:.1f} s") for name, seconds in runner.done])
@@ -113,6 +135,23 @@ def _print_pipeline(
         ),
     ]
     section("pipeline end to end (o2o run all --drain)", lines)
+
+
+def _print_profile(profiler: StageProfiler) -> None:
+    if profiler.missing:
+        console.print("[yellow]--profile: py-spy is not installed (pip install py-spy)[/]")
+        return
+    table(
+        "where the time goes (py-spy samples per stage process, steady window)",
+        ["stage / package / function", "", "samples"],
+        top_rows(profiler.profiles(), STAGES, top=12),
+        note=(
+            "window: from 10% of the input ingested until all of it; a sample is the stage's Python "
+            "stack while it runs (idle waits left out); `package`: the file of the innermost Python "
+            "frame (C code such as librdkafka or orjson counts for its Python caller); `function`: "
+            f"that frame's function. Collapsed stacks: {profiler.out_dir}"
+        ),
+    )
 
 
 def _print_parts(runner: StepRunner, base: Settings, settings: Settings, n: int, seed: int) -> None:

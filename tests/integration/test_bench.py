@@ -31,7 +31,8 @@ def _value(lines: list[str], label: str) -> str:
 
 
 def test_bench_throughput_prints_every_section(settings: Settings) -> None:
-    proc = o2o(settings, "bench", "--events", "1000", "--no-parts", "--step-timeout", "150", timeout=300)
+    args = ["--events", "1000", "--no-parts", "--profile", "--step-timeout", "150"]
+    proc = o2o(settings, "bench", *args, timeout=300)
     print(proc.stdout)
     assert "did not finish within" not in proc.stderr
     sections = _sections(proc.stdout)
@@ -52,6 +53,10 @@ def test_bench_throughput_prints_every_section(settings: Settings) -> None:
     assert {"raw.web", "events.valid", "rows.events", "identity-identity_ids-changelog"} <= names
     raw = next(line for line in topics if line.startswith("raw.web"))
     assert all(re.fullmatch(NUMBER, cell) for cell in raw.split()[1:4])
+    profile = next(lines for title, lines in sections.items() if title.startswith("where the time goes"))
+    sampled = [line.split(" (")[0] for line in profile if re.match(rf"^\w+ \({NUMBER} samples\)$", line)]
+    assert sampled and set(sampled) <= {"ingest", "identity", "journeys", "attribution", "sink"}
+    assert any(line.strip().endswith("%") and "package" in line for line in profile)
     assert "steps" in sections
 
 
@@ -63,6 +68,10 @@ def test_bench_live_prints_percentiles(settings: Settings) -> None:
     sections = _sections(proc.stdout)
     sending = next(lines for title, lines in sections.items() if title.startswith("live: sending"))
     assert re.search(rf"^{NUMBER} events in {NUMBER} s", _value(sending, "sent"))
+    lag = _value(sending, "messages not yet committed when sending ended, by stage")
+    assert re.fullmatch(
+        rf"ingest {NUMBER}, identity {NUMBER}, journeys {NUMBER}, attribution {NUMBER}, sink {NUMBER}", lag
+    )
     visible = sections["live: seconds from send until visible in ClickHouse"]
     rows = {
         line.split(" (")[0]: line for line in visible if line.startswith(("events", "conversions", "credits"))

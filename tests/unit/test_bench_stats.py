@@ -1,4 +1,4 @@
-"""The bench's pure helpers: percentiles, the steady-state window, per-event ratios, pending items."""
+"""The bench's pure helpers: percentiles, the steady-state window, per-event ratios, profiles."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from pipeline.bench_profile import Profile, top_rows
 from pipeline.bench_stats import (
-    Pending,
     Phases,
     TopicCount,
     crossing_time,
@@ -141,21 +141,29 @@ def test_stage_label_names_stage_processes() -> None:
     assert stage_label(["/usr/bin/java", "-Xmx1g", "kafka.Kafka"]) == "java"
 
 
-class TestPending:
-    def test_recent_items_by_time_old_ones_by_id_and_expiry(self) -> None:
-        pending = Pending(bound_s=10, recent_s=2, max_ids=2)
-        for i, sent in enumerate([100.0, 101.0, 104.0, 105.0]):
-            pending.add(f"e{i}", sent)
-        since, ids = pending.query(now=105.5)
-        assert since == 104.0 and ids == ["e0", "e1"]
-        assert pending.found("e0") == 100.0 and pending.found("e0") is None
-        assert pending.expire(now=111.5) == [("e1", 101.0)]
-        assert pending.expired == 1 and len(pending) == 2
-        since, ids = pending.query(now=111.5)
-        assert since is None and ids == ["e2", "e3"]
-
-    def test_too_many_old_items_fall_back_to_a_time_range(self) -> None:
-        pending = Pending(bound_s=10, recent_s=1, max_ids=2)
-        for i in range(5):
-            pending.add(f"e{i}", 100.0 + i / 10)
-        assert pending.query(now=105.0) == (100.0, [])
+class TestProfile:
+    def test_collapsed_stacks_sum_by_leaf_function_and_package(self) -> None:
+        lines = [
+            "run (pipeline/runtime/faust_stage.py:10);process (pipeline/identity/stage.py:80) 7",
+            "run (pipeline/runtime/faust_stage.py:10);process (pipeline/identity/stage.py:95) 3",
+            "run (faust/streams.py:5);select (selectors.py:468) 5",
+            "garbage without a count",
+            "_run (/x/site-packages/confluent_kafka/cimpl.py:1) 5",
+        ]
+        profile = Profile()
+        profile.add(lines)
+        assert profile.samples == 20
+        assert profile.by_function == {
+            "process (stage.py)": 10,
+            "select (selectors.py)": 5,
+            "_run (cimpl.py)": 5,
+        }
+        assert profile.by_package == {
+            "pipeline (this project)": 10,
+            "other (stdlib, orjson, ...)": 5,
+            "confluent-kafka": 5,
+        }
+        rows = top_rows({"identity": profile, "sink": Profile()}, ["identity", "sink"], top=1)
+        assert rows[0] == ["identity (20 samples)", "", ""]
+        assert ["  process (stage.py)", "function", "50.0%"] in rows
+        assert len([r for r in rows if r[1] == "function"]) == 1  # top=1; the empty sink is left out
