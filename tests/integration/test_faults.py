@@ -65,6 +65,11 @@ def wait_for(
         time.sleep(0.2)
 
 
+def connect_retries(log: Path) -> int:
+    """How often the sink failed to reach ClickHouse before consuming anything."""
+    return log.read_text().count("(nothing consumed or committed)")
+
+
 def retries(log: Path) -> int:
     """How often the sink's checkpoint failed and was retried without a commit."""
     return sum(
@@ -108,9 +113,7 @@ def test_sink_waits_for_clickhouse_at_start_commits_nothing_then_writes_once(
     log = tmp_path / "sink.log"
     sink = start_logged(away, log, "run", "sink")
     try:
-        wait_for(
-            "two connect retries", lambda: log.read_text().count("nothing consumed or committed") >= 2, log
-        )
+        wait_for("two connect retries", lambda: connect_retries(log) >= 2, log, sink)
         assert sink.poll() is None, "the sink must keep retrying, not exit"
         assert committed_offsets(settings, settings.group("sink"), [settings.topic(EVENTS.topic)]) == {}
     finally:
