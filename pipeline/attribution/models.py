@@ -142,6 +142,8 @@ def _fix_sum(values: list[float], target: float) -> list[float]:
         return values
     # zero shares stay zero (a zero weight must not turn slightly negative)
     order = sorted((i for i in range(len(values)) if values[i] != 0.0), key=lambda i: -abs(values[i]))
+    if not order:  # every share underflowed to zero (a target of a few ulps): the first takes it
+        order = list(range(len(values)))
     for attempt in range(2 * len(order)):
         values[order[attempt // 2]] += math.fsum([target, *(-v for v in values)])
         if math.fsum(values) == target:

@@ -207,7 +207,11 @@ class PathAttributor:
         times = [t[1] for t in state["touches"].values()]
         if times:
             oldest_needed = min([max(times), *(c["occurred_at"] for c in state["conversions"])])
-            horizon = oldest_needed - self.lookback_ms
+            # never moves back: a touch older than ones already pruned goes too (a replay
+            # after a restart re-sends it; keeping it would credit differently the second time)
+            horizon = max(oldest_needed - self.lookback_ms, state.get("horizon", -(2**62)))
+            if any(t[1] < horizon for t in state["touches"].values()):
+                state["horizon"] = horizon
             state["touches"] = {sid: t for sid, t in state["touches"].items() if t[1] >= horizon}
             state["removed"] = {sid: at for sid, at in state["removed"].items() if at >= horizon}
         return state

@@ -322,7 +322,9 @@ def test_attribute_exact_sums_for_awkward_numbers() -> None:
         assert math.fsum(c.revenue_credit for c in credits) == revenue, name
 
 
-@pytest.mark.parametrize("revenue", [322.001766387326, 809477.7956419705, 20818.108509287336, 1e-9, 7e12])
+@pytest.mark.parametrize(
+    "revenue", [322.001766387326, 809477.7956419705, 20818.108509287336, 1e-9, 7e12, 5e-324]
+)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 11])
 def test_attribute_revenue_sums_exactly(revenue: float, n: int) -> None:
     # revenues that once left a half-ulp residue with a plain "add it to the largest" fix

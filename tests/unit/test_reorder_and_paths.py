@@ -391,3 +391,17 @@ def test_property_credits_sum_to_one_and_a_replay_changes_nothing(
     touched = [n for kind, n, *_ in raw if kind == "touch"]
     if len(touched) == len(set(touched)) and not any(kind == "removed" for kind, *_ in raw):
         assert replayed == []  # each session once, none withdrawn: a replay writes no row at all
+
+
+def test_a_touch_older_than_pruned_ones_stays_out_so_a_replay_credits_the_same() -> None:
+    attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
+    first: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(None, touch("s0", 0), first)
+    state = attributor.add_touch(state, touch("s1", 30 * DAY + 1), first)  # s0 now out of every reach
+    state = attributor.convert(state, conversion("e0", 0, "s0"), first)  # older than the pruned touch
+    assert rows_of(first, "attribution") == []
+    replayed: list[tuple[str, dict[str, Any]]] = []
+    state = attributor.add_touch(state, touch("s0", 0), replayed)  # a restart re-reads the input
+    state = attributor.add_touch(state, touch("s1", 30 * DAY + 1), replayed)
+    attributor.convert(state, conversion("e0", 0, "s0"), replayed)
+    assert replayed == []
