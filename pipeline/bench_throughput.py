@@ -43,14 +43,9 @@ def run_throughput(
     profiler = StageProfiler(settings.state_dir / "bench" / "profiles") if profile else None
 
     def profile_window(procs: ProcessSampler, offsets: OffsetSampler) -> None:
-        # from 10% of the input ingested until all of it: every stage is busy then
-        if profiler is None:
-            return
-        done = progress.ingested(offsets) / n
-        if not profiler.started and done >= 0.1:
+        # from 10% of the input ingested until each stage exits (py-spy then writes its samples)
+        if profiler is not None and not profiler.started and progress.ingested(offsets) >= 0.1 * n:
             profiler.start({pid: label for pid, (label, _) in procs.cpu.items() if label in STAGES})
-        elif profiler.started and done >= 1.0:
-            profiler.stop()
 
     try:
         e2e = watch_pipeline(
@@ -142,14 +137,15 @@ def _print_profile(profiler: StageProfiler) -> None:
         console.print("[yellow]--profile: py-spy is not installed (pip install py-spy)[/]")
         return
     table(
-        "where the time goes (py-spy samples per stage process, steady window)",
+        "where the time goes (py-spy samples per stage process)",
         ["stage / package / function", "", "samples"],
         top_rows(profiler.profiles(), STAGES, top=12),
         note=(
-            "window: from 10% of the input ingested until all of it; a sample is the stage's Python "
-            "stack while it runs (idle waits left out); `package`: the file of the innermost Python "
-            "frame (C code such as librdkafka or orjson counts for its Python caller); `function`: "
-            f"that frame's function. Collapsed stacks: {profiler.out_dir}"
+            "window: from 10% of the input ingested until the stage exited (drain tail included); "
+            "a sample is the stage's Python stack while it runs (idle waits left out); `package`: "
+            "the file of the innermost Python frame (C code such as librdkafka or orjson counts for "
+            "its Python caller); `function`: that frame's function."
+            f" Collapsed stacks: {profiler.out_dir}"
         ),
     )
 

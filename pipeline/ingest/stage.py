@@ -113,7 +113,7 @@ class IngestHandler:
             origin = f"{event['source']}/{message.partition()}"
             self.marks.passed(origin, event["occurred_at"])
             valid.append((self.valid_topic, key, {**event, "origin": origin}))
-        for topic, partition, value in pack(valid, self.partitions):
+        for topic, partition, value in pack(valid, self.partitions, spread=(self.events_topic,)):
             produce(self.producer, topic, value, partition=partition)
         self.producer.poll(0)
 

@@ -10,20 +10,57 @@ instead of once per record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import struct
+import zlib
+from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 MAX_ENVELOPE_BYTES = 512 * 1024
+
+_M = 0x5BD1E995
+_SEED = 0x9747B28C
+_MASK = 0xFFFFFFFF
+
+
+@lru_cache(maxsize=64)
+def _words(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}I")
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of ``data`` (the Java client's ``Utils.murmur2``), as an unsigned 32-bit int.
+
+    Whole little-endian words are read in one ``struct`` call: about twice as
+    fast as the byte-by-byte pure-Python versions.
+    """
+    length = len(data)
+    h = (_SEED ^ length) & _MASK
+    count = length >> 2
+    if count:
+        for k in _words(count).unpack_from(data):
+            k = (k * _M) & _MASK
+            k ^= k >> 24
+            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra:
+        tail = count << 2
+        if extra == 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 @lru_cache(maxsize=262_144)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def key_for_partition(prefix: str, partition: int, partitions: int) -> str:
@@ -38,15 +75,22 @@ def pack(
     records: Iterable[tuple[str, str, dict[str, Any]]],
     partitions: Mapping[str, int],
     max_bytes: int = MAX_ENVELOPE_BYTES,
+    spread: Collection[str] = (),
 ) -> list[tuple[str, int, bytes]]:
     """Group (topic, key, record) by destination partition into envelopes.
 
     Returns (topic, partition, value) messages; an envelope is split when it
-    would exceed ``max_bytes``.
+    would exceed ``max_bytes``. Records of the topics in ``spread`` go by
+    ``crc32(key)`` instead of murmur2: the sink's row topics, where nothing
+    keeps state by partition and all that counts is that one key always
+    lands on one partition (a row's versions stay in order); their keys are
+    unique, so murmur2's cache would not help, and crc32 is a C call.
     """
     groups: dict[tuple[str, int], list[bytes]] = {}
     for topic, key, record in records:
-        partition = partition_for(key.encode(), partitions[topic])
+        count = partitions[topic]
+        raw_key = key.encode()
+        partition = zlib.crc32(raw_key) % count if topic in spread else partition_for(raw_key, count)
         groups.setdefault((topic, partition), []).append(orjson.dumps(record))
     out: list[tuple[str, int, bytes]] = []
     for (topic, partition), encoded in groups.items():

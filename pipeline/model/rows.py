@@ -143,3 +143,5 @@ ROW_TABLES: tuple[RowTable, ...] = (
     DEAD_LETTERS,
 )
 ROW_TABLES_BY_NAME = {table.name: table for table in ROW_TABLES}
+ROW_TOPICS = frozenset(table.topic for table in ROW_TABLES)
+"""The sink's input topics (names without prefix)."""

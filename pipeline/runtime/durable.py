@@ -41,6 +41,7 @@ from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
 from pipeline.kafka.topics import COMPACTED
 from pipeline.model.handler import Emission
+from pipeline.model.rows import ROW_TOPICS
 from pipeline.runtime.faults import FaultPlan
 from pipeline.runtime.state import ChangelogRecord
 
@@ -87,7 +88,7 @@ class DurableWriter:
             raise FatalError(f"topics {sorted(missing)} do not exist; run `o2o init`")
         topic = self.settings.topic
         batched = [e for e in emissions if e[0] not in COMPACTED]
-        for name, partition, value in pack(batched, self.partitions):
+        for name, partition, value in pack(batched, self.partitions, spread=ROW_TOPICS):
             produce(self.producer, topic(name), value, partition=partition)
         for name, key, record in emissions:
             if name in COMPACTED:  # compaction needs one keyed message per record

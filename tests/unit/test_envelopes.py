@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from aiokafka.partitioner import DefaultPartitioner
+import random
+import zlib
 
-from pipeline.kafka.envelopes import pack, partition_for, unpack
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as reference_murmur2
+
+from pipeline.kafka.envelopes import murmur2, pack, partition_for, unpack
 
 
 def test_partition_matches_the_java_and_aiokafka_default_partitioner() -> None:
@@ -12,6 +16,24 @@ def test_partition_matches_the_java_and_aiokafka_default_partitioner() -> None:
     partitions = list(range(6))
     for key in (b"p_1", b"user_id:u1", b"s_abc", "é".encode()):
         assert partition_for(key, 6) == partitioner(key, partitions, partitions)
+
+
+def test_murmur2_equals_the_reference_for_every_length_and_tail() -> None:
+    rng = random.Random(5)
+    keys = [b"", *(bytes(rng.randrange(256) for _ in range(n)) for n in range(1, 70) for _ in range(20))]
+    for key in keys:
+        assert murmur2(key) == reference_murmur2(key) & 0xFFFFFFFF, key
+
+
+def test_row_topics_are_spread_by_crc32_and_keep_each_key_on_one_partition() -> None:
+    records = [("rows.x", f"row{i}", {"i": i}) for i in range(40)] + [("t", "k", {"i": -1})]
+    messages = pack(records, {"rows.x": 4, "t": 4}, spread={"rows.x"})
+    for topic, partition, value in messages:
+        for record in unpack(value):
+            key = f"row{record['i']}".encode() if topic == "rows.x" else b"k"
+            expected = zlib.crc32(key) % 4 if topic == "rows.x" else partition_for(key, 4)
+            assert partition == expected
+    assert len({p for t, p, _v in messages if t == "rows.x"}) > 1
 
 
 def test_pack_groups_by_partition_in_order_and_unpacks() -> None:
