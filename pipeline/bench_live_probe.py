@@ -99,7 +99,7 @@ class LiveProbe:
         self.error: str | None = None
         self.kinds = {kind: Seen() for kind in ("events", "conversions", "credits")}
         self.query_s: list[float] = []
-        self.stored = (0, 0, 0)  # rows in events_store, conversions_store; conversions credited
+        self.stored = (0, 0, 0)  # events stored, conversions stored, conversions credited
         self.query_errors = 0
         self._threads: list[threading.Thread] = []
 
@@ -146,7 +146,8 @@ class LiveProbe:
 
         Nothing is looked up item by item while the pipeline runs: a query
         runs in the sink's process and would slow what it measures. Every
-        :data:`PROGRESS_S` one cheap count per table; once sending ended and
+        :data:`PROGRESS_S` one count of distinct ids per table (a row stored in
+        two versions counts once); once sending ended and
         the counts reach what was sent (or ``bound`` seconds later), one
         query per table reads the ``inserted_at`` of every row.
         """
@@ -183,7 +184,8 @@ class LiveProbe:
 
     def _counts(self) -> tuple[int, int, int]:
         rows = self._query(
-            "SELECT (SELECT count() FROM {db}.events_store), (SELECT count() FROM {db}.conversions_store), "
+            "SELECT (SELECT uniqExact(event_id) FROM {db}.events_store), "
+            "(SELECT uniqExact(event_id) FROM {db}.conversions_store), "
             "(SELECT uniqExact(conversion_id) FROM {db}.attribution_store)"
         )
         return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else self.stored

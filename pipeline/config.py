@@ -151,7 +151,7 @@ class Settings(BaseSettings):
 
     # Sink
     sink_batch_rows: int = Field(20_000, ge=1)
-    sink_flush_seconds: float = Field(1.0, gt=0)
+    sink_flush_seconds: float = Field(0.5, gt=0)
 
     metrics_port: int = Field(0, ge=0, le=65530, description="0: off; stage n serves /metrics on port + n")
     metrics_host: str = Field("127.0.0.1", description="address of the stages' /metrics")
