@@ -327,3 +327,43 @@ def test_kafka_away_means_503_and_unhealthy(settings: Settings) -> None:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+SINGLE_CALLS = [  # (route, write key, message without a "type": the route decides the call)
+    ("/v1/track", WEB_KEY, {"event": "Order Completed", "anonymousId": "a-5",
+                            "properties": {"orderId": "o-5", "revenue": 5, "currency": "EUR"}}),
+    ("/v1/t", WEB_KEY, {"event": "Product Viewed", "anonymousId": "a-5"}),
+    ("/v1/identify", WEB_KEY, {"userId": "u-5", "anonymousId": "a-5", "traits": {"email": "e@example.com"}}),
+    ("/v1/i", WEB_KEY, {"userId": "u-5"}),
+    ("/v1/page", WEB_KEY, {"anonymousId": "a-5", "name": "Home"}),
+    ("/v1/p", WEB_KEY, {"anonymousId": "a-5"}),
+    ("/v1/alias", WEB_KEY, {"userId": "u-5", "previousId": "a-4"}),
+    ("/v1/screen", APP_KEY, {"anonymousId": "d-5", "name": "Home"}),
+    ("/v1/s", APP_KEY, {"anonymousId": "d-5"}),
+]  # fmt: skip
+
+
+def test_segment_single_call_routes_deliver_one_event_each(settings: Settings, collector: Running) -> None:
+    for route, key, message in SINGLE_CALLS:
+        body = {**message, "messageId": f"single{route}"}
+        r = httpx.post(f"{collector.url}{route}", json=body, auth=(key, ""))
+        assert (r.status_code, r.json()) == (200, {"success": True, "accepted": 1, "rejected": []}), route
+    got = by_event_id(consume(settings, ["raw.web", "raw.app", "dlq"], len(SINGLE_CALLS)))
+    assert {event_id: (m.topic.rsplit(".", 1)[1], m.value["type"]) for event_id, m in got.items()} == {
+        "single/v1/track": ("web", "order_completed"),
+        "single/v1/t": ("web", "product_view"),
+        "single/v1/identify": ("web", "login"),
+        "single/v1/i": ("web", "login"),
+        "single/v1/page": ("web", "page_view"),
+        "single/v1/p": ("web", "page_view"),
+        "single/v1/alias": ("web", "login"),
+        "single/v1/screen": ("app", "screen_view"),
+        "single/v1/s": ("app", "screen_view"),
+    }
+    assert got["single/v1/identify"].value["ids"] == {"user_id": "u-5", "anonymous_id": "a-5",
+                                                      "email": "e@example.com"}  # fmt: skip
+    assert got["single/v1/alias"].value["ids"] == {"anonymous_id": "a-4", "user_id": "u-5"}
+    assert got["single/v1/track"].value["properties"]["order_id"] == "o-5"
+    metrics = httpx.get(f"{collector.url}/metrics").text
+    for route, _key, _message in SINGLE_CALLS:
+        assert f'o2o_collector_requests_total{{route="{route}",status="200"}} 1.0' in metrics
