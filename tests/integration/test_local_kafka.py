@@ -8,6 +8,8 @@ whole module on random free ports with a temporary state folder.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StackError
+from pipeline.stack.kafka_dist import DIST_CACHE_ENV
 from pipeline.stack.local_kafka import LocalKafka, StackStatus, free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -139,15 +142,30 @@ def test_taken_port_gives_stack_error(tmp_path: Path, dist_cache: Path) -> None:
     assert not stack.pid_file.exists()
 
 
-def test_down_then_up_keeps_data(kafka: LocalKafka) -> None:
+def stack_cli(kafka: LocalKafka, *args: str) -> subprocess.CompletedProcess[str]:
+    """``o2o stack ARGS`` through the real command line, on this module's broker."""
+    env = {**settings_env(kafka.settings), DIST_CACHE_ENV: str(kafka.dist_cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "stack", *args],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_down_then_up_keeps_data_through_the_cli(kafka: LocalKafka) -> None:
     _ensure_topic(kafka.status().bootstrap)
     old_pid = kafka.status().pid
-    kafka.down()
+    status = stack_cli(kafka, "status")
+    assert status.returncode == 0 and "running: True" in status.stdout and f"pid: {old_pid}" in status.stdout
+    down = stack_cli(kafka, "down")
+    assert down.returncode == 0 and "Kafka stopped" in down.stderr, down.stderr
     stopped = kafka.status()
     assert not stopped.running and stopped.pid is None and stopped.topics is None
     assert not kafka.pid_file.exists()
-    kafka.down()  # idempotent
-    status = kafka.up()
+    assert stack_cli(kafka, "status").returncode == 3  # not running
+    assert stack_cli(kafka, "down").returncode == 0  # idempotent
+    up = stack_cli(kafka, "up")
+    assert up.returncode == 0 and f"Kafka {VERSION} running" in up.stderr, up.stderr
+    status = kafka.status()
     assert status.ready and status.pid != old_pid
     assert TOPIC in _topics(status.bootstrap)
 
