@@ -8,7 +8,7 @@ source and input partition) and holds events until every active stream has
 passed their time (the watermark is the minimum over streams of the newest
 event time seen), then releases them sorted. A stream that sent nothing for
 ``idle_seconds`` of processing time stops holding the others back, and so,
-at once, does a stream whose source said it has nothing more for now
+at once, does a stream whose source said it has read everything there was
 (:meth:`ReorderBuffer.progress`: ingest's progress marks). Events older than
 what was already released are let through at once and counted as late; the
 journeys stage then places them (see docs/journeys.md).
@@ -50,7 +50,7 @@ class ReorderBuffer:
         """Buffer one event; returns the late event itself when it is older than what was released."""
         at = event["occurred_at"]
         stream = self.stream_of(event)
-        self._seen(stream, at, caught_up=False)
+        self._seen(stream, at)
         if at < self.released_up_to:
             self.late += 1
             return [event]
@@ -58,21 +58,22 @@ class ReorderBuffer:
         heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
         return []
 
-    def progress(self, stream: str, at: int | None, caught_up: bool) -> None:
+    def progress(self, stream: str, caught_up: bool) -> None:
         """What the source of ``stream`` says about it, in order with the stream's events.
 
-        ``at``: nothing later on the stream is older than this (the newest
-        event time the source has passed on, ``None`` when it has passed on
-        nothing yet). ``caught_up``: the source has read everything there was;
-        the stream holds nothing back until its next event.
+        ``caught_up``: the source has read everything there was, so the stream
+        holds nothing back until its next event. Otherwise it is reading
+        again: a stream known here stays active (its idle clock restarts).
         """
-        if at is None and stream not in self._newest:
-            if caught_up:
-                self._caught_up.add(stream)
-            return
-        self._seen(stream, at if at is not None else self._newest[stream], caught_up)
+        if caught_up:
+            self._caught_up.add(stream)
+        elif stream in self._newest:
+            self._seen(stream, self._newest[stream])
+        else:
+            self._caught_up.discard(stream)
 
-    def _seen(self, stream: str, at: int, caught_up: bool) -> None:
+    def _seen(self, stream: str, at: int) -> None:
+        """``stream`` is active, at ``at`` or later."""
         now = self.clock()
         if self._waiting:
             # expected streams start their idle clock with the first input, not
@@ -82,10 +83,7 @@ class ReorderBuffer:
             self._waiting.clear()
         self._newest[stream] = max(self._newest.get(stream, at), at)
         self._last_seen[stream] = now
-        if caught_up:
-            self._caught_up.add(stream)
-        else:
-            self._caught_up.discard(stream)
+        self._caught_up.discard(stream)
 
     def expect(self, streams: Sequence[str]) -> None:
         """Streams known to exist: each holds everything back until it sends or goes idle.

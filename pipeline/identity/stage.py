@@ -94,8 +94,8 @@ class IdentityHandler:
     def _progress(self, record: dict[str, Any]) -> None:
         """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""
         partition = record["partition"]
-        for origin, (at, at_end) in record["marks"].items():
-            self.reorder.buffer.progress(f"{origin}>{partition}", at, at_end)
+        for origin, at_end in record["marks"].items():
+            self.reorder.buffer.progress(f"{origin}>{partition}", bool(at_end))
 
     def _forget(self, record: dict[str, Any]) -> list[Emission]:
         """Drop erased persons and identifiers from the graph; tell journeys (once, from copy 0)."""

@@ -1,17 +1,22 @@
-"""Progress marks: ingest tells identity how far each raw partition has got (pure, no Kafka).
+"""Progress marks: ingest tells identity which raw partitions it has read to the end (pure, no Kafka).
 
 Identity's reorder buffer (pipeline/identity/reorder.py) holds events until
-every stream ``<origin>>[valid partition]`` has passed their time. A stream
-that carries few events would hold the others back until it goes idle, which
-at low rates is most of the time. Ingest knows better: it has read each raw
-partition (an origin) up to some event time, and it knows when it has read a
-partition to its end. It writes that, as a ``progress`` record, to every
-``events.valid`` partition, after the events it describes, so the record
-reaches identity in order with them:
+every stream ``<origin>><valid partition>`` has passed their time. A stream
+that has nothing to say would hold the others back until it goes idle (5 s),
+which at low rates is most of the time. Ingest knows better: it knows when it
+has read a raw partition (an origin) to its end. It writes that, as a
+``progress`` record, to every ``events.valid`` partition, after the events it
+describes, so the record reaches identity in order with them:
 
-    {"record": "progress", "partition": 3, "marks": {"web/0": [1733000000000, true], ...}}
+    {"record": "progress", "partition": 3, "marks": {"web/0": true, "app/1": false, ...}}
 
-A mark is ``[newest event time passed on, or null; read to the end]``.
+``true``: read to the end, so the origin's streams hold nothing back until
+their next event; ``false``: reading again.
+
+Marks carry no event time on purpose: an origin's newest event time says
+nothing about its streams unless its events come in event-time order, and
+when they do not (devices that upload late) passing it on would release held
+events early and turn more of them late.
 """
 
 from __future__ import annotations
@@ -22,29 +27,25 @@ from typing import Any
 
 
 class ProgressMarks:
-    """The newest event time and end-of-partition state of each origin, and when to tell."""
+    """Which origins ingest has read to the end, and when to tell."""
 
     def __init__(self, interval_seconds: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_seconds = interval_seconds
         self.clock = clock
-        self.newest: dict[str, int] = {}
-        self.at_end: set[str] = set()
+        self.at_end: dict[str, bool] = {}
         self._changed = False
         self._sent_at = -float("inf")
 
-    def passed(self, origin: str, occurred_at: int) -> None:
-        """An event of ``origin`` was passed on."""
-        if occurred_at > self.newest.get(origin, -(2**62)):
-            self.newest[origin] = occurred_at
-            self._changed = True
-        if origin in self.at_end:
-            self.at_end.discard(origin)
+    def passed(self, origin: str) -> None:
+        """An event of ``origin`` was passed on: it is being read."""
+        if self.at_end.get(origin) is not False:
+            self.at_end[origin] = False
             self._changed = True
 
     def reached_end(self, origin: str) -> None:
         """Everything ``origin`` held has been read."""
-        if origin not in self.at_end:
-            self.at_end.add(origin)
+        if not self.at_end.get(origin):
+            self.at_end[origin] = True
             self._changed = True
 
     def due(self) -> bool:
@@ -55,6 +56,5 @@ class ProgressMarks:
         """One progress record per ``events.valid`` partition; the marks count as sent."""
         self._changed = False
         self._sent_at = self.clock()
-        origins = sorted(self.newest.keys() | self.at_end)
-        marks = {origin: [self.newest.get(origin), origin in self.at_end] for origin in origins}
+        marks = dict(sorted(self.at_end.items()))
         return [{"record": "progress", "partition": p, "marks": marks} for p in range(partitions)]

@@ -24,7 +24,7 @@ def test_a_caught_up_stream_stops_holding_back_at_once_and_holds_again_with_its_
     buf.add(ev(10, "pos"))
     buf.add(ev(100, "web"))
     assert times(buf.release()) == [10]  # pos, at 10, holds web's 100
-    buf.progress("pos", 10, caught_up=True)  # ingest read pos to its end: long before 60 s idle
+    buf.progress("pos", caught_up=True)  # ingest read pos to its end: long before 60 s idle
     assert times(buf.release()) == [100]
     buf.add(ev(150, "pos"))  # pos sends again: it holds back again
     buf.add(ev(200, "web"))
@@ -32,20 +32,20 @@ def test_a_caught_up_stream_stops_holding_back_at_once_and_holds_again_with_its_
     assert buf.late == 0
 
 
-def test_a_mark_moves_a_quiet_stream_on_without_an_event() -> None:
-    buf = ReorderBuffer(idle_seconds=60, clock=FakeClock())
+def test_a_stream_reading_again_holds_back_and_its_idle_clock_restarts() -> None:
+    clock = FakeClock()
+    buf = ReorderBuffer(idle_seconds=5, clock=clock)
     buf.add(ev(10, "pos"))
+    buf.progress("pos", caught_up=True)
+    buf.progress("pos", caught_up=False)  # more pos input on its way, none here yet
     buf.add(ev(100, "web"))
-    buf.add(ev(300, "web"))
-    assert times(buf.release()) == [10]
-    buf.progress("pos", 120, caught_up=False)  # pos passed 120 on another partition
+    assert times(buf.release()) == [10]  # pos, at 10, holds web's 100 again
+    clock.now = 4.0
+    buf.progress("pos", caught_up=False)  # still reading: not idle at 5 s after its last event
+    clock.now = 6.0
+    assert buf.release() == []
+    clock.now = 9.5  # 5.5 s since pos last said anything: idle
     assert times(buf.release()) == [100]
-    buf.progress("pos", 110, caught_up=False)  # marks never move a stream back
-    buf.add(ev(115, "pos"))  # pos is still at 120: 115 is released, 300 stays held
-    assert times(buf.release()) == [115]
-    buf.progress("pos", 400, caught_up=False)
-    assert times(buf.release()) == [300]
-    assert buf.late == 0
 
 
 def test_an_expected_stream_read_to_its_end_without_events_holds_nothing() -> None:
@@ -53,9 +53,9 @@ def test_an_expected_stream_read_to_its_end_without_events_holds_nothing() -> No
     buf.expect(["web", "pos"])
     buf.add(ev(10, "web"))
     assert buf.release() == []
-    buf.progress("pos", None, caught_up=False)  # still reading: keeps holding
+    buf.progress("pos", caught_up=False)  # still reading: keeps holding
     assert buf.release() == []
-    buf.progress("pos", None, caught_up=True)
+    buf.progress("pos", caught_up=True)
     assert times(buf.release()) == [10]
 
 
@@ -63,23 +63,21 @@ def test_marks_are_sent_when_changed_and_at_most_once_per_interval() -> None:
     clock = FakeClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock)
     assert not marks.due()
-    marks.passed("web/0", 50)
-    marks.passed("web/0", 40)  # an older event does not move the mark back
+    marks.passed("web/0")
     marks.reached_end("pos/1")
     assert marks.due()
-    records = marks.records(2)
-    assert records == [
-        {"record": "progress", "partition": p, "marks": {"pos/1": [None, True], "web/0": [50, False]}}
-        for p in (0, 1)
+    assert marks.records(2) == [
+        {"record": "progress", "partition": p, "marks": {"pos/1": True, "web/0": False}} for p in (0, 1)
     ]
+    marks.passed("web/0")
+    assert not marks.due()  # nothing changed
     marks.reached_end("web/0")
     assert not marks.due()  # within the interval
     clock.now = 0.2
     assert marks.due()
-    assert marks.records(1)[0]["marks"]["web/0"] == [50, True]
-    assert not marks.due()  # nothing changed since
-    marks.passed("web/0", 60)  # reading again: no longer at the end
-    assert marks.records(1)[0]["marks"]["web/0"] == [60, False]
+    assert marks.records(1)[0]["marks"] == {"pos/1": True, "web/0": True}
+    marks.passed("web/0")  # reading again
+    assert marks.records(1)[0]["marks"]["web/0"] is False
 
 
 def test_identity_applies_a_progress_record_to_the_stream_of_its_partition() -> None:
@@ -92,7 +90,7 @@ def test_identity_applies_a_progress_record_to_the_stream_of_its_partition() -> 
     }  # fmt: skip
     assert handler.process([event]) == []  # pos/0 is expected and has said nothing
     assert tables["identity_pending"]  # the held event is kept in state
-    out = handler.process([{"record": "progress", "partition": 0, "marks": {"pos/0": [None, True]}}])
+    out = handler.process([{"record": "progress", "partition": 0, "marks": {"pos/0": True}}])
     assert [(topic, record["event_id"]) for topic, _key, record in out if "event_id" in record] == [
         ("events.identified", "e1")
     ]
