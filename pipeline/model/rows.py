@@ -145,3 +145,8 @@ ROW_TABLES: tuple[RowTable, ...] = (
 ROW_TABLES_BY_NAME = {table.name: table for table in ROW_TABLES}
 ROW_TOPICS = frozenset(table.topic for table in ROW_TABLES)
 """The sink's input topics (names without prefix)."""
+
+FILLED_BY_CLICKHOUSE: dict[str, tuple[str, ...]] = dict.fromkeys(
+    ("events_store", "conversions_store", "attribution_store"), ("inserted_at",)
+)
+"""Storage columns the sink never sends: ClickHouse fills them (``inserted_at``: when it stored the row)."""
