@@ -42,31 +42,38 @@ def events() -> list[bytes]:
 
 
 def all_messages(settings: Settings) -> list[tuple[str, bytes]]:
+    """Every message (key, value, headers) of every topic under the prefix except the raw ones."""
     admin = admin_client(settings)
     topics = admin.list_topics(timeout=10).topics
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "pii-scan"})
-    found: list[tuple[str, bytes]] = []
+    left: dict[tuple[str, int], int] = {}  # partition -> its end offset, until read up to it
+    assignment = []
     for name, meta in topics.items():
         if not name.startswith(settings.topic_prefix) or ".raw." in f".{name}":
             continue
         for p in meta.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-            if high <= low:
+            if high > low:
+                left[(name, p)] = high
+                assignment.append(TopicPartition(name, p, low))
+    consumer.assign(assignment)  # all at once: one fetch serves every partition
+    found: list[tuple[str, bytes]] = []
+    idle = 0
+    # offsets can have gaps (compaction): read up to each end offset, not a count of messages
+    while left and idle < 5:
+        batch = consumer.consume(1000, timeout=1)
+        idle = 0 if batch else idle + 1
+        for m in batch:
+            if m.error() is not None:
                 continue
-            consumer.assign([TopicPartition(name, p, low)])
-            next_offset, idle = low, 0
-            # offsets can have gaps (transaction markers, compaction): read up
-            # to the end offset, not a count of messages
-            while next_offset < high and idle < 5:
-                batch = consumer.consume(1000, timeout=1)
-                idle = 0 if batch else idle + 1
-                for m in batch:
-                    if m.error() is None:
-                        next_offset = (m.offset() or 0) + 1
-                        found.append((name, (m.key() or b"") + b"|" + (m.value() or b"")))
-                        for _k, v in m.headers() or []:
-                            found.append((name, v or b""))
+            name, partition = m.topic() or "", m.partition() or 0
+            if (m.offset() or 0) + 1 >= left.get((name, partition), 0):
+                left.pop((name, partition), None)
+            found.append((name, (m.key() or b"") + b"|" + (m.value() or b"")))
+            for _k, v in m.headers() or []:
+                found.append((name, v or b""))
     consumer.close()
+    assert not left, f"partitions not read to their end: {sorted(left)}"
     return found
 
 
