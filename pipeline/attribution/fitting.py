@@ -28,7 +28,7 @@ from pipeline.kafka import topics
 log = logging.getLogger(__name__)
 
 SESSIONS_SQL = """
-SELECT person_id, toUnixTimestamp64Milli(started_at) AS started_at, channel, conversions > 0 AS converted
+SELECT person_id, toUnixTimestamp64Milli(started_at) AS started_ms, channel, conversions > 0 AS converted
 FROM {db}.sessions
 WHERE started_at >= fromUnixTimestamp64Milli(toInt64({since}))
 ORDER BY person_id, started_at, session_id

@@ -23,7 +23,25 @@ def test_fit_publish_store_and_credit_new_conversions(settings: Settings, tmp_pa
     before = query(settings, "SELECT count() FROM {db}.attribution WHERE model IN ('markov', 'shapley')")
     assert before == [(0,)]  # no fit yet: no data-driven credits
 
-    fitted = o2o(settings, "attribution", "fit", "--report", "--format", "json")
+    # converting sessions since the middle of the simulated days, counted here in SQL
+    (day,) = query(settings, "SELECT toString(toDate(min(started_at)) + 5) FROM {db}.sessions")[0]
+    since, every = query(
+        settings,
+        f"SELECT countIf(conversions > 0 AND toDate(started_at) >= '{day}'), countIf(conversions > 0) "
+        "FROM {db}.sessions",
+    )[0]
+    assert 0 < since < every
+
+    # a dry run fits every path at the default order 1, prints, and publishes nothing (checked below)
+    dry = o2o(settings, "attribution", "fit", "--dry-run", "--format", "json")
+    assert f"{every:,} with a conversion" in dry.stderr and "fitted markov: version markov-o1-" in dry.stderr
+    assert "published" not in dry.stderr
+    assert {row["channel"] for row in orjson.loads(dry.stdout)} >= {"store", "direct"}
+
+    fitted = o2o(
+        settings, "attribution", "fit", "--since", day, "--order", "2", "--report", "--format", "json"
+    )
+    assert f"{since:,} with a conversion" in fitted.stderr and "version markov-o2-" in fitted.stderr
     weights = orjson.loads(fitted.stdout[fitted.stdout.index("[") :])
     assert {row["channel"] for row in weights} >= {"store", "direct"}
     for kind in ("markov", "shapley"):
@@ -45,11 +63,15 @@ def test_fit_publish_store_and_credit_new_conversions(settings: Settings, tmp_pa
     o2o(settings, "produce", "--file", str(path))
     o2o(settings, "run", "all", "--drain", timeout=300)
 
+    # stored rows, not the deduplicating view: the dry run published nothing; --since and
+    # --order shaped the one published fit of each kind
     models = query(
-        settings, "SELECT kind, model_version, markov_order FROM {db}.attribution_models ORDER BY kind"
+        settings,
+        "SELECT kind, model_version, markov_order, conversions_used FROM {db}.attribution_models_store "
+        "ORDER BY kind",
     )
-    assert [(k, o) for k, _v, o in models] == [("markov", 1), ("shapley", 1)]
-    versions = {k: v for k, v, _o in models}
+    assert [(k, o, c) for k, _v, o, c in models] == [("markov", 2, since), ("shapley", 1, since)]
+    versions = {k: v for k, v, _o, _c in models}
     latest = query(
         settings,
         "SELECT kind, sum(weight) FROM {db}.attribution_model_weights "
