@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of new topics")
     replication_factor: int = Field(1, ge=1, le=16, description="replication of new topics")
     consumer_group_prefix: str = Field("", description="prefix of consumer group ids (default: topic prefix)")
+    group_session_timeout_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="a group member silent this long (a crashed stage) loses its partitions to the others",
+    )
 
     # Local broker (o2o stack)
     state_dir: Path = Field(Path(".state"), description="folder for broker data, logs, chDB data")

@@ -43,7 +43,9 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
         "fetch.wait.max.ms": 100,
         "queued.max.messages.kbytes": 256 * 1024,
         "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": 10000,  # a crashed member's partitions move on after 10 s
+        # a crashed member's partitions move on after this (librdkafka heartbeats every third of it)
+        "session.timeout.ms": int(settings.group_session_timeout_seconds * 1000),
+        "heartbeat.interval.ms": max(int(settings.group_session_timeout_seconds * 1000 / 3), 100),
     }
     conf.update(extra)
     return conf

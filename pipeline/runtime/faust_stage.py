@@ -110,8 +110,9 @@ class FaustStage:
             broker_commit_interval=0.5 if self.drain else 2.0,
             broker_commit_every=self.batch_size,
             table_standby_replicas=0,
-            broker_session_timeout=10.0,  # faust's default of 60 s delays every restart after a crash
-            broker_heartbeat_interval=3.0,
+            # faust's default of 60 s would delay every restart after a crash
+            broker_session_timeout=settings.group_session_timeout_seconds,
+            broker_heartbeat_interval=settings.group_session_timeout_seconds / 3,
             stream_buffer_maxsize=8192,
         )
         partitions = self.source_partitions

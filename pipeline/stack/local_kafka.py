@@ -382,6 +382,7 @@ class LocalKafka:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",  # O2O_GROUP_SESSION_TIMEOUT_SECONDS may go down to 1
             "log.retention.hours": "168",
         }
         lines = [

@@ -29,7 +29,7 @@ from pipeline.config import Settings
 from pipeline.kafka import topics
 from pipeline.kafka.admin import admin_client, committed_offsets, end_offsets
 from pipeline.simulate import simulate
-from tests.conftest import o2o, start_o2o
+from tests.conftest import TEST_GROUP_SESSION_TIMEOUT, o2o, start_o2o
 from tests.integration.views import differences, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -72,6 +72,7 @@ def undisturbed(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{tag}.", clickhouse_database=f"t_{tag}",
         clickhouse_dsn=f"chdb://{chdb_folder}", state_dir=tmp_path_factory.mktemp("undisturbed"),
         partitions=2, sink_flush_seconds=0.3, allowed_lateness_minutes=LATENESS_MINUTES,
+        group_session_timeout_seconds=TEST_GROUP_SESSION_TIMEOUT,
     )  # fmt: skip
     o2o(settings, "init")
     o2o(settings, "produce", "--file", str(events_file))
@@ -221,29 +222,35 @@ class _Offsets:
 
 
 def test_random_kills_of_any_stage(
-    settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
 ) -> None:
     """Chaos: SIGKILLs of stages, in random order, each on a condition, never after a fixed time.
 
-    In each round, the first stage (checked in a random order) that has
-    committed more in this run and still has input pending is killed. Its
-    offsets are read again once it is dead, so what is recorded is what it
-    had committed when it died.
+    The input arrives in pieces while `run all` runs, so every stage keeps
+    having work pending. In each round, the first stage (checked in a random
+    order) that has committed more in this round and still has input pending
+    is killed; `run all` then stops the others. Its offsets are read again
+    once it is dead, so what is recorded is what it had committed when it died.
     """
     o2o(settings, "init")
-    o2o(settings, "produce", "--file", str(events_file))
     chance = random.Random(20261202)
     offsets = _Offsets(settings)
+    pieces = _chunks(events_file, 9)
     kills: list[tuple[str, int, int]] = []
     try:
-        for _round in range(4):
-            if len(kills) == 2:
-                break
+        for round_pieces in (pieces[:3], pieces[3:6], pieces[6:]):
             before = {stage: offsets.of(stage)[0] for stage in STAGE_NAMES}
-            run = start_o2o(settings, "run", "all", "--drain")
+            run = start_o2o(settings, "run", "all")
             try:
-                while run.poll() is None and not _kill_one(run.pid, offsets, before, chance, kills):
-                    time.sleep(0.1)
+                killed = False
+                for piece in round_pieces:
+                    _produce(settings, piece, tmp_path)
+                    deadline = time.monotonic() + 3.0
+                    while not killed and run.poll() is None and time.monotonic() < deadline:
+                        killed = _kill_one(run.pid, offsets, before, chance, kills)
+                        time.sleep(0.05)
+                if not killed:
+                    os.killpg(run.pid, signal.SIGTERM)  # a clean stop; the next round goes on
                 run.communicate(timeout=120)
             finally:
                 if run.poll() is None:
@@ -259,8 +266,13 @@ def test_random_kills_of_any_stage(
 def _kill_one(
     parent: int, offsets: _Offsets, before: dict[str, int], chance: random.Random, kills: list[Any]
 ) -> bool:
-    """Kill the first stage that committed in this run and has input pending; record its offsets."""
-    for stage in chance.sample(STAGE_NAMES, len(STAGE_NAMES)):
+    """Kill the first stage that committed in this run and has input pending; record its offsets.
+
+    Stages are checked in a random order, those not killed yet first.
+    """
+    order = chance.sample(STAGE_NAMES, len(STAGE_NAMES))
+    order.sort(key=lambda stage: any(killed == stage for killed, *_ in kills))  # others first
+    for stage in order:
         committed, end = offsets.of(stage)
         if before[stage] < committed < end:
             victim = _stage_process(parent, stage)
