@@ -93,6 +93,16 @@ def start_o2o(settings: Settings, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def stop_o2o(child: subprocess.Popen[str], timeout: float = 90) -> None:
+    """SIGTERM to a background ``o2o`` and its stages; SIGKILL if they do not stop in time."""
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # never leave a stage holding the chDB folder
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+
+
 def o2o(
     settings: Settings, *args: str, timeout: float = 240, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.clickhouse.query_server import live_endpoint
 from pipeline.config import Settings
-from tests.conftest import at, o2o, query
+from tests.conftest import at, o2o, query, start_o2o, stop_o2o
 from tests.conftest import story_event as ev
+from tests.integration.test_late_arrivals_e2e import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +38,13 @@ def produce(settings: Settings, path: Path, events: list[dict[str, Any]]) -> Non
 
 
 def counts(settings: Settings) -> dict[str, int]:
-    return {t: query(settings, f"SELECT count() FROM {{db}}.{t}")[0][0] for t in TABLES}
+    (row,) = query(settings, "SELECT " + ", ".join(f"(SELECT count() FROM {{db}}.{t})" for t in TABLES))
+    return dict(zip(TABLES, row, strict=True))
+
+
+def forget(settings: Settings, *args: str) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(o2o(settings, "forget", *args, "--format", "json").stdout)
+    return result
 
 
 def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Settings, tmp_path: Path) -> None:
@@ -52,45 +60,62 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
     )
     assert alice_credits > 0 and bob_credits > 0 and alice_credits + bob_credits == before["attribution"]
 
-    dry = orjson.loads(
-        o2o(settings, "forget", "--id", "email:alice@example.com", "--dry-run", "--format", "json").stdout
-    )
-    assert dry["dry_run"] and dry["rows"]["events_store"] == 3
-    assert counts(settings) == before  # a dry run changes nothing
+    # from here the pipeline runs live (no --drain): the sink holds the chDB folder, so `o2o forget`
+    # erases through its query server; short sessions and a 1 s idle partition for Carol below
+    running = settings.model_copy(update={"idle_partition_seconds": 1.0, "session_timeout_minutes": 0.05})
+    pipeline = start_o2o(running, "run", "all")
+    try:
+        wait_for(lambda: live_endpoint(settings) is not None, "the sink's query server", timeout=60)
+        dry = forget(settings, "--id", "email:alice@example.com", "--dry-run")
+        assert dry["dry_run"] and dry["rows"]["events_store"] == 3
+        assert counts(settings) == before  # a dry run changes nothing
 
-    done = orjson.loads(
-        o2o(settings, "forget", "--id", "email: ALICE@example.com ", "--format", "json").stdout
-    )
-    assert len(done["persons"]) == 1 and done["identifiers_suppressed"] == 3
-    assert done["rows"]["events_store"] == 3 and done["rows"]["conversions_store"] == 1
-    after = counts(settings)
-    assert after == {"events": 2, "sessions": 1, "conversions": 1, "attribution": bob_credits,
-                     "identities": 1}  # fmt: skip
-    assert query(settings, "SELECT DISTINCT person_id FROM {db}.events") == query(
-        settings, "SELECT person_id FROM {db}.identities WHERE id_value = 'c-bob'"
-    )
-    assert {r[0] for r in query(settings, "SELECT conversion_id FROM {db}.attribution")} == {
-        r[0] for r in query(settings, "SELECT conversion_id FROM {db}.conversions")
-    }
+        done = forget(settings, "--id", "email: ALICE@example.com ")
+        assert len(done["persons"]) == 1 and done["identifiers_suppressed"] == 3
+        assert done["rows"]["events_store"] == 3 and done["rows"]["conversions_store"] == 1
+        after = counts(settings)
+        assert after == {"events": 2, "sessions": 1, "conversions": 1, "attribution": bob_credits,
+                         "identities": 1}  # fmt: skip
+        assert query(settings, "SELECT DISTINCT person_id FROM {db}.events") == query(
+            settings, "SELECT person_id FROM {db}.identities WHERE id_value = 'c-bob'"
+        )
+        assert {r[0] for r in query(settings, "SELECT conversion_id FROM {db}.attribution")} == {
+            r[0] for r in query(settings, "SELECT conversion_id FROM {db}.conversions")
+        }
 
-    # later events carrying any of her identifiers become dead letters
-    produce(settings, tmp_path / "2.jsonl", [
-        ev("a4", "web", "page_view", at(days=2), {"anonymous_id": "c-alice"}),
-        ev("a5", "pos", "loyalty_scan", at(days=2, hours=1), {"loyalty_id": "L-alice"}, **STORE,
-           properties={"store_id": "s1"}),
-        ev("b3", "web", "page_view", at(days=2), {"anonymous_id": "c-bob"}),
-    ])  # fmt: skip
-    o2o(settings, "run", "all", "--drain")
-    assert query(settings, "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason") == [
-        ("suppressed", 2)
-    ]
-    assert counts(settings)["events"] == 3  # Bob's new page view only
+        # later events carrying any of her identifiers become dead letters
+        produce(settings, tmp_path / "2.jsonl", [
+            ev("a4", "web", "page_view", at(days=2), {"anonymous_id": "c-alice"}),
+            ev("a5", "pos", "loyalty_scan", at(days=2, hours=1), {"loyalty_id": "L-alice"}, **STORE,
+               properties={"store_id": "s1"}),
+            ev("b3", "web", "page_view", at(days=2), {"anonymous_id": "c-bob"}),
+            ev("c1", "web", "page_view", at(days=2, hours=2), {"anonymous_id": "c-carol"}),
+        ])  # fmt: skip
+        letters = "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason"
+        wait_for(lambda: query(settings, letters) == [("suppressed", 2)], "suppressed dead letters", 30)
+        stored = "SELECT event_id FROM {db}.events ORDER BY event_id"
+        wait_for(lambda: len(query(settings, stored)) == 4, "Bob's and Carol's page views")
+        assert query(settings, stored) == [("b1",), ("b2",), ("b3",), ("c1",)]  # none of Alice's
 
-    again = orjson.loads(
-        o2o(settings, "forget", "--id", "email:alice@example.com", "--format", "json").stdout
-    )
-    assert again["persons"] == [] and sum(again["rows"].values()) == 0  # idempotent
-    assert counts(settings)["events"] == 3
+        # Carol's second page view joins her session; no input follows, so only the idle
+        # partition timer moves event time past the 3 s session timeout and closes the session,
+        # which publishes it again with both page views while the pipeline still runs
+        carol = (
+            "SELECT s.event_count, s.version FROM {db}.sessions AS s "
+            "WHERE s.session_id IN (SELECT session_id FROM {db}.events WHERE event_id = 'c1')"
+        )
+        assert query(settings, carol) == [(1, 1)]
+        produce(settings, tmp_path / "3.jsonl", [
+            ev("c2", "web", "page_view", at(days=2, hours=2, seconds=1), {"anonymous_id": "c-carol"}),
+        ])  # fmt: skip
+        wait_for(lambda: query(settings, carol) == [(2, 2)], "the idle timer to close Carol's session", 30)
+        assert pipeline.poll() is None, "the pipeline still runs"
+
+        again = forget(settings, "--id", "email:alice@example.com")
+        assert again["persons"] == [] and sum(again["rows"].values()) == 0  # idempotent
+    finally:
+        stop_o2o(pipeline)
+    assert counts(settings)["events"] == 5  # Bob's three and Carol's two
 
 
 def test_forget_rejects_a_malformed_identifier(settings: Settings) -> None:

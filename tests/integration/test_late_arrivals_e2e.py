@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,7 +13,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.errors import RetryableError
-from tests.conftest import o2o, query, start_o2o
+from tests.conftest import o2o, query, start_o2o, stop_o2o
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +88,7 @@ def test_a_late_app_batch_joins_sessions_and_a_very_late_event_is_flagged(
         ])  # fmt: skip
         wait_for(lambda: len(live(settings, "SELECT 1 FROM {db}.conversions")) == 1, "the order")
     finally:
-        os.killpg(pipeline.pid, signal.SIGTERM)
-        try:
-            pipeline.communicate(timeout=90)
-        except subprocess.TimeoutExpired:  # never leave a stage holding the chDB folder
-            os.killpg(pipeline.pid, signal.SIGKILL)
-            pipeline.communicate()
+        stop_o2o(pipeline)
     o2o(settings, "run", "all", "--drain")
 
     events = query(settings, "SELECT event_id, session_id, late, version FROM {db}.events ORDER BY event_id")
