@@ -35,8 +35,8 @@ if os.environ.get("CI"):
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start the project's local Kafka broker on free ports for the whole run."""
+def kafka_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Start the project's local Kafka broker on free ports for the whole run; its settings."""
     from pipeline.stack.local_kafka import LocalKafka, free_port
 
     state = tmp_path_factory.mktemp("kafka-state")
@@ -45,9 +45,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack = LocalKafka(settings, dist_cache=REPO / ".state" / "kafka" / "dist")
     status = stack.up()
     try:
-        yield status.bootstrap
+        yield settings.model_copy(update={"bootstrap_servers": status.bootstrap})
     finally:
         stack.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_stack: Settings) -> str:
+    """Bootstrap servers of the session's broker."""
+    return kafka_stack.bootstrap_servers
 
 
 @pytest.fixture(scope="session")
