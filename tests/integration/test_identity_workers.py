@@ -48,6 +48,11 @@ def run(settings: Settings, path: Path, workers: int, tag: str) -> tuple[Setting
             "clickhouse_database": f"{settings.clickhouse_database}_{tag}",
             "partitions": 4,
             "identity_workers": workers,
+            # Longer than the input's span (6 days, in random order): no event is very late.
+            # A very late event keeps whatever session covers it when it arrives, which
+            # depends on batch timing in any run; within the lateness every event is placed
+            # exactly, so the views depend on the input alone and any difference is identity's.
+            "allowed_lateness_minutes": 7 * 24 * 60,
         }
     )
     o2o(own, "init")
