@@ -26,6 +26,9 @@ from pipeline.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A stage restarted after a kill waits this long for its dead predecessor's partitions.
+TEST_GROUP_SESSION_TIMEOUT = 3.0
+
 # CI (.ci/run sets CI=true) runs the property tests on a fixed sequence of
 # examples: a run passes or fails for what changed, not for what was drawn.
 # Locally every run draws new examples.
@@ -74,6 +77,7 @@ def settings(kafka_bootstrap: str, chdb_folder: Path, tmp_path: Path) -> Setting
         state_dir=tmp_path / "state",
         partitions=2,
         sink_flush_seconds=0.3,
+        group_session_timeout_seconds=TEST_GROUP_SESSION_TIMEOUT,
     )
 
 

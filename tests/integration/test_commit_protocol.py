@@ -29,7 +29,7 @@ from pipeline.config import Settings
 from pipeline.kafka import topics
 from pipeline.kafka.admin import admin_client, committed_offsets, end_offsets
 from pipeline.simulate import simulate
-from tests.conftest import o2o, start_o2o
+from tests.conftest import TEST_GROUP_SESSION_TIMEOUT, o2o, start_o2o
 from tests.integration.views import differences, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -72,6 +72,7 @@ def undisturbed(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{tag}.", clickhouse_database=f"t_{tag}",
         clickhouse_dsn=f"chdb://{chdb_folder}", state_dir=tmp_path_factory.mktemp("undisturbed"),
         partitions=2, sink_flush_seconds=0.3, allowed_lateness_minutes=LATENESS_MINUTES,
+        group_session_timeout_seconds=TEST_GROUP_SESSION_TIMEOUT,
     )  # fmt: skip
     o2o(settings, "init")
     o2o(settings, "produce", "--file", str(events_file))
