@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.bench_parts import hold_merges
 from pipeline.config import Settings
 from pipeline.kafka.admin import committed_offsets, end_offsets
 from pipeline.kafka.clients import make_producer
@@ -82,24 +83,6 @@ def stored_once(settings: Settings, table: str, key: str) -> list[tuple[Any, ...
     return query(
         settings, f"SELECT {key}, version, count() FROM {{db}}.{table} GROUP BY {key}, version ORDER BY {key}"
     )
-
-
-def hold_merges(settings: Settings, *tables: str) -> None:
-    """Keep ClickHouse from merging parts of ``tables`` (call while no sink runs).
-
-    A background merge of a ReplacingMergeTree drops repeated keys, which
-    would hide a row inserted twice; without merges, the storage table shows
-    every insert.
-    """
-    from pipeline.clickhouse.client import connect
-
-    with connect(settings) as ch:
-        for table in tables:
-            ch.command(
-                ch.sql(
-                    f"ALTER TABLE {{db}}.{table} MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1"
-                )
-            )
 
 
 def test_sink_waits_for_clickhouse_at_start_commits_nothing_then_writes_once(
