@@ -179,8 +179,9 @@ def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
 @click.option(
     "--profile",
     is_flag=True,
-    help="(throughput) Sample every stage process with py-spy over the steady window and print "
-    "where its time goes, by package and function; collapsed stacks go to <state dir>/bench/profiles.",
+    help="(throughput) Sample every stage process with py-spy from 10% of the input ingested until "
+    "it exits, and print where its time goes, by package and function; collapsed stacks go to "
+    "<state dir>/bench/profiles.",
 )
 @click.option(
     "--step-timeout",
