@@ -58,6 +58,17 @@ def _normalised(state: dict[str, Any] | None) -> dict[str, Any]:
     return base
 
 
+PLACEMENT = ("person_id", "session_id", "session_kind", "store_id")  # what journeys may change later
+
+
+def _placed(known: dict[str, Any], conversion: dict[str, Any]) -> dict[str, Any]:
+    """``known`` with the session journeys gives the conversion now (``known`` itself if unchanged)."""
+    if all(known.get(field) == conversion.get(field) for field in PLACEMENT):
+        return known
+    # print None: the rows carry the session, so they are emitted again under a new version
+    return {**known, **{field: conversion.get(field) for field in PLACEMENT}, "print": None}
+
+
 def o2o_label(conversion_source: str, own_session: str, path: Sequence[Touch], store: set[str]) -> str:
     """How online and offline touchpoints combine on the way to a conversion.
 
@@ -135,8 +146,15 @@ class PathAttributor:
     ) -> dict[str, Any]:
         """Credit one conversion over the person's path; emit its rows (once per conversion)."""
         state = _normalised(state)
-        if any(c["event_id"] == conversion["event_id"] for c in state["conversions"]):
-            return state  # a replay
+        for index, known in enumerate(state["conversions"]):
+            if known["event_id"] == conversion["event_id"]:
+                # a replay, or journeys moved the conversion to another session
+                updated = _placed(known, conversion)
+                if updated is known:
+                    return state
+                state["conversions"] = [*state["conversions"]]
+                state["conversions"][index] = updated
+                return self._recredit(state, out)
         remembered = {**conversion, "version": 0, "print": None, "returns": []}
         state["conversions"] = sorted(
             [*state["conversions"], remembered], key=lambda c: (c["occurred_at"], c["event_id"])
@@ -184,14 +202,21 @@ class PathAttributor:
         touches = {
             sid: t for sid, t in {**other["touches"], **state["touches"]}.items() if sid not in removed
         }
-        known = {c["event_id"] for c in state["conversions"]}
+        theirs = {c["event_id"]: c for c in other["conversions"]}
+        # a conversion both know: journeys re-sent it here after the merge, with its newer
+        # session; it is credited again above any version the merged person sent
+        ours = [
+            {**c, "version": max(c["version"], theirs[c["event_id"]]["version"]), "print": None}
+            if c["event_id"] in theirs
+            else c
+            for c in state["conversions"]
+        ]
+        known = {c["event_id"] for c in ours}
         moved = [{**c, "person_id": person} for c in other["conversions"] if c["event_id"] not in known]
         floors = [f for f in (state["floor"], other["floor"]) if f is not None]
         merged = {
             "touches": touches,
-            "conversions": sorted(
-                [*state["conversions"], *moved], key=lambda c: (c["occurred_at"], c["event_id"])
-            ),
+            "conversions": sorted([*ours, *moved], key=lambda c: (c["occurred_at"], c["event_id"])),
             "floor": max(floors) if floors else None,
             "removed": removed,
         }

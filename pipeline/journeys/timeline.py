@@ -10,7 +10,8 @@ partition) and the allowed lateness ``L``:
   late it came: sessions may split, join or get a new first event; changed
   sessions are re-emitted with a higher version, sessions that no longer
   exist are retracted, events that moved are re-emitted with their new
-  session, and attribution gets touch updates and removals;
+  session (a conversion among them is sent to attribution again, with it),
+  and attribution gets touch updates and removals;
 * an event before ``watermark - L`` is *very late*: stored, flagged ``late``,
   given the session that covers its time if one is still held, counted, and
   no session is rewritten;
@@ -191,6 +192,11 @@ class JourneyTimeline:
                 version = entry[2] + 1
                 row = event_row(entry[0], cut.session_id, store_id=cut.row["store_id"], version=version)
                 out.append(("event", row))
+                kind = conversion_kind(entry[0]) if entry[1] else None
+                if kind is not None:
+                    # a conversion that moved to another session (a re-cut, a merge): attribution
+                    # takes the new session, whenever the move happens relative to the conversion
+                    out.append(("conversion", conversion_record(entry[0], kind, cut.row)))
                 entry[1], entry[2] = cut.session_id, version
         state["emitted"] = emitted
         return cuts, of_event

@@ -96,6 +96,14 @@ def test_a_late_first_event_renames_the_session_and_updates_its_touch() -> None:
     assert [r["session_id"] for k, r in out if k == "touch_removed"] == [touches[0]["session_id"]]
 
 
+def test_a_conversion_whose_session_a_late_event_renames_is_sent_again_with_it() -> None:
+    order = ev(10 * MIN, etype="order_completed", properties={"order_id": "o1", "revenue": 30})
+    _, out = feed([[order], [ev(2 * MIN)]])
+    (session,) = live_sessions(out).values()
+    sent = [r["session_id"] for k, r in out if k == "conversion"]
+    assert len(sent) == 2 and sent[-1] == session["session_id"] != sent[0]
+
+
 def test_a_late_exit_splits_a_store_visit() -> None:
     enter, buy = store("enter", 0), store("purchase", 10 * MIN, revenue=20, transaction_id="t1")
     exit_ = store("exit", 5 * MIN)
