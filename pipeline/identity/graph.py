@@ -97,7 +97,8 @@ class IdentityGraph:
         keys = [k for k in all_keys if not self._shared(k)]  # shared identifiers no longer link
         if not keys:
             return Resolution(self.ids[all_keys[0]][0])
-        found = [(k, self.ids[k][0]) for k in keys if k in self.ids]
+        joins = self._late_claim(event)
+        found = [(k, self.ids[k][0]) for k in [*keys, *joins] if k in self.ids]
         strongest = keys[0]
         id_type, _, value = strongest.partition(":")
         holdable = bool(found) and (
@@ -213,17 +214,40 @@ class IdentityGraph:
         code = coupon_code(event)
         if not code:
             return []
-        key = f"coupon_code:{code}"
+        key, at = f"coupon_code:{code}", event["occurred_at"]
         if event.get("type") == "coupon_claimed":
             return [key]
-        if event.get("type") not in REDEEMING_TYPES or key not in self.ids:
-            return []
         redeemed = f"coupon_redeemed:{code}"
-        if redeemed in self.ids:
+        if event.get("type") not in REDEEMING_TYPES or redeemed in self.ids:
             return []
-        self.ids[redeemed] = [self.ids[key][0], 1, event["occurred_at"]]
+        if key not in self.ids:
+            # nobody claimed it yet: a printed voucher, or a claim that arrives later;
+            # the earliest such redemption waits for it (see _late_claim)
+            strongest = event_id_keys(event["ids"])
+            waiting = self.ids.get(f"coupon_unclaimed:{code}")
+            if strongest and (waiting is None or at < waiting[2]):
+                self.ids[f"coupon_unclaimed:{code}"] = [strongest[0], 1, at]
+            return []
+        self.ids[redeemed] = [self.ids[key][0], 1, at]
         self.counts["coupons_redeemed"] += 1
         return [key]
+
+    def _late_claim(self, event: Event) -> list[str]:
+        """A claim whose redemption arrived first: the redeemer's identifier, to join it.
+
+        The redemption must be at or after the claim in event time, so the
+        outcome is the same as if the claim had arrived first.
+        """
+        code = coupon_code(event)
+        if event.get("type") != "coupon_claimed" or not code or f"coupon_code:{code}" in self.ids:
+            return []
+        waiting = self.ids.get(f"coupon_unclaimed:{code}")
+        if waiting is None or waiting[2] < event["occurred_at"] or waiting[0] not in self.ids:
+            return []
+        self.ids[f"coupon_redeemed:{code}"] = [self.ids[waiting[0]][0], 1, waiting[2]]
+        del self.ids[f"coupon_unclaimed:{code}"]
+        self.counts["coupons_redeemed"] += 1
+        return [waiting[0]]
 
     def _shared(self, key: str) -> bool:
         entry = self.ids.get(key)

@@ -168,6 +168,26 @@ def test_a_coupon_links_its_first_redemption_only_and_an_unclaimed_voucher_nothi
     assert g.resolve(till(30, "someone-else", "P-1")).person_id != app  # redeemed once already
 
 
+def test_a_claim_arriving_after_its_redemption_still_joins_the_redeemer() -> None:
+    def claim(at: int) -> dict[str, Any]:
+        return {**ev(at, device_id="d1"), "source": "app", "type": "coupon_claimed",
+                "properties": {"coupon_code": "C-7"}}  # fmt: skip
+
+    till = {**ev(20, payment_token="tok"), "source": "pos", "type": "purchase",
+            "properties": {"coupon_code": "C-7"}}  # fmt: skip
+    in_order = graph()
+    claimer = in_order.resolve(claim(10)).person_id
+    assert in_order.resolve(till).person_id == claimer
+    late = graph()
+    redeemer = late.resolve(till).person_id
+    assert late.resolve(claim(10)).person_id == claimer  # the claim's device is older: it survives
+    assert late.ids["payment_token:tok"][0] == claimer and redeemer not in late.persons
+    # a claim after the redemption in event time did not lead to it: no link
+    after = graph()
+    after.resolve(till)
+    assert after.resolve(claim(30)).person_id != after.ids["payment_token:tok"][0]
+
+
 def test_conflicts_are_recorded_with_the_identifier_and_the_reason() -> None:
     g = graph()
     first = g.resolve(ev(1, user_id="u1", anonymous_id="c1")).person_id
