@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         le=64,
         description="identity processes `run all` starts; above 1 graph updates go through one partition",
     )
+    reorder_idle_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="a stream held for reordering stops holding the others after this long without "
+        "an event or a progress mark from ingest (ingest down)",
+    )
     blocked_id_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="regular expressions of identifier values that never link (whole value)"
     )

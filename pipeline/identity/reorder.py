@@ -9,7 +9,8 @@ passed their time (the watermark is the minimum over streams of the newest
 event time seen), then releases them sorted. A stream that sent nothing for
 ``idle_seconds`` of processing time stops holding the others back, and so,
 at once, does a stream whose source said it has read everything there was
-(:meth:`ReorderBuffer.progress`: ingest's progress marks). Events older than
+(:meth:`ReorderBuffer.progress`: ingest's progress marks; a mark that says
+ingest is still reading keeps the stream active). Events older than
 what was already released are let through at once and counted as late; the
 journeys stage then places them (see docs/journeys.md).
 """
@@ -34,7 +35,7 @@ class ReorderBuffer:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self.stream_of = stream_of or (lambda event: str(event["source"]))
-        self._heap: list[tuple[int, int, str, dict[str, Any]]] = []
+        self._heap: list[tuple[int, str, int, dict[str, Any]]] = []
         self._seq = 0
         self._newest: dict[str, int] = {}
         self._last_seen: dict[str, float] = {}
@@ -55,7 +56,8 @@ class ReorderBuffer:
             self.late += 1
             return [event]
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, event["event_id"], event))
+        # equal times go out by event id, not by arrival: the same order in every run
+        heapq.heappush(self._heap, (at, event["event_id"], self._seq, event))
         return []
 
     def progress(self, stream: str, caught_up: bool) -> None:
@@ -115,7 +117,7 @@ class ReorderBuffer:
         out: list[dict[str, Any]] = []
         heap = self._heap
         while heap and (limit is None or heap[0][0] <= limit):
-            at, _seq, _eid, event = heapq.heappop(heap)
+            at, _eid, _seq, event = heapq.heappop(heap)
             self.released_up_to = max(self.released_up_to, at)
             out.append(event)
         return out

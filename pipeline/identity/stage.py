@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import strongest_id
 from pipeline.model.handler import Emission
 from pipeline.model.rows import ROW_TABLES_BY_NAME
+
+log = logging.getLogger(__name__)
 
 
 class IdentityHandler:
@@ -28,6 +31,7 @@ class IdentityHandler:
         suppressions: Any = None,
         workers: int = 1,
         valid_partitions: int = 0,
+        idle_seconds: float = 30.0,
     ) -> None:
         # One process: the graph is updated straight from events.valid. Several:
         # every process forwards its events.valid partitions to the one-partition
@@ -47,7 +51,7 @@ class IdentityHandler:
         # chunks; resolving in event-time order makes links and merges follow
         # what happened, and hands journeys its events in order.
         self.partitions = 1
-        self.reorder = DurableReorder(key_of=source_key, stream_of=self._stream)
+        self.reorder = DurableReorder(key_of=source_key, stream_of=self._stream, idle_seconds=idle_seconds)
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Build the graph over the given state tables."""
@@ -89,7 +93,13 @@ class IdentityHandler:
                 self.counts["suppressed"] += 1  # passed ingest before its person was erased
             else:
                 events.append(record)
-        return out + self._resolve(self.reorder.add_all(events))
+        released = self.reorder.add_all(events)
+        late = self.reorder.buffer.late - self.counts["late_events"]
+        if late:
+            self.counts["late_events"] += late
+            log.info("identity: %d events arrived after newer ones were resolved (%d in all)",
+                     late, self.counts["late_events"])  # fmt: skip
+        return out + self._resolve(released)
 
     def _progress(self, record: dict[str, Any]) -> None:
         """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""

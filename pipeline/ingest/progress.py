@@ -2,8 +2,8 @@
 
 Identity's reorder buffer (pipeline/identity/reorder.py) holds events until
 every stream ``<origin>><valid partition>`` has passed their time. A stream
-that has nothing to say would hold the others back until it goes idle (5 s),
-which at low rates is most of the time. Ingest knows better: it knows when it
+that has nothing to say would hold the others back until it goes idle
+(``O2O_REORDER_IDLE_SECONDS``), which at low rates is most of the time. Ingest knows better: it knows when it
 has read a raw partition (an origin) to its end. It writes that, as a
 ``progress`` record, to every ``events.valid`` partition, after the events it
 describes, so the record reaches identity in order with them:
@@ -11,7 +11,11 @@ describes, so the record reaches identity in order with them:
     {"record": "progress", "partition": 3, "marks": {"web/0": true, "app/1": false, ...}}
 
 ``true``: read to the end, so the origin's streams hold nothing back until
-their next event; ``false``: reading again.
+their next event; ``false``: reading again. The marks also go out once a
+second unchanged: a restarted identity learns them at once, and a stream
+whose origin ingest is still reading stays active however slowly its events
+come (only a silent ingest lets a stream go idle). A process forgets the
+origins of partitions it no longer reads (a rebalance gave them to another).
 
 Marks carry no event time on purpose: an origin's newest event time says
 nothing about its streams unless its events come in event-time order, and
@@ -29,8 +33,14 @@ from typing import Any
 class ProgressMarks:
     """Which origins ingest has read to the end, and when to tell."""
 
-    def __init__(self, interval_seconds: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval_seconds: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_seconds: float = 1.0,
+    ) -> None:
         self.interval_seconds = interval_seconds
+        self.refresh_seconds = refresh_seconds
         self.clock = clock
         self.at_end: dict[str, bool] = {}
         self._changed = False
@@ -48,9 +58,16 @@ class ProgressMarks:
             self.at_end[origin] = True
             self._changed = True
 
+    def forget(self, origin: str) -> None:
+        """``origin`` is no longer read here: its marks are for its new reader to send."""
+        self.at_end.pop(origin, None)
+
     def due(self) -> bool:
-        """True when something changed and the last marks went out at least an interval ago."""
-        return self._changed and self.clock() - self._sent_at >= self.interval_seconds
+        """True when the marks changed an interval after the last ones, or a refresh is due."""
+        elapsed = self.clock() - self._sent_at
+        if self._changed:
+            return elapsed >= self.interval_seconds
+        return bool(self.at_end) and elapsed >= self.refresh_seconds
 
     def records(self, partitions: int) -> list[dict[str, Any]]:
         """One progress record per ``events.valid`` partition; the marks count as sent."""

@@ -129,6 +129,11 @@ class IngestHandler:
                 produce(self.producer, self.valid_topic, orjson.dumps(record), partition=record["partition"])
             self.producer.poll(0)
 
+    def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Partitions read by another process now: their marks are its to send."""
+        for topic, partition in partitions:
+            self.marks.forget(f"{self._source_of.get(topic, topic)}/{partition}")
+
     def due(self) -> bool:
         """Commit at most every :data:`COMMIT_SECONDS` while input keeps coming (at once when it stops).
 

@@ -38,6 +38,9 @@ class BatchHandler(Protocol):
     def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
         """Called once per poll: the partitions that reached their end in it (may be empty)."""
 
+    def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """A rebalance took these partitions away from this process."""
+
     def make_durable(self) -> None:
         """Make every output of the handled messages durable; raise RetryableError if not now."""
 
@@ -101,7 +104,7 @@ class ConfluentStageLoop:
     def run(self) -> LoopStats:
         """Consume, handle and commit until stopped (or drained in drain mode)."""
         start = time.monotonic()
-        self._consumer.subscribe(self.topics)
+        self._consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("%s: consuming %s", self.stage, ", ".join(self.topics))
         try:
             while not self._stop:
@@ -130,6 +133,9 @@ class ConfluentStageLoop:
             "%s: stopped after %d messages in %.1f s", self.stage, self.stats.consumed, self.stats.seconds
         )
         return self.stats
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.handler.revoked([(p.topic, p.partition) for p in partitions])
 
     def _checkpoint(self) -> None:
         delay = 0.5

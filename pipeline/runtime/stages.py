@@ -81,6 +81,7 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
             suppressions,
             workers=settings.identity_workers,
             valid_partitions=counts.get(settings.topic(topics.VALID), settings.partitions),
+            idle_seconds=settings.reorder_idle_seconds,
         )
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler

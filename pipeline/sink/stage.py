@@ -49,6 +49,9 @@ class SinkHandler:
     def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
         """The sink has nothing to say about its progress downstream."""
 
+    def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """The sink keeps nothing per partition."""
+
     def make_durable(self) -> None:
         """Insert everything buffered (raises ClickHouseUnavailable to retry)."""
         if self.batcher.pending:

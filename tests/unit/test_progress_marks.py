@@ -80,6 +80,36 @@ def test_marks_are_sent_when_changed_and_at_most_once_per_interval() -> None:
     assert marks.records(1)[0]["marks"]["web/0"] is False
 
 
+def test_unchanged_marks_go_out_again_every_second_and_a_revoked_origin_is_forgotten() -> None:
+    clock = FakeClock()
+    marks = ProgressMarks(interval_seconds=0.1, clock=clock, refresh_seconds=1.0)
+    marks.passed("web/0")
+    marks.reached_end("pos/1")
+    marks.records(1)
+    clock.now = 0.5
+    assert not marks.due()  # nothing changed, no refresh yet
+    clock.now = 1.0
+    assert marks.due()
+    assert marks.records(1)[0]["marks"] == {"pos/1": True, "web/0": False}
+    marks.forget("web/0")  # a rebalance gave web/0 to another ingest process
+    clock.now = 2.0
+    assert marks.due() and marks.records(1)[0]["marks"] == {"pos/1": True}
+
+
+def test_a_stream_its_reader_keeps_marking_as_reading_never_goes_idle() -> None:
+    clock = FakeClock()
+    buffer = ReorderBuffer(idle_seconds=5.0, clock=clock)
+    buffer.add(ev(10, "web"))
+    buffer.add(ev(20, "pos"))
+    for second in range(1, 30):
+        clock.now = float(second)
+        buffer.progress("web", caught_up=False)  # ingest alive, still reading web
+        buffer.progress("pos", caught_up=True)
+        assert times(buffer.release()) == ([10] if second == 1 else [])
+    buffer.add(ev(15, "web"))  # web's next event: not late, pos's was held for it
+    assert buffer.late == 0 and times(buffer.release()) == [15]
+
+
 def test_identity_applies_a_progress_record_to_the_stream_of_its_partition() -> None:
     handler = IdentityHandler(origins=["web/0", "pos/0"], valid_partitions=1)
     tables: dict[str, dict[str, Any]] = {name: {} for name in handler.table_names}
