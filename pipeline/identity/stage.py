@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ class IdentityHandler:
         self.suppressed: set[str] = set()
         self.graph: IdentityGraph | None = None
         self.counts: Counter[str] = Counter()
+        self._late_logged_at = -float("inf")
         # Sources arrive on separate topics and partitions are fetched in
         # chunks; resolving in event-time order makes links and merges follow
         # what happened, and hands journeys its events in order.
@@ -94,12 +96,20 @@ class IdentityHandler:
             else:
                 events.append(record)
         released = self.reorder.add_all(events)
-        late = self.reorder.buffer.late - self.counts["late_events"]
-        if late:
-            self.counts["late_events"] += late
-            log.info("identity: %d events arrived after newer ones were resolved (%d in all)",
-                     late, self.counts["late_events"])  # fmt: skip
+        self._note_late()
         return out + self._resolve(released)
+
+    def _note_late(self) -> None:
+        """Count events that came after newer ones were resolved; say so at most once a minute."""
+        late = self.reorder.buffer.late - self.counts["late_events"]
+        if not late:
+            return
+        self.counts["late_events"] += late
+        now = time.monotonic()
+        if now - self._late_logged_at >= 60:
+            self._late_logged_at = now
+            log.warning("identity: %d events in all arrived after newer ones were resolved "
+                        "(see O2O_REORDER_IDLE_SECONDS)", self.counts["late_events"])  # fmt: skip
 
     def _progress(self, record: dict[str, Any]) -> None:
         """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""

@@ -76,7 +76,7 @@ def undisturbed(
     )  # fmt: skip
     o2o(settings, "init")
     o2o(settings, "produce", "--file", str(events_file))
-    o2o(settings, "run", "all", "--drain", timeout=300)
+    _keep_log(settings, "undisturbed", o2o(settings, "run", "all", "--drain", timeout=300).stderr)
     views = snapshot(settings)
     assert views["events"] and views["conversions"] and views["attribution"] and views["person_merges"]
     yield views
@@ -94,6 +94,14 @@ def _produce(settings: Settings, data: bytes, tmp_path: Path) -> None:
     o2o(settings, "produce", "--file", str(path))
 
 
+def _keep_log(settings: Settings, name: str, err: str) -> None:
+    """Keep a run's log next to the view differences, for when the comparison fails."""
+    folder = settings.state_dir / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    number = len(list(folder.iterdir()))
+    (folder / f"{number:02d}-{name.replace(':', '-')}.log").write_text(err)
+
+
 def _run_until_fault(settings: Settings, plan: str, drain: bool = False, bound: float = 150.0) -> str:
     """`run all` with the fault plan: it must die at the planned point within ``bound`` seconds."""
     faulty = settings.model_copy(update={"fault_at": plan})
@@ -104,6 +112,7 @@ def _run_until_fault(settings: Settings, plan: str, drain: bool = False, bound: 
         os.killpg(run.pid, signal.SIGKILL)
         _out, err = run.communicate()
         raise AssertionError(f"the fault {plan} did not fire within {bound} s:\n{err[-3000:]}") from None
+    _keep_log(settings, plan, err)
     fired = [line for line in err.splitlines() if "fault injected at" in line]
     assert run.returncode != 0 and fired, (
         f"run ended ({run.returncode}) without the fault {plan}:\n{err[-3000:]}"
@@ -251,7 +260,7 @@ def test_random_kills_of_any_stage(
                         time.sleep(0.05)
                 if not killed:
                     os.killpg(run.pid, signal.SIGTERM)  # a clean stop; the next round goes on
-                run.communicate(timeout=120)
+                _keep_log(settings, "chaos", run.communicate(timeout=120)[1])
             finally:
                 if run.poll() is None:
                     os.killpg(run.pid, signal.SIGKILL)
