@@ -41,6 +41,7 @@ class ReorderBuffer:
         self._last_seen: dict[str, float] = {}
         self.released_up_to = 0
         self.late = 0
+        self.last_late: tuple[str, int] = ("", 0)  # the stream of the last late event, and by how much (ms)
         self._waiting: set[str] = set()
         self._caught_up: set[str] = set()
 
@@ -54,6 +55,7 @@ class ReorderBuffer:
         self._seen(stream, at)
         if at < self.released_up_to:
             self.late += 1
+            self.last_late = (stream, self.released_up_to - at)
             return [event]
         self._seq += 1
         # equal times go out by event id, not by arrival: the same order in every run

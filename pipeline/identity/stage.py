@@ -108,8 +108,10 @@ class IdentityHandler:
         now = time.monotonic()
         if now - self._late_logged_at >= 60:
             self._late_logged_at = now
-            log.warning("identity: %d events in all arrived after newer ones were resolved "
-                        "(see O2O_REORDER_IDLE_SECONDS)", self.counts["late_events"])  # fmt: skip
+            stream, by = self.reorder.buffer.last_late
+            log.warning("identity: %d events in all arrived after newer ones were resolved (the last on "
+                        "%s, %d ms late; see O2O_REORDER_IDLE_SECONDS)", self.counts["late_events"],
+                        stream, by)  # fmt: skip
 
     def _progress(self, record: dict[str, Any]) -> None:
         """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""
