@@ -91,6 +91,7 @@ class FaustStage:
         )
         self.app = self._build_app()
         self._shorten_fetch_wait()
+        self._note_gaps()
 
     def _build_app(self) -> faust.App:
         settings = self.settings
@@ -180,6 +181,24 @@ class FaustStage:
             return consumer
 
         thread._create_worker_consumer = create_consumer
+
+    def _note_gaps(self) -> None:
+        """Log when faust finds offsets missing from what it reads (it then commits past them).
+
+        faust treats such a gap as transaction markers or compacted records;
+        the stages' inputs have neither, so a gap means records that were
+        never handed to the stage. Logged to find out when that happens.
+        """
+        consumer = self.app.consumer
+        add_gap = consumer._add_gap  # type: ignore[attr-defined]
+
+        async def noted(tp: Any, offset_from: int, offset_to: int) -> None:
+            log.warning("%s: faust found offsets %d to %d of %s:%d missing from its reads and counts "
+                        "them as done", self.stage, offset_from, offset_to - 1, tp.topic,
+                        tp.partition)  # fmt: skip
+            await add_gap(tp, offset_from, offset_to)
+
+        consumer._add_gap = noted  # type: ignore[attr-defined]
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """Run one step; on any failure stop the process before anything more is acknowledged."""
