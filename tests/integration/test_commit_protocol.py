@@ -252,11 +252,15 @@ def test_random_kills_of_any_stage(
             run = start_o2o(settings, "run", "all")
             try:
                 killed = False
-                for piece in round_pieces:
+                for number, piece in enumerate(round_pieces, 1):
                     _produce(settings, piece, tmp_path)
-                    deadline = time.monotonic() + 3.0
+                    # after the round's last piece, keep looking while stages start up and
+                    # work through it: a round whose stages never had a chance is no test
+                    deadline = time.monotonic() + (3.0 if number < len(round_pieces) else 30.0)
                     while not killed and run.poll() is None and time.monotonic() < deadline:
                         killed = _kill_one(run.pid, offsets, before, chance, kills)
+                        if number == len(round_pieces) and not killed and not _pending(offsets):
+                            break  # every stage is through its input: nothing left to interrupt
                         time.sleep(0.05)
                 if not killed:
                     os.killpg(run.pid, signal.SIGTERM)  # a clean stop; the next round goes on
@@ -270,6 +274,11 @@ def test_random_kills_of_any_stage(
     print("kills (stage, committed, end):", kills)
     assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
     _expect_same(settings, undisturbed)
+
+
+def _pending(offsets: _Offsets) -> bool:
+    """True while some stage has not committed all of its input."""
+    return any(committed < end for committed, end in map(offsets.of, STAGE_NAMES))
 
 
 def _kill_one(
