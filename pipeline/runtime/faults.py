@@ -17,6 +17,12 @@ The points, in the order a stateful stage passes them:
   outputs, its state is not durable;
 * ``mid_flush`` -- the drain's final flush sent its outputs, its state is not durable.
 
+One point does not kill: at ``misread`` the stage behaves as if its consumer
+had skipped the first record a batch holds of a partition (never handed
+over, the later ones were), which faust's fetcher can do around a seek; the
+stage must notice the hole and read the partition again from it
+(:mod:`pipeline.runtime.input_order`).
+
 The sink passes ``after_insert`` (rows in ClickHouse, offsets not committed)
 and ``mid_insert`` (some tables of a batch inserted, others not).
 """
@@ -38,6 +44,7 @@ STATEFUL_POINTS = (
     "mid_tick",
     "mid_handover",
     "mid_flush",
+    "misread",
 )
 SINK_POINTS = ("after_insert", "mid_insert")
 POINTS = STATEFUL_POINTS + SINK_POINTS
@@ -62,12 +69,16 @@ class FaultPlan:
         self.plan = {point: n for (s, point), n in parse_plan(spec).items() if s == stage}
         self.passed: Counter[str] = Counter()
 
+    def due(self, point: str) -> bool:
+        """Count a pass of ``point``; True on the planned pass."""
+        if not self.plan:
+            return False
+        self.passed[point] += 1
+        return self.plan.get(point) == self.passed[point]
+
     def reach(self, point: str) -> None:
         """Count a pass of ``point``; SIGKILL this process on the planned pass."""
-        if not self.plan:
-            return
-        self.passed[point] += 1
-        if self.plan.get(point) == self.passed[point]:
+        if self.due(point):
             log.warning("%s: fault injected at %s (pass %d): SIGKILL", self.stage, point, self.passed[point])
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)

@@ -31,6 +31,7 @@ from pipeline.model.handler import StatefulHandler
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
 from pipeline.runtime.faults import FaultPlan
+from pipeline.runtime.faust_input import OrderedInput
 from pipeline.runtime.state import BatchCache, ChangelogRecord, key_partition, register_codecs
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,6 @@ EPOCH_SHIFT = 32
 """Versions a stage emits after its partitions' n-th start are at least ``n << EPOCH_SHIFT``."""
 
 HANDOVER_RECORDS = frozenset({"merge", "handoff"})
-
-FETCH_MAX_WAIT_MS = 100
-"""How long the broker may hold a fetch of a stateful stage's consumer for data to arrive."""
 
 TAKE_WITHIN_SECONDS = 0.05
 """How long ``take()`` waits to fill a batch: at low rates each hop adds up to this much latency."""
@@ -90,8 +88,6 @@ class FaustStage:
             self._partitions.get(name, settings.partitions) for name in self.handler.inputs
         )
         self.app = self._build_app()
-        self._shorten_fetch_wait()
-        self._note_gaps()
 
     def _build_app(self) -> faust.App:
         settings = self.settings
@@ -136,13 +132,16 @@ class FaustStage:
             {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
         )
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
+        self.input = OrderedInput(app, self.stage, self.faults)
 
         async def agent(stream: Any) -> None:
-            async for batch in stream.take(self.batch_size, within=TAKE_WITHIN_SECONDS):
-                # The step runs without an await: nothing can interrupt it half
-                # way, and take() acknowledges the batch only after it returned.
-                self._guarded(self._run_batch, batch)
-                self.faults.reach("before_ack")
+            async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
+                batch = await self.input.admit(events)
+                if batch:
+                    # The step runs without an await: nothing can interrupt it half
+                    # way, and take_events() acknowledges the batch only after it returned.
+                    self._guarded(self._run_batch, batch)
+                    self.faults.reach("before_ack")
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
         forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
@@ -152,9 +151,11 @@ class FaustStage:
             upstream = app.topic(*forward_from, key_serializer="raw", value_serializer="raw")
 
             async def forwarder(stream: Any) -> None:
-                async for batch in stream.take(self.batch_size, within=TAKE_WITHIN_SECONDS):
+                async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
+                    batch = await self.input.admit(events)
                     records = [r for value in batch for r in unpack(value)]
-                    self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
+                    if records:
+                        self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
 
             app.agent(upstream, name=f"{self.stage}_forwarder")(forwarder)
         self._consumed = [*self.inputs, *forward_from]
@@ -162,43 +163,6 @@ class FaustStage:
         if self.drain is not None:
             app.timer(0.5)(self._check_drained)
         return app
-
-    def _shorten_fetch_wait(self) -> None:
-        """Let the broker hold a fetch at most :data:`FETCH_MAX_WAIT_MS` (faust fixes 1,500 ms).
-
-        aiokafka sends no new fetch to a broker while records of one of its
-        partitions wait to be processed, and leaves out of a pending fetch
-        the partitions it was processing: their next records wait until that
-        fetch returns, which with faust's setting can be 1.5 s when the other
-        partitions are quiet.
-        """
-        thread = self.app.consumer._thread  # type: ignore[attr-defined]
-        create = thread._create_worker_consumer
-
-        def create_consumer(transport: Any) -> Any:
-            consumer = create(transport)
-            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-            return consumer
-
-        thread._create_worker_consumer = create_consumer
-
-    def _note_gaps(self) -> None:
-        """Log when faust finds offsets missing from what it reads (it then commits past them).
-
-        faust treats such a gap as transaction markers or compacted records;
-        the stages' inputs have neither, so a gap means records that were
-        never handed to the stage. Logged to find out when that happens.
-        """
-        consumer = self.app.consumer
-        add_gap = consumer._add_gap  # type: ignore[attr-defined]
-
-        async def noted(tp: Any, offset_from: int, offset_to: int) -> None:
-            log.warning("%s: faust found offsets %d to %d of %s:%d missing from its reads and counts "
-                        "them as done", self.stage, offset_from, offset_to - 1, tp.topic,
-                        tp.partition)  # fmt: skip
-            await add_gap(tp, offset_from, offset_to)
-
-        consumer._add_gap = noted  # type: ignore[attr-defined]
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """Run one step; on any failure stop the process before anything more is acknowledged."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -189,6 +190,26 @@ def test_kills_at_every_point_of_the_stateful_stages(
         "journeys:mid_flush:1",
     ]
     _run_plans(settings, events_file, tmp_path, plans)
+    _expect_same(settings, undisturbed)
+
+
+def test_records_the_consumer_skipped_are_read_again(
+    settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+) -> None:
+    """A record faust's fetcher never handed over (it can, around a seek) is read again, not lost.
+
+    The stages drain one after the other, so each finds its whole input in
+    the log and its first batch holds records that follow the one it skips.
+    """
+    o2o(settings, "init")
+    o2o(settings, "produce", "--file", str(events_file))
+    o2o(settings, "run", "ingest", "--drain", timeout=120)
+    for stage in ("identity", "journeys", "attribution"):
+        faulty = settings.model_copy(update={"fault_at": f"{stage}:misread:1"})
+        err = o2o(faulty, "run", stage, "--drain", timeout=120).stderr
+        _keep_log(settings, f"{stage}-misread", err)
+        assert f"{stage}: fault injected at misread" in err, err[-3000:]
+        assert re.search(rf"{stage}: offsets \d+ to \d+ of .* reading them again", err), err[-3000:]
     _expect_same(settings, undisturbed)
 
 
