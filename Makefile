@@ -30,7 +30,7 @@ integration: install ## tests against the real broker and chDB
 	$(BIN)/python -m pytest tests/integration -q
 
 test: lint ## everything CI runs
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=20
 
 bench: install ## throughput and memory against a bare confluent-kafka passthrough
 	$(BIN)/o2o bench --events 100000

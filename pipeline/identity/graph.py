@@ -238,8 +238,10 @@ class IdentityGraph:
         The redemption must be at or after the claim in event time, so the
         outcome is the same as if the claim had arrived first.
         """
+        if event.get("type") != "coupon_claimed":
+            return []
         code = coupon_code(event)
-        if event.get("type") != "coupon_claimed" or not code or f"coupon_code:{code}" in self.ids:
+        if not code or f"coupon_code:{code}" in self.ids:
             return []
         waiting = self.ids.get(f"coupon_unclaimed:{code}")
         if waiting is None or waiting[2] < event["occurred_at"] or waiting[0] not in self.ids:

@@ -31,11 +31,13 @@ REREAD_CHECK_SECONDS = 0.5
 class OrderedInput:
     """Hands a faust stage its input records in offset order, each partition without a hole."""
 
-    def __init__(self, app: faust.App, stage: str, faults: FaultPlan) -> None:
+    def __init__(self, app: faust.App, stage: str, topics: Sequence[str], faults: FaultPlan) -> None:
         self.app = app
         self.stage = stage
+        self.topics = frozenset(topics)  # the stage's inputs; the consumer also holds the tables' changelogs
         self.faults = faults
         self.order: InputOrder[TP] = InputOrder(stage)
+        self._earliest: dict[TP, int] = {}  # first offset in the log, of partitions never committed
         self._shorten_fetch_wait()
         self._keep_holes_open()
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # mode types it too narrowly
@@ -66,21 +68,24 @@ class OrderedInput:
         committed = consumer._committed_offset  # type: ignore[attr-defined]
         starts = {tp: committed[tp] for tp in new if committed[tp] is not None}
         never = [tp for tp in new if tp not in starts]
-        if never:
+        unknown = [tp for tp in never if tp not in self._earliest]
+        if unknown:
             # faust also records a committed offset of 0 as none
-            earliest = await consumer.earliest_offsets(*never)
-            starts.update({tp: earliest.get(tp) or 0 for tp in never})
+            earliest = await consumer.earliest_offsets(*unknown)
+            self._earliest.update({tp: earliest.get(tp) or 0 for tp in unknown})
+        starts.update({tp: self._earliest[tp] for tp in never})
         return starts
 
     async def _check(self) -> None:
         """Look for records fetched and never handed over, then re-read every hole that is due."""
         consumer = self.app.consumer
         try:
-            owned = consumer.assignment()
+            owned = self._owned()
         except ConsumerNotStarted:
             return
-        positions = {tp: await consumer.position(tp) for tp in owned if self.order.knows(tp)}
-        self.order.watch({tp: position for tp, position in positions.items() if position is not None})
+        positions = {tp: await consumer.position(tp) for tp in owned}
+        starts = await self._starts(set(owned))
+        self.order.watch({tp: position for tp, position in positions.items() if position is not None}, starts)
         await self.reread_holes()
 
     async def reread_holes(self) -> None:
@@ -89,7 +94,7 @@ class OrderedInput:
         if not due:
             return
         consumer = self.app.consumer
-        owned = consumer.assignment()
+        owned = self._owned()
         due = {tp: offset for tp, offset in due.items() if tp in owned}
         if not due:
             return
@@ -100,6 +105,22 @@ class OrderedInput:
                 self.order.restart_at(tp, start)
                 due[tp] = start
         await consumer.seek_wait(due)
+
+    async def describe(self) -> str:
+        """Where reading stands on each owned partition, for a stage that waits too long."""
+        consumer = self.app.consumer
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        read = consumer._read_offset  # type: ignore[attr-defined]
+        parts = []
+        for tp in sorted(self._owned()):
+            parts.append(f"{tp.topic}:{tp.partition} next={self.order.next_offset(tp)} "
+                         f"committed={committed.get(tp)} faust_read={read.get(tp)} "
+                         f"fetch_position={await consumer.position(tp)}")  # fmt: skip
+        return "; ".join(parts) + f"; holes open={self.order.open_holes}"
+
+    def _owned(self) -> set[TP]:
+        """The input partitions this process holds."""
+        return {tp for tp in self.app.consumer.assignment() if tp.topic in self.topics}
 
     def _hold(self, message: Any) -> None:
         # Marked as acknowledged, the message is left out of faust's offsets to
@@ -121,6 +142,8 @@ class OrderedInput:
     def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0]
         self.order.forget(revoked)
+        for tp in revoked:
+            self._earliest.pop(tp, None)
 
     def _keep_holes_open(self) -> None:
         """Stop faust from counting offsets it never handed over as done.

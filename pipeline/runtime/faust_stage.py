@@ -45,6 +45,10 @@ TAKE_WITHIN_SECONDS = 0.05
 """How long ``take()`` waits to fill a batch: at low rates each hop adds up to this much latency."""
 
 
+DRAIN_WAIT_NOTE_SECONDS = 30.0
+"""How long a drain waits on unchanged uncommitted input before it says where reading stands."""
+
+
 def faust_broker_url(bootstrap_servers: str) -> str:
     """faust's broker URL for a Kafka bootstrap list."""
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
@@ -73,6 +77,7 @@ class FaustStage:
         self.processed = 0
         self._worker: faust.Worker | None = None
         self._finished = False
+        self._drain_lag, self._drain_waiting_since = 0, 0.0
         self._warned_alone = False
         self._consumed: list[str] = []
         self._caches: dict[str, BatchCache] = {}
@@ -132,7 +137,8 @@ class FaustStage:
             {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
         )
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
-        self.input = OrderedInput(app, self.stage, self.faults)
+        forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
+        self.input = OrderedInput(app, self.stage, [*self.inputs, *forward_from], self.faults)
 
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
@@ -144,7 +150,6 @@ class FaustStage:
                     self.faults.reach("before_ack")
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
-        forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
         if forward_from:
             # several processes of this stage: each passes its share of these topics on
             # to the handler's own (one-partition) input, whose owner does the work
@@ -268,6 +273,7 @@ class FaustStage:
             None, group_lag, self.settings, self.settings.group(self.stage), self._consumed
         )
         if lag:
+            await self._note_drain_wait(lag)
             return
         self._finished = True
         if not self._owns_input():
@@ -282,6 +288,16 @@ class FaustStage:
         log.info("%s: drained after %d records", self.stage, self.processed)
         if self._worker is not None:
             self._worker._schedule_shutdown(signal.SIGTERM)
+
+    async def _note_drain_wait(self, lag: int) -> None:
+        """Say where reading stands when a drain has waited on the same uncommitted input for a while."""
+        now = time.monotonic()
+        if lag != self._drain_lag:
+            self._drain_lag, self._drain_waiting_since = lag, now
+        elif now - self._drain_waiting_since >= DRAIN_WAIT_NOTE_SECONDS:
+            self._drain_waiting_since = now
+            log.warning("%s: the drain has waited %.0f s on %d uncommitted input messages; %s", self.stage,
+                        DRAIN_WAIT_NOTE_SECONDS, lag, await self.input.describe())  # fmt: skip
 
     def _check_alone(self) -> None:
         """Warn when another process of a single-process stage took some of its partitions."""

@@ -82,19 +82,20 @@ class InputOrder(Generic[Partition]):
                         "them again", self.stage, expected, offset - 1, partition, offset)  # fmt: skip
         return Verdict.HOLD
 
-    def watch(self, positions: Mapping[Partition, int]) -> None:
+    def watch(self, positions: Mapping[Partition, int], starts: Mapping[Partition, int]) -> None:
         """Open a hole where the consumer fetched past the next offset and nothing came since.
 
         ``positions`` are the consumer's fetch positions (the next offset it
-        will fetch). Records it fetched reach the stage within a batch
-        window; a position past the next offset that stays as it is for
-        :attr:`reseek_seconds` while the stage handles nothing of the
+        will fetch); ``starts`` where reading starts on the partitions that
+        have brought no record yet. Records it fetched reach the stage within
+        a batch window; a position past the next offset that stays as it is
+        for :attr:`reseek_seconds` while the stage handles nothing of the
         partition means fetched records were never handed over, at the tail
-        where no later record shows the hole.
+        where no later record shows the hole (or all of them, so far).
         """
         now = self.clock()
         for partition, position in positions.items():
-            expected = self._next.get(partition)
+            expected = self._next.get(partition, starts.get(partition))
             if expected is None or position <= expected or partition in self._holes:
                 self._fetched.pop(partition, None)
                 continue
@@ -103,6 +104,7 @@ class InputOrder(Generic[Partition]):
                 self._fetched[partition] = (position, expected, now)
             elif now - seen[2] >= self.reseek_seconds:
                 del self._fetched[partition]
+                self._next[partition] = expected
                 self.holes_found += 1
                 self._holes[partition] = None
                 log.warning("%s: offsets %d to %d of %s were fetched but not handed over; reading them "
@@ -117,6 +119,10 @@ class InputOrder(Generic[Partition]):
                 self._holes[partition] = now
                 due[partition] = self._next[partition]
         return due
+
+    def next_offset(self, partition: Partition) -> int | None:
+        """The offset the stage must handle next on ``partition``, once a record of it was sorted."""
+        return self._next.get(partition)
 
     def knows(self, partition: Partition) -> bool:
         """True once a record of ``partition`` was sorted since it came here."""

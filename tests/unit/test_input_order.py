@@ -98,15 +98,15 @@ def test_records_fetched_and_never_handed_over_at_the_tail_are_read_again() -> N
     order: InputOrder[str] = InputOrder("journeys", reseek_seconds=1.0, clock=clock)
     for offset in (4, 5):
         order.sort("p0", offset, start=4)
-    order.watch({"p0": 9})  # records 6 to 8 fetched, on their way
+    order.watch({"p0": 9}, {})  # records 6 to 8 fetched, on their way
     clock.now += 0.6
     order.sort("p0", 6, start=4)
-    order.watch({"p0": 9})  # progress: the wait starts again
+    order.watch({"p0": 9}, {})  # progress: the wait starts again
     clock.now += 0.6
-    order.watch({"p0": 9})
+    order.watch({"p0": 9}, {})
     assert order.open_holes == 0, "records on their way are not a hole"
     clock.now += 0.5
-    order.watch({"p0": 9})
+    order.watch({"p0": 9}, {})
     assert order.seeks_due() == {"p0": 7}, "7 and 8 fetched, nothing handed over for a second"
     assert [order.sort("p0", offset, start=4) for offset in (7, 8)] == [HANDLE, HANDLE]
     assert order.open_holes == 0
@@ -118,6 +118,19 @@ def test_a_quiet_partition_is_not_a_hole() -> None:
     order.sort("p0", 0, start=0)
     for _ in range(5):
         clock.now += 1.0
-        order.watch({"p0": 1, "p1": 7})  # p0 read to its end; p1 not read here yet
+        order.watch({"p0": 1, "p1": 7}, {"p1": 7})  # p0 read to its end; p1 brought nothing yet
     assert order.open_holes == 0
     assert order.seeks_due() == {}
+
+
+def test_a_partition_whose_fetched_records_never_came_is_read_again() -> None:
+    clock = Clock()
+    order: InputOrder[str] = InputOrder("attribution", reseek_seconds=1.0, clock=clock)
+    order.watch({"p1": 12}, {"p1": 10})  # 10 and 11 fetched, nothing handed over yet
+    clock.now += 0.5
+    order.watch({"p1": 12}, {"p1": 10})
+    assert order.seeks_due() == {}
+    clock.now += 0.6
+    order.watch({"p1": 12}, {"p1": 10})
+    assert order.seeks_due() == {"p1": 10}
+    assert [order.sort("p1", offset, start=10) for offset in (10, 11)] == [HANDLE, HANDLE]
