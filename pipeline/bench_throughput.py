@@ -12,7 +12,7 @@ from pipeline.bench_probe import OffsetSampler, ProcessSampler, topic_census
 from pipeline.bench_profile import StageProfiler, top_rows
 from pipeline.bench_report import cpu_table, section, table, topic_table
 from pipeline.bench_stats import Phases
-from pipeline.bench_steps import StepRunner
+from pipeline.bench_steps import StepFailed, StepRunner
 from pipeline.cli.common import console
 from pipeline.config import STAGES, Settings
 from pipeline.kafka.topics import row_topics
@@ -77,6 +77,7 @@ def run_throughput(
         ],
     )
     _print_pipeline(e2e, phases, sunk, n, pass_rate, rows)
+    check_stored(rows, n)
     table(
         "stages over time (seconds since launch)",
         ["stage", "first commit", "input all committed"],
@@ -94,6 +95,21 @@ def run_throughput(
     if parts:
         _print_parts(runner, base, settings, n, seed)
     section("steps", [(name, f"{seconds:.1f} s") for name, seconds in runner.done])
+
+
+MIN_STORED_SHARE = 0.99
+"""The share of the simulated events the run must store in ``events`` for its figures to mean anything."""
+
+
+def check_stored(rows: dict[str, int], n: int) -> None:
+    """Fail the bench when the end-to-end run stored (nearly) none of its input: it measured nothing."""
+    stored = rows.get("events_store", 0)
+    if stored < n * MIN_STORED_SHARE:
+        raise StepFailed(
+            f"the end-to-end run stored {stored:,} of {n:,} events in `events`: its figures measure "
+            "nothing (seen when the reset right after starting the broker left the consumer groups of "
+            "an earlier run with their offsets: the stages found their input done; run the bench again)"
+        )
 
 
 def _print_pipeline(

@@ -167,3 +167,15 @@ class TestProfile:
         assert rows[0] == ["identity (20 samples)", "", ""]
         assert ["  process (stage.py)", "function", "50.0%"] in rows
         assert len([r for r in rows if r[1] == "function"]) == 1  # top=1; the empty sink is left out
+
+
+def test_a_run_that_stored_almost_nothing_fails_the_bench() -> None:
+    from pipeline.bench_steps import StepFailed
+    from pipeline.bench_throughput import check_stored
+
+    check_stored({"events_store": 50_000, "sessions_store": 10}, 50_000)
+    check_stored({"events_store": 49_600}, 50_000)
+    with pytest.raises(StepFailed, match="stored 0 of 50,000 events"):
+        check_stored({"events_store": 0, "sessions_store": 0}, 50_000)
+    with pytest.raises(StepFailed, match="stored 40,000 of 50,000"):
+        check_stored({"events_store": 40_000}, 50_000)
