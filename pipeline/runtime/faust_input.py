@@ -8,21 +8,30 @@ filling of holes (which would commit past them) is switched off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
+from pipeline.config import Settings
+from pipeline.kafka.admin import committed_offsets
 from pipeline.runtime.faults import FaultPlan
 from pipeline.runtime.input_order import InputOrder, Verdict
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 FETCH_MAX_WAIT_MS = 100
 """How long the broker may hold a fetch of a stateful stage's consumer for data to arrive."""
+
+ATTEMPTS = 6
+FIRST_RETRY_SECONDS = 0.25
+"""A broker call of the input's bookkeeping is tried 6 times, 0.25 s apart at first, doubling (about 8 s)."""
 
 REREAD_CHECK_SECONDS = 0.5
 """How often the stage looks for holes still waiting to be read again."""
@@ -31,13 +40,17 @@ REREAD_CHECK_SECONDS = 0.5
 class OrderedInput:
     """Hands a faust stage its input records in offset order, each partition without a hole."""
 
-    def __init__(self, app: faust.App, stage: str, topics: Sequence[str], faults: FaultPlan) -> None:
+    def __init__(
+        self, app: faust.App, settings: Settings, stage: str, topics: Sequence[str], faults: FaultPlan
+    ) -> None:
         self.app = app
+        self.settings = settings
+        self.group = settings.group(stage)
         self.stage = stage
         self.topics = frozenset(topics)  # the stage's inputs; the consumer also holds the tables' changelogs
         self.faults = faults
         self.order: InputOrder[TP] = InputOrder(stage)
-        self._earliest: dict[TP, int] = {}  # first offset in the log, of partitions never committed
+        self._start_of: dict[TP, int] = {}  # where reading started on partitions held now
         self._shorten_fetch_wait()
         self._keep_holes_open()
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # mode types it too narrowly
@@ -60,33 +73,50 @@ class OrderedInput:
         return values
 
     async def _starts(self, partitions: set[TP]) -> dict[TP, int]:
-        """Where reading starts on partitions new here: the committed offset, else the log's first."""
+        """Where reading starts on partitions new here: the group's committed offset, else the log's first.
+
+        Asked of the broker once per partition and assignment: faust's own
+        record of committed offsets is not always filled in when the first
+        records come, and starting from the log's first offset would handle
+        committed input again.
+        """
         new = [tp for tp in partitions if not self.order.knows(tp)]
-        if not new:
-            return {}
-        consumer = self.app.consumer
-        committed = consumer._committed_offset  # type: ignore[attr-defined]
-        starts = {tp: committed[tp] for tp in new if committed[tp] is not None}
-        never = [tp for tp in new if tp not in starts]
-        unknown = [tp for tp in never if tp not in self._earliest]
-        if unknown:
-            # faust also records a committed offset of 0 as none
-            earliest = await consumer.earliest_offsets(*unknown)
-            self._earliest.update({tp: earliest.get(tp) or 0 for tp in unknown})
-        starts.update({tp: self._earliest[tp] for tp in never})
-        return starts
+        missing = [tp for tp in new if tp not in self._start_of]
+        if missing:
+            loop = asyncio.get_running_loop()
+            topics = sorted({tp.topic for tp in missing})
+            committed = await self._retrying(
+                "reading the committed offsets", loop.run_in_executor, None, committed_offsets, self.settings,
+                self.group, topics,
+            )  # fmt: skip
+            never = [tp for tp in missing if (tp.topic, tp.partition) not in committed]
+            earliest = (
+                await self._retrying("reading the first offsets", self.app.consumer.earliest_offsets, *never)
+                if never
+                else {}
+            )
+            for tp in missing:
+                start = committed.get((tp.topic, tp.partition))
+                self._start_of[tp] = start if start is not None else earliest.get(tp) or 0
+        return {tp: self._start_of[tp] for tp in new}
 
     async def _check(self) -> None:
-        """Look for records fetched and never handed over, then re-read every hole that is due."""
+        """Look for records fetched and never handed over, then re-read every hole that is due.
+
+        A failure (the broker away, a rebalance under way) is logged; the next
+        check, half a second later, tries again.
+        """
         consumer = self.app.consumer
         try:
             owned = self._owned()
+            positions = {tp: await consumer.position(tp) for tp in owned}
+            starts = await self._starts(set(owned))
+            self.order.watch({tp: p for tp, p in positions.items() if p is not None}, starts)
+            await self.reread_holes()
         except ConsumerNotStarted:
             return
-        positions = {tp: await consumer.position(tp) for tp in owned}
-        starts = await self._starts(set(owned))
-        self.order.watch({tp: position for tp, position in positions.items() if position is not None}, starts)
-        await self.reread_holes()
+        except Exception as exc:
+            log.warning("%s: checking the input's fetch positions failed: %r", self.stage, exc)
 
     async def reread_holes(self) -> None:
         """Seek every partition whose hole is due for another read back to the hole."""
@@ -98,13 +128,25 @@ class OrderedInput:
         due = {tp: offset for tp, offset in due.items() if tp in owned}
         if not due:
             return
-        earliest = await consumer.earliest_offsets(*due)
+        earliest = await self._retrying("reading the first offsets", consumer.earliest_offsets, *due)
         for tp, offset in list(due.items()):
             start = earliest.get(tp) or 0
             if start > offset:
                 self.order.restart_at(tp, start)
                 due[tp] = start
-        await consumer.seek_wait(due)
+        await self._retrying("seeking back to a hole", consumer.seek_wait, due)
+
+    async def _retrying(self, what: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``call(*args)``, tried again with growing pauses while it fails; raises the last failure."""
+        delay = FIRST_RETRY_SECONDS
+        for _attempt in range(1, ATTEMPTS):
+            try:
+                return await call(*args)
+            except Exception as exc:
+                log.warning("%s: %s failed (%r); trying again in %.1f s", self.stage, what, exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        return await call(*args)
 
     async def describe(self) -> str:
         """Where reading stands on each owned partition, for a stage that waits too long."""
@@ -143,7 +185,7 @@ class OrderedInput:
         revoked: set[TP] = args[0]
         self.order.forget(revoked)
         for tp in revoked:
-            self._earliest.pop(tp, None)
+            self._start_of.pop(tp, None)
 
     def _keep_holes_open(self) -> None:
         """Stop faust from counting offsets it never handed over as done.

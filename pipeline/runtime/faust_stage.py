@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -138,11 +138,11 @@ class FaustStage:
         )
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
         forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
-        self.input = OrderedInput(app, self.stage, [*self.inputs, *forward_from], self.faults)
+        self.input = OrderedInput(app, settings, self.stage, [*self.inputs, *forward_from], self.faults)
 
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
-                batch = await self.input.admit(events)
+                batch = await self._admitted(events)
                 if batch:
                     # The step runs without an await: nothing can interrupt it half
                     # way, and take_events() acknowledges the batch only after it returned.
@@ -157,7 +157,7 @@ class FaustStage:
 
             async def forwarder(stream: Any) -> None:
                 async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
-                    batch = await self.input.admit(events)
+                    batch = await self._admitted(events)
                     records = [r for value in batch for r in unpack(value)]
                     if records:
                         self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
@@ -174,11 +174,21 @@ class FaustStage:
         try:
             step(*args)
         except BaseException as exc:
-            # A clean faust stop would acknowledge and commit the batch that failed.
-            log.critical("%s: step failed, exiting without acknowledging it: %r", self.stage, exc,
-                         exc_info=not isinstance(exc, KeyboardInterrupt))  # fmt: skip
-            logging.shutdown()
-            os._exit(70)
+            self._exit_unacknowledged(exc)
+
+    async def _admitted(self, events: Sequence[Any]) -> list[bytes]:
+        """The batch's values to handle, in input order; a failure stops the process unacknowledged."""
+        try:
+            return await self.input.admit(events)
+        except Exception as exc:
+            self._exit_unacknowledged(exc)
+
+    def _exit_unacknowledged(self, exc: BaseException) -> NoReturn:
+        # A clean faust stop would acknowledge and commit the batch that failed.
+        log.critical("%s: step failed, exiting without acknowledging it: %r", self.stage, exc,
+                     exc_info=not isinstance(exc, KeyboardInterrupt))  # fmt: skip
+        logging.shutdown()
+        os._exit(70)
 
     def _changes(self) -> list[ChangelogRecord]:
         return [record for cache in self._caches.values() for record in cache.write_back()]
