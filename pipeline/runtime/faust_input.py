@@ -108,7 +108,7 @@ class OrderedInput:
         """
         consumer = self.app.consumer
         try:
-            owned = self._owned()
+            owned = self.owned()
             positions = {tp: await consumer.position(tp) for tp in owned}
             starts = await self._starts(set(owned))
             self.order.watch({tp: p for tp, p in positions.items() if p is not None}, starts)
@@ -124,7 +124,7 @@ class OrderedInput:
         if not due:
             return
         consumer = self.app.consumer
-        owned = self._owned()
+        owned = self.owned()
         due = {tp: offset for tp, offset in due.items() if tp in owned}
         if not due:
             return
@@ -154,14 +154,14 @@ class OrderedInput:
         committed = consumer._committed_offset  # type: ignore[attr-defined]
         read = consumer._read_offset  # type: ignore[attr-defined]
         parts = []
-        for tp in sorted(self._owned()):
+        for tp in sorted(self.owned()):
             parts.append(f"{tp.topic}:{tp.partition} next={self.order.next_offset(tp)} "
                          f"committed={committed.get(tp)} faust_read={read.get(tp)} "
                          f"fetch_position={await consumer.position(tp)}")  # fmt: skip
         return "; ".join(parts) + f"; holes open={self.order.open_holes}"
 
-    def _owned(self) -> set[TP]:
-        """The input partitions this process holds."""
+    def owned(self) -> set[TP]:
+        """The input partitions this process holds (forwarded topics included)."""
         return {tp for tp in self.app.consumer.assignment() if tp.topic in self.topics}
 
     def _hold(self, message: Any) -> None:

@@ -221,8 +221,9 @@ class FaustStage:
         self.writer.commit_step(self.handler.flush(), self._changes(), ["mid_flush"])
 
     def _owned(self) -> set[int]:
+        """The partitions of the handler's own input that this process holds."""
         own = set(self.inputs)
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in own}
+        return {tp.partition for tp in self.input.owned() if tp.topic in own}
 
     def _open_epochs(self) -> None:
         """Start a new epoch on partitions this process has just been given, durably, before any output.
@@ -286,7 +287,7 @@ class FaustStage:
             await self._note_drain_wait(lag)
             return
         self._finished = True
-        if not self._owns_input():
+        if not self._owned():
             # another process of this stage owns the input that does the work: it
             # flushes and leaves the marker; this one only forwarded
             log.info("%s: drained (forwarding only) after %d records", self.stage, self.processed)
@@ -311,9 +312,7 @@ class FaustStage:
 
     def _check_alone(self) -> None:
         """Warn when another process of a single-process stage took some of its partitions."""
-        own = set(self.inputs)
-        held = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in own}
-        total = max(self._partitions.get(name, self.settings.partitions) for name in self.handler.inputs)
+        held, total = self._owned(), self.source_partitions
         if held and len(held) < total and not self._warned_alone:
             self._warned_alone = True
             log.error(
@@ -321,10 +320,6 @@ class FaustStage:
                 "set O2O_IDENTITY_WORKERS to the number of processes (graph updates then go through "
                 "one partition)", self.stage, len(held), total,
             )  # fmt: skip
-
-    def _owns_input(self) -> bool:
-        """True when this process holds a partition of the handler's own input."""
-        return bool(self._owned())
 
     def run(self) -> None:
         """Run the worker until stopped (a signal) or drained."""

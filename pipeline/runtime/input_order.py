@@ -76,10 +76,7 @@ class InputOrder(Generic[Partition]):
         if offset < expected:
             return Verdict.REPEAT
         if partition not in self._holes:
-            self.holes_found += 1
-            self._holes[partition] = None
-            log.warning("%s: offsets %d to %d of %s were not handed over before offset %d; reading "
-                        "them again", self.stage, expected, offset - 1, partition, offset)  # fmt: skip
+            self._open_hole(partition, expected, offset, f"were not handed over before offset {offset}")
         return Verdict.HOLD
 
     def watch(self, positions: Mapping[Partition, int], starts: Mapping[Partition, int]) -> None:
@@ -105,10 +102,14 @@ class InputOrder(Generic[Partition]):
             elif now - seen[2] >= self.reseek_seconds:
                 del self._fetched[partition]
                 self._next[partition] = expected
-                self.holes_found += 1
-                self._holes[partition] = None
-                log.warning("%s: offsets %d to %d of %s were fetched but not handed over; reading them "
-                            "again", self.stage, expected, position - 1, partition)  # fmt: skip
+                self._open_hole(partition, expected, position, "were fetched but not handed over")
+
+    def _open_hole(self, partition: Partition, first: int, end: int, how: str) -> None:
+        """Count and log a hole of offsets ``first`` to ``end - 1``, to be read again."""
+        self.holes_found += 1
+        self._holes[partition] = None
+        log.warning("%s: offsets %d to %d of %s %s; reading them again", self.stage, first, end - 1,
+                    partition, how)  # fmt: skip
 
     def seeks_due(self) -> dict[Partition, int]:
         """Partitions to read again from their hole now, with the offset to seek to."""

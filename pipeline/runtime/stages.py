@@ -47,8 +47,9 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         handler = _stateful_handler(settings, stage)
         faust_stage = FaustStage(settings, stage, handler.inputs, handler, gate)
         graph = getattr(handler, "graph", None)
+        order = faust_stage.input.order
         sources: dict[str, Callable[[], Mapping[str, int]]] = {
-            "": lambda: {"processed": faust_stage.processed}
+            "": lambda: {"processed": faust_stage.processed, "input_holes": order.holes_found}
         }
         if graph is not None:
             sources["identity"] = counter_of(graph.counts)
