@@ -107,11 +107,32 @@ def outcome(raw: bytes) -> str:
     return "valid"
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=300))
-def test_random_bytes(raw: bytes) -> None:
-    outcome(raw)
-    redact_pii(raw, "s")
+VALID_RAW = [orjson.dumps(e) for e in VALID_EVENTS]
+
+
+@st.composite
+def spliced_bytes(draw: st.DrawFn) -> bytes:
+    """A valid event's bytes, some with random bytes written over a random stretch of them."""
+    raw = draw(st.sampled_from(VALID_RAW))
+    if draw(st.booleans()):
+        return raw
+    start = draw(st.integers(0, len(raw)))
+    end = draw(st.integers(start, min(len(raw), start + 12)))
+    return raw[:start] + draw(st.binary(max_size=12)) + raw[end:]
+
+
+def test_random_bytes() -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=300) | spliced_bytes())
+    def check(raw: bytes) -> None:
+        seen[outcome(raw)] += 1
+        redact_pii(raw, "s")
+
+    check()
+    rejected = sum(n for reason, n in seen.items() if reason != "valid")
+    assert seen["valid"] >= 40 and rejected >= 40, seen
 
 
 def test_mutated_simulator_events_are_accepted_or_rejected_with_a_reason() -> None:
