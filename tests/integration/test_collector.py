@@ -338,6 +338,7 @@ SINGLE_CALLS = [  # (route, write key, message without a "type": the route decid
     ("/v1/page", WEB_KEY, {"anonymousId": "a-5", "name": "Home"}),
     ("/v1/p", WEB_KEY, {"anonymousId": "a-5"}),
     ("/v1/alias", WEB_KEY, {"userId": "u-5", "previousId": "a-4"}),
+    ("/v1/a", WEB_KEY, {"userId": "u-6", "previousId": "a-6"}),
     ("/v1/screen", APP_KEY, {"anonymousId": "d-5", "name": "Home"}),
     ("/v1/s", APP_KEY, {"anonymousId": "d-5"}),
 ]  # fmt: skip
@@ -357,12 +358,14 @@ def test_segment_single_call_routes_deliver_one_event_each(settings: Settings, c
         "single/v1/page": ("web", "page_view"),
         "single/v1/p": ("web", "page_view"),
         "single/v1/alias": ("web", "login"),
+        "single/v1/a": ("web", "login"),
         "single/v1/screen": ("app", "screen_view"),
         "single/v1/s": ("app", "screen_view"),
     }
     assert got["single/v1/identify"].value["ids"] == {"user_id": "u-5", "anonymous_id": "a-5",
                                                       "email": "e@example.com"}  # fmt: skip
     assert got["single/v1/alias"].value["ids"] == {"anonymous_id": "a-4", "user_id": "u-5"}
+    assert got["single/v1/a"].value["ids"] == {"anonymous_id": "a-6", "user_id": "u-6"}
     assert got["single/v1/track"].value["properties"]["order_id"] == "o-5"
     metrics = httpx.get(f"{collector.url}/metrics").text
     for route, _key, _message in SINGLE_CALLS:

@@ -103,6 +103,15 @@ def _keep_log(settings: Settings, name: str, err: str) -> None:
     (folder / f"{number:02d}-{name.replace(':', '-')}.log").write_text(err)
 
 
+def _record_kill(settings: Settings, how: str, stage: str, committed: int, end: int) -> None:
+    """Print a kill with the killed stage's offsets, and keep it in the state folder's kills.txt."""
+    line = f"{how}: {stage} committed {committed} of {end} at the kill (lag {end - committed})"
+    print(line)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / "kills.txt").open("a") as kills:
+        kills.write(line + "\n")
+
+
 def _run_until_fault(settings: Settings, plan: str, drain: bool = False, bound: float = 150.0) -> str:
     """`run all` with the fault plan: it must die at the planned point within ``bound`` seconds."""
     faulty = settings.model_copy(update={"fault_at": plan})
@@ -121,7 +130,7 @@ def _run_until_fault(settings: Settings, plan: str, drain: bool = False, bound: 
     stage, point = plan.split(":")[:2]
     assert any(f"{stage}: fault injected at {point}" in line for line in fired), (plan, fired)
     committed, end = _offsets(settings, stage)
-    print(f"{plan}: {stage} committed {committed} of {end} at the kill (lag {end - committed})")
+    _record_kill(settings, plan, stage, committed, end)
     if point in UNACKED_POINTS:
         assert committed < end, f"{plan}: the input of the killed step was acknowledged ({committed}/{end})"
     return fired[0]
@@ -292,7 +301,8 @@ def test_random_kills_of_any_stage(
                     run.communicate()
     finally:
         offsets.close()
-    print("kills (stage, committed, end):", kills)
+    for stage, committed, end in kills:
+        _record_kill(settings, "chaos", stage, committed, end)
     assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
     _expect_same(settings, undisturbed)
 

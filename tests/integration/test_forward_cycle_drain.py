@@ -6,7 +6,6 @@ journeys' own input topic for ever and ``--drain`` never finished.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -52,9 +51,7 @@ def test_journeys_drains_a_rename_back_cycle_within_a_minute(settings: Settings)
         producer.produce(settings.topic(name), value, partition=partition)
     assert producer.flush(30) == 0
 
-    started = time.monotonic()
-    run = o2o(settings, "run", "journeys", "--drain", timeout=60)
-    assert time.monotonic() - started < 60
+    run = o2o(settings, "run", "journeys", "--drain", timeout=60)  # a livelock fails on the timeout
     # journeys' own input holds the story and a few hand-overs, not hand-overs bouncing for ever
     assert input_messages(settings) <= len(messages) + 4
     assert "forward cycle" in run.stderr  # the cut was logged
