@@ -29,8 +29,11 @@ unit: install ## fast tests, no broker
 integration: install ## tests against the real broker and chDB
 	$(BIN)/python -m pytest tests/integration -q
 
+# Test processes: each runs whole test files (their module fixtures run once); all share one broker.
+TEST_WORKERS ?= 2
+
 test: lint ## everything CI runs
-	$(BIN)/python -m pytest tests -q --durations=20
+	$(BIN)/python -m pytest tests -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 bench: install ## throughput and memory against a bare confluent-kafka passthrough
 	$(BIN)/o2o bench --events 100000

@@ -2,17 +2,21 @@
 
 The broker is the project's own local stack (Apache Kafka, KRaft) on a free
 loopback port with its own state folder; its classpath download is cached
-under the repository's ``.state`` so repeated runs need no network. chDB
-allows one data folder per process, so every test shares one folder and gets
-its own database and topic prefix.
+under the repository's ``.state`` so repeated runs need no network. With
+pytest-xdist (``-n N``, as ``make test`` runs) the controlling process starts
+the one broker before the workers and stops it after them; each worker is
+told its address. chDB allows one data folder per process, so every test of a
+worker shares one folder and gets its own database and topic prefix.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,25 +36,80 @@ TEST_GROUP_SESSION_TIMEOUT = 3.0
 # CI (.ci/run sets CI=true) runs the property tests on a fixed sequence of
 # examples: a run passes or fails for what changed, not for what was drawn.
 # Locally every run draws new examples.
-hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
+# No deadline on examples in either: timings never go into tests (and two test
+# workers share the machine's cores with the broker and the stages).
+hypothesis_settings.register_profile("local", deadline=None)
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "local")
+
+
+BROKER_KEY = "o2o_test_broker"  # how the controlling process tells the workers
+
+
+class TestBroker:
+    """The project's local Kafka broker on free ports, in a state folder of its own."""
+
+    def __init__(self, state: Path) -> None:
+        from pipeline.stack.local_kafka import LocalKafka, free_port
+
+        self.state = state
+        port, controller = free_port(), free_port()
+        self.settings = load_settings(state_dir=state, kafka_port=port, kafka_controller_port=controller)
+        self.stack = LocalKafka(self.settings, dist_cache=REPO / ".state" / "kafka" / "dist")
+        self.bootstrap = self.stack.up().bootstrap
+
+    def stack_settings(self) -> Settings:
+        """Settings that reach this broker, with its state folder and ports (for `o2o stack`)."""
+        return self.settings.model_copy(update={"bootstrap_servers": self.bootstrap})
+
+    def down(self) -> None:
+        """Stop the broker and delete its data."""
+        self.stack.down(purge=True)
+
+
+def _controls_workers(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the controlling process starts the run's one broker before any worker."""
+    if _controls_workers(config):
+        config.stash[BROKER] = TestBroker(Path(tempfile.mkdtemp(prefix="o2o-test-kafka-")))
+
+
+def pytest_configure_node(node: Any) -> None:
+    """xdist: tell each worker where the broker is."""
+    settings = node.config.stash[BROKER].stack_settings()
+    node.workerinput[BROKER_KEY] = settings.model_dump(
+        mode="json", include={"bootstrap_servers", "state_dir", "kafka_port", "kafka_controller_port"}
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Under xdist, stop the broker once every worker is done."""
+    broker = config.stash.get(BROKER, None)
+    if broker is not None:
+        broker.down()
+        shutil.rmtree(broker.state, ignore_errors=True)
+
+
+BROKER = pytest.StashKey[TestBroker]()
 
 
 @pytest.fixture(scope="session")
-def kafka_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Start the project's local Kafka broker on free ports for the whole run; its settings."""
-    from pipeline.stack.local_kafka import LocalKafka, free_port
-
-    state = tmp_path_factory.mktemp("kafka-state")
-    port, controller = free_port(), free_port()
-    settings = load_settings(state_dir=state, kafka_port=port, kafka_controller_port=controller)
-    stack = LocalKafka(settings, dist_cache=REPO / ".state" / "kafka" / "dist")
-    status = stack.up()
+def kafka_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Settings of the run's Kafka broker: the controlling process's under xdist, else started here."""
+    shared = getattr(request.config, "workerinput", {}).get(BROKER_KEY)
+    if shared:
+        yield load_settings(**shared)
+        return
+    broker = TestBroker(tmp_path_factory.mktemp("kafka-state"))
     try:
-        yield settings.model_copy(update={"bootstrap_servers": status.bootstrap})
+        yield broker.stack_settings()
     finally:
-        stack.down(purge=True)
+        broker.down()
 
 
 @pytest.fixture(scope="session")
