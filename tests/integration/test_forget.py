@@ -30,6 +30,18 @@ EVENTS = [
 ]  # fmt: skip
 
 TABLES = ("events", "sessions", "conversions", "attribution", "identities")
+# the storage tables with a person's rows, named here rather than taken from the code under test
+STORES = ("events_store", "sessions_store", "conversions_store", "attribution_store",
+          "attribution_adjustments_store", "identities_store")  # fmt: skip
+
+
+def stored_rows(settings: Settings, persons: list[str]) -> dict[str, int]:
+    """Rows of ``persons`` in each storage table, read without FINAL: what was written and not erased."""
+    ids = ", ".join(f"'{p}'" for p in persons)
+    return {
+        table: query(settings, f"SELECT count() FROM {{db}}.{table} WHERE person_id IN ({ids})")[0][0]
+        for table in STORES
+    }
 
 
 def produce(settings: Settings, path: Path, events: list[dict[str, Any]]) -> None:
@@ -70,8 +82,13 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         assert dry["dry_run"] and dry["rows"]["events_store"] == 3
         assert counts(settings) == before  # a dry run changes nothing
 
+        alice = [query(settings, person % "c-alice")[0][0]]
+        held = stored_rows(settings, alice)
+        assert all(held[t] for t in ("events_store", "conversions_store", "attribution_store")), held
         done = forget(settings, "--id", "email: ALICE@example.com ")
         assert len(done["persons"]) == 1 and done["identifiers_suppressed"] == 3
+        assert done["persons"] == alice
+        assert stored_rows(settings, alice) == dict.fromkeys(STORES, 0)  # gone from storage, not hidden
         assert done["rows"]["events_store"] == 3 and done["rows"]["conversions_store"] == 1
         after = counts(settings)
         assert after == {"events": 2, "sessions": 1, "conversions": 1, "attribution": bob_credits,
