@@ -51,7 +51,7 @@ class SchemaRegistry:
         self.schemas = dict(sorted(types.items()))
         self._envelope_check: Validator = _compile(envelope)
         self._validators: dict[tuple[str, str], Validator] = {
-            key: _compile(combine(envelope, schema)) for key, schema in self.schemas.items()
+            key: _compile(combine(envelope, schema, source=key[0])) for key, schema in self.schemas.items()
         }
         self._sources: dict[str, set[str]] = {}
         for source, etype in self.schemas:
@@ -118,17 +118,58 @@ def default_registry() -> SchemaRegistry:
     return SchemaRegistry.load()
 
 
-def combine(envelope: Schema, properties: Schema) -> Schema:
+def combine(envelope: Schema, properties: Schema, source: str | None = None) -> Schema:
     """The schema of a whole event of one type: the envelope with ``properties`` set to ``properties``.
 
     ``properties`` becomes required when the type schema requires any field.
+    With ``source`` (a validator is only ever used on events of its source),
+    the envelope's rules that depend on the source alone are decided here:
+    see :func:`_decide_source_rules`.
     """
     combined = copy.deepcopy(envelope)
     embedded = {k: copy.deepcopy(v) for k, v in properties.items() if k not in _ANNOTATIONS}
     combined["properties"]["properties"] = embedded
     if embedded.get("required") or embedded.get("anyOf"):
         combined["required"] = [*combined.get("required", []), "properties"]
+    if source is not None:
+        _decide_source_rules(combined, source)
     return combined
+
+
+def _decide_source_rules(schema: Schema, source: str) -> None:
+    """Replace each ``allOf`` rule "if source is one of E then T" by T (source in E) or by nothing.
+
+    The same outcome as the conditional for an event of ``source``, without
+    its cost: the generated code tests the ``if`` by raising and catching an
+    exception, for every event of the other sources.
+    """
+    kept = []
+    for rule in schema.get("allOf", []):
+        sources = _source_condition(rule)
+        if sources is None:
+            kept.append(rule)
+        elif (branch := rule.get("then" if source in sources else "else")) is not None:
+            kept.append(branch)
+    if kept:
+        schema["allOf"] = kept
+    else:
+        schema.pop("allOf", None)
+
+
+def _source_condition(rule: Any) -> list[str] | None:
+    """E of a rule that is exactly "if source is one of E then ... [else ...]", else None."""
+    if not isinstance(rule, dict) or set(rule) - {"if", "then", "else", "description", "$comment"}:
+        return None
+    condition = rule.get("if")
+    if not isinstance(condition, dict) or set(condition) != {"properties", "required"}:
+        return None
+    properties, required = condition["properties"], condition["required"]
+    if required != ["source"] or not isinstance(properties, dict) or set(properties) != {"source"}:
+        return None
+    enum = properties["source"]
+    if not isinstance(enum, dict) or set(enum) != {"enum"} or not isinstance(enum["enum"], list):
+        return None
+    return enum["enum"]
 
 
 def explain(exc: JsonSchemaValueException) -> InvalidEvent:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.schema_docs import DOCS_FILE, render_reference
-from pipeline.ingest.schemas import SCHEMA_DIR, SchemaRegistry, default_registry
+from pipeline.ingest.schemas import SCHEMA_DIR, SchemaRegistry, combine, default_registry
 from pipeline.model.contract import SOURCES
 from pipeline.simulate import simulate
 
@@ -234,3 +234,15 @@ def test_reference_renders_from_a_folder(tmp_path: Path) -> None:
     text = render_reference(tmp_path)
     assert "### `web` `ping`" in text
     assert "No type-specific properties." in text
+
+
+def test_rules_on_the_source_alone_are_decided_per_source() -> None:
+    """One validator per source: "if source in E then T" becomes T for sources in E, nothing for others."""
+    store_rule = {"if": {"properties": {"source": {"enum": ["pos"]}}, "required": ["source"]},
+                  "then": {"required": ["properties"]}, "description": "pos names its store"}  # fmt: skip
+    other_rule = {"if": {"properties": {"type": {"const": "x"}}}, "then": {"required": ["context"]}}
+    envelope = {"type": "object", "properties": {}, "allOf": [store_rule, other_rule]}
+    assert combine(envelope, {}, source="pos")["allOf"] == [{"required": ["properties"]}, other_rule]
+    assert combine(envelope, {}, source="web")["allOf"] == [other_rule]
+    assert "allOf" not in combine({**envelope, "allOf": [store_rule]}, {}, source="web")
+    assert combine(envelope, {})["allOf"] == [store_rule, other_rule]  # no source: left as written
