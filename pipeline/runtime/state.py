@@ -73,9 +73,9 @@ class BatchCache(MutableMapping[str, Any]):
 
     Handlers read and write it like a dict; :meth:`write_back` then applies
     each changed key once to the table's in-memory store and returns the
-    changelog records for them. An event held and released within one batch,
-    or a person touched by many events of a batch, costs one changelog record
-    instead of one per change.
+    changelog records for them. A person touched by many events of a batch
+    costs one changelog record instead of one per change, and an event held
+    and released within one batch none.
     """
 
     def __init__(self, store: MutableMapping[str, Any], changelog: str = "", partitions: int = 1) -> None:
@@ -132,8 +132,9 @@ class BatchCache(MutableMapping[str, Any]):
             encoded_key = key.encode()
             partition = key_partition(encoded_key, self.partitions)
             if value is _DELETED:
-                if key in self.table:
-                    del self.table[key]
+                if key not in self.table:
+                    continue  # written and deleted within the batch: the changelog never held it
+                del self.table[key]
                 records.append(ChangelogRecord(self.changelog, partition, encoded_key, None))
             else:
                 self.table[key] = value

@@ -90,3 +90,13 @@ def test_batch_cache_writes_each_changed_key_once_with_its_partition_and_tombsto
 
     assert [r.partition for r in records] == [partition_for(b"a", 4), partition_for(b"gone", 4)]
     assert cache.write_back() == []
+
+
+def test_a_key_written_and_deleted_within_one_batch_costs_no_changelog_record() -> None:
+    store: dict[str, Any] = {"held": [1]}
+    cache = BatchCache(store, "t.changelog", partitions=4)
+    cache["brief"] = [2]  # an event held and released in the same batch
+    del cache["brief"]
+    del cache["held"]  # held by an earlier batch: its record must be deleted
+    assert [(r.key, r.value) for r in cache.write_back()] == [(b"held", None)]
+    assert store == {}
