@@ -46,7 +46,7 @@ hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "local")
 BROKER_KEY = "o2o_test_broker"  # how the controlling process tells the workers
 
 
-class TestBroker:
+class SessionBroker:
     """The project's local Kafka broker on free ports, in a state folder of its own."""
 
     def __init__(self, state: Path) -> None:
@@ -67,6 +67,9 @@ class TestBroker:
         self.stack.down(purge=True)
 
 
+BROKER = pytest.StashKey[SessionBroker]()  # the controlling process's broker, under xdist
+
+
 def _controls_workers(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
 
@@ -74,7 +77,7 @@ def _controls_workers(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, the controlling process starts the run's one broker before any worker."""
     if _controls_workers(config):
-        config.stash[BROKER] = TestBroker(Path(tempfile.mkdtemp(prefix="o2o-test-kafka-")))
+        config.stash[BROKER] = SessionBroker(Path(tempfile.mkdtemp(prefix="o2o-test-kafka-")))
 
 
 def pytest_configure_node(node: Any) -> None:
@@ -93,9 +96,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(broker.state, ignore_errors=True)
 
 
-BROKER = pytest.StashKey[TestBroker]()
-
-
 @pytest.fixture(scope="session")
 def kafka_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -105,7 +105,7 @@ def kafka_stack(
     if shared:
         yield load_settings(**shared)
         return
-    broker = TestBroker(tmp_path_factory.mktemp("kafka-state"))
+    broker = SessionBroker(tmp_path_factory.mktemp("kafka-state"))
     try:
         yield broker.stack_settings()
     finally:
