@@ -10,7 +10,12 @@ event time seen), then releases them sorted. A stream that sent nothing for
 ``idle_seconds`` of processing time stops holding the others back, and so,
 at once, does a stream whose source said it has read everything there was
 (:meth:`ReorderBuffer.progress`: ingest's progress marks; a mark that says
-ingest is still reading keeps the stream active). Events older than
+ingest is still reading keeps the stream active). A stream that has not
+sent yet, while its source is being read, holds back only up to the
+newest event time the source's mark reports: app and geofence events
+keep their partition through ingest, so most ``app/1>p`` streams never
+send, and without this they would hold everything until ingest has read
+``app/1`` to its end. Events older than
 what was already released are let through at once and counted as late; the
 journeys stage then places them (see docs/journeys.md).
 """
@@ -21,6 +26,8 @@ import heapq
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+NEVER = -(2**62)  # the time of a stream that has not sent yet
 
 
 class ReorderBuffer:
@@ -44,6 +51,7 @@ class ReorderBuffer:
         self.last_late: tuple[str, int] = ("", 0)  # the stream of the last late event, and by how much (ms)
         self._waiting: set[str] = set()
         self._caught_up: set[str] = set()
+        self._quiet: dict[str, int] = {}  # not sent yet, source being read: up to the source's mark
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -53,6 +61,7 @@ class ReorderBuffer:
         at = event["occurred_at"]
         stream = self.stream_of(event)
         self._seen(stream, at)
+        self._quiet.pop(stream, None)
         if at < self.released_up_to:
             self.late += 1
             self.last_late = (stream, self.released_up_to - at)
@@ -62,16 +71,21 @@ class ReorderBuffer:
         heapq.heappush(self._heap, (at, event["event_id"], self._seq, event))
         return []
 
-    def progress(self, stream: str, caught_up: bool) -> None:
+    def progress(self, stream: str, caught_up: bool, source_at: int | None = None) -> None:
         """What the source of ``stream`` says about it, in order with the stream's events.
 
         ``caught_up``: the source has read everything there was, so the stream
         holds nothing back until its next event. Otherwise it is reading
         again: a stream known here stays active (its idle clock restarts).
+        ``source_at``: the newest event time the source had passed on when it
+        said so. A stream that has not sent yet holds back only up to it: the
+        mark follows everything sent its way, and the source is read in event-time order.
         """
         if caught_up:
             self._caught_up.add(stream)
         elif stream in self._newest:
+            if source_at is not None and self._newest[stream] == NEVER:
+                self._quiet[stream] = max(self._quiet.get(stream, NEVER), source_at)
             self._seen(stream, self._newest[stream])
         else:
             self._caught_up.discard(stream)
@@ -98,14 +112,15 @@ class ReorderBuffer:
         """
         for stream in streams:
             if stream not in self._newest:
-                self._newest[stream] = -(2**62)
+                self._newest[stream] = NEVER
                 self._waiting.add(stream)
 
     def watermark(self) -> int | None:
         """The event time up to which every active stream has arrived."""
         now = self.clock()
+        quiet = self._quiet
         active = [
-            t
+            quiet.get(s, t) if quiet else t
             for s, t in self._newest.items()
             if now - self._last_seen.get(s, now) < self.idle_seconds and s not in self._caught_up
         ]

@@ -116,8 +116,9 @@ class IdentityHandler:
     def _progress(self, record: dict[str, Any]) -> None:
         """Ingest's marks for one events.valid partition (pipeline/ingest/progress.py)."""
         partition = record["partition"]
+        times = record.get("times") or {}
         for origin, at_end in record["marks"].items():
-            self.reorder.buffer.progress(f"{origin}>{partition}", bool(at_end))
+            self.reorder.buffer.progress(f"{origin}>{partition}", bool(at_end), times.get(origin))
 
     def _forget(self, record: dict[str, Any]) -> list[Emission]:
         """Drop erased persons and identifiers from the graph; tell journeys (once, from copy 0)."""

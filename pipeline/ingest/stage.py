@@ -111,7 +111,7 @@ class IngestHandler:
             # each raw partition is in event-time order; identity's reorder
             # buffer follows every such stream (see pipeline/identity/reorder.py)
             origin = f"{event['source']}/{message.partition()}"
-            self.marks.passed(origin)
+            self.marks.passed(origin, event["occurred_at"])
             valid.append((self.valid_topic, key, {**event, "origin": origin}))
         for topic, partition, value in pack(valid, self.partitions, spread=(self.events_topic,)):
             produce(self.producer, topic, value, partition=partition)

@@ -63,27 +63,33 @@ def test_marks_are_sent_when_changed_and_at_most_once_per_interval() -> None:
     clock = FakeClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock)
     assert not marks.due()
-    marks.passed("web/0")
+    marks.passed("web/0", 10)
     marks.reached_end("pos/1")
     assert marks.due()
     assert marks.records(2) == [
-        {"record": "progress", "partition": p, "marks": {"pos/1": True, "web/0": False}} for p in (0, 1)
+        {
+            "record": "progress",
+            "partition": p,
+            "marks": {"pos/1": True, "web/0": False},
+            "times": {"web/0": 10},
+        }
+        for p in (0, 1)
     ]
-    marks.passed("web/0")
+    marks.passed("web/0", 10)
     assert not marks.due()  # nothing changed
     marks.reached_end("web/0")
     assert not marks.due()  # within the interval
     clock.now = 0.2
     assert marks.due()
     assert marks.records(1)[0]["marks"] == {"pos/1": True, "web/0": True}
-    marks.passed("web/0")  # reading again
+    marks.passed("web/0", 10)  # reading again
     assert marks.records(1)[0]["marks"]["web/0"] is False
 
 
 def test_unchanged_marks_go_out_again_every_second_and_a_revoked_origin_is_forgotten() -> None:
     clock = FakeClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock, refresh_seconds=1.0)
-    marks.passed("web/0")
+    marks.passed("web/0", 10)
     marks.reached_end("pos/1")
     marks.records(1)
     clock.now = 0.5
@@ -125,3 +131,66 @@ def test_identity_applies_a_progress_record_to_the_stream_of_its_partition() -> 
         ("events.identified", "e1")
     ]
     assert not tables["identity_pending"]
+
+
+def test_a_stream_that_never_sent_holds_back_only_up_to_its_sources_mark() -> None:
+    """app/1 reaches only events.valid partition 1: its stream on partition 0 must not hold everything."""
+    buffer = ReorderBuffer(idle_seconds=60, clock=FakeClock())
+    buffer.expect(["app/1>0", "app/1>1", "web/0>0"])
+    for at, stream in ((10, "web/0>0"), (20, "app/1>1"), (30, "web/0>0")):
+        buffer.add(ev(at, stream))
+    buffer.progress("app/1>0", caught_up=False)  # a mark without times: it holds everything
+    assert buffer.release() == []
+    buffer.progress("app/1>0", caught_up=False, source_at=20)  # app/1 passed events up to 20, none this way
+    assert times(buffer.release()) == [10, 20]
+    buffer.progress("app/1>0", caught_up=False, source_at=15)  # an older mark takes nothing back
+    assert buffer.watermark() == 20
+    buffer.add(ev(25, "app/1>1"))
+    assert buffer.release() == []  # app/1>0 may still send something after 20
+    buffer.progress("app/1>0", caught_up=False, source_at=26)
+    assert times(buffer.release()) == [25]
+    buffer.add(ev(40, "app/1>0"))  # its first event: from now on it holds at its own time
+    buffer.progress("app/1>0", caught_up=False, source_at=90)
+    buffer.add(ev(50, "app/1>1"))
+    buffer.add(ev(60, "web/0>0"))
+    assert times(buffer.release()) == [30, 40]
+    assert buffer.late == 0
+
+
+def test_marks_carry_the_newest_event_time_of_each_origin_and_a_newer_time_is_a_change() -> None:
+    clock = FakeClock()
+    marks = ProgressMarks(interval_seconds=0.1, clock=clock)
+    marks.passed("app/1", 50)
+    marks.passed("app/1", 40)  # a late upload does not take the time back
+    assert marks.records(1)[0]["times"] == {"app/1": 50}
+    clock.now = 0.5
+    marks.passed("app/1", 45)
+    assert not marks.due()  # nothing new to say
+    marks.passed("app/1", 60)
+    assert marks.due() and marks.records(1)[0]["times"] == {"app/1": 60}
+    marks.forget("app/1")
+    assert marks.records(1)[0]["times"] == {}
+
+
+def page_view(at: int, origin: str, anonymous_id: str) -> dict[str, Any]:
+    return {
+        "event_id": f"e{at}", "source": "web", "type": "page_view", "occurred_at": at, "origin": origin,
+        "ids": {"anonymous_id": anonymous_id}, "consent": {},
+    }  # fmt: skip
+
+
+def test_identity_applies_a_marks_time_to_a_stream_that_never_sent() -> None:
+    handler = IdentityHandler(origins=["web/0", "app/1"], valid_partitions=2)
+    tables: dict[str, dict[str, Any]] = {name: {} for name in handler.table_names}
+    handler.bind(tables, partitions=2)  # type: ignore[arg-type]
+    events = [
+        page_view(1_000, "web/0", "a1"),
+        page_view(2_000, "web/0", "a4"),
+        page_view(1_500, "app/1", "a5"),
+    ]
+    assert [handler._stream(e) for e in events] == ["web/0>0", "web/0>1", "app/1>1"]
+    assert handler.process(events) == []  # app/1>0 has said nothing yet
+    mark = {"record": "progress", "partition": 0, "marks": {"app/1": False}}
+    assert handler.process([mark]) == []  # a mark without times holds on
+    out = handler.process([{**mark, "times": {"app/1": 1_500}}])  # web/0>0, at 1,000, holds e1500
+    assert [record["event_id"] for _t, _k, record in out if "event_id" in record] == ["e1000"]
