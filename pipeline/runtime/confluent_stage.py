@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -72,6 +72,7 @@ class ConfluentStageLoop:
         batch_size: int = 2000,
         poll_seconds: float = 0.05,
         report_ends: bool = False,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.stage = stage
@@ -83,7 +84,8 @@ class ConfluentStageLoop:
         self.poll_seconds = poll_seconds
         self.stats = LoopStats()
         self._stop = False
-        extra = {"enable.partition.eof": True} if report_ends else {}
+        extra: dict[str, Any] = {"enable.partition.eof": True} if report_ends else {}
+        extra.update(consumer_options or {})
         self._consumer: Consumer = make_consumer(settings, settings.group(stage), **extra)
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.faults = FaultPlan(stage, settings.fault_at)

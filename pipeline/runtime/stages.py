@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Ingest reads a backlog of the raw partitions side by side, in small chunks.
+# Identity releases an event only once every raw partition has passed its
+# time; with librdkafka's default (1 MiB of compressed records per partition
+# and fetch, with lz4 a whole partition of the bench's backlog) a backlog came
+# one partition after the other, and identity held everything until ingest
+# had started on the last one.
+RAW_FETCH = {"max.partition.fetch.bytes": 64 * 1024}
+
 
 def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequence[str] = ()) -> None:
     """Run one stage in this process until stopped, or until drained with ``drain``."""
@@ -35,7 +43,9 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
 
         ingest = IngestHandler(settings)
         raw = topics.raw_topics(settings)
-        loop = ConfluentStageLoop(settings, stage, raw, ingest, gate, report_ends=True)
+        loop = ConfluentStageLoop(
+            settings, stage, raw, ingest, gate, report_ends=True, consumer_options=RAW_FETCH
+        )
         serve_metrics(settings, stage, {"": counter_of(ingest.counts)})
         loop.install_signal_handlers()
         loop.run()
