@@ -6,27 +6,40 @@ paces simulated events at ``--rate`` for ``--seconds`` with ``occurred_at`` =
 now (:mod:`pipeline.bench_live_probe`), and prints p50/p95/p99 of the time
 from sending an event until it is visible in ClickHouse ``events``, its
 conversion in ``conversions`` and its credits in ``attribution``, over the
-events sent in the steady part (10% to 90% of the sending time). Then the CPU
-seconds per process and the records and bytes per sent event on every topic.
+events sent in the steady part (10% to 90% of the sending time); where that
+time goes, hop by hop, from the Kafka timestamps of the messages that carried
+each event; the CPU seconds per process and the records and bytes per sent
+event on every topic.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from itertools import pairwise
 
 from pipeline.bench import EndToEnd, watch_pipeline
 from pipeline.bench_live_probe import PROGRESS_S, READY_LIMIT_S, LiveControl, LiveProbe, live_events
 from pipeline.bench_parts import hold_merges, prepare
 from pipeline.bench_probe import topic_census
 from pipeline.bench_report import cpu_table, section, table, topic_table
-from pipeline.bench_stats import percentile
+from pipeline.bench_stats import hop_seconds, percentile
 from pipeline.bench_steps import StepRunner
 from pipeline.cli.common import console
 from pipeline.config import Settings
+from pipeline.kafka import topics
+from pipeline.model.rows import ROW_TABLES_BY_NAME
 
 STEADY = (0.1, 0.9)
 MEASURED_TABLES = ("events_store", "conversions_store", "attribution_store")
+# where an event is seen on its way, and the stage that worked on it since the point before
+HOPS = (
+    ("sent", ""),
+    (topics.VALID, "ingest"),
+    (topics.IDENTIFIED, "identity"),
+    (ROW_TABLES_BY_NAME["events"].topic, "journeys"),
+    ("visible", "sink and ClickHouse"),
+)
 KIND_LABELS = {
     "events": "events (row in `events`)",
     "conversions": "conversions (row in `conversions`)",
@@ -67,7 +80,9 @@ def run_live(
 
         raise StepFailed(f"live bench {probe.error}")
     _print_live(probe, control, e2e, settings, rate, bound)
-    census = runner.run("read every topic back", topic_census, settings, [])
+    points = [settings.topic(name) for name, _label in HOPS[1:-1]]
+    census = runner.run("read every topic back", topic_census, settings, [], 10.0, points)
+    _print_hops(probe, census.stamps, points)
     sent = max(len(probe.sent), 1)
     cpu_table(
         "CPU seconds per process (live run: start-up, sending, shutdown)",
@@ -156,6 +171,35 @@ def _print_live(
     )
     if missing:
         section(f"live: not visible within {bound:g} s, by source/type (whole run, most frequent)", missing)
+
+
+def _print_hops(probe: LiveProbe, stamps: dict[str, dict[str, int]], points: list[str]) -> None:
+    """Where the time from send to visible in ``events`` goes: one row per hop."""
+    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
+    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    sent = {event_id: at for event_id, at, _c, _credits in probe.sent if lo <= at <= hi}
+    passed = [{event_id: ms / 1000 for event_id, ms in stamps.get(point, {}).items()} for point in points]
+    chain = [sent, *passed, probe.visible_at]
+    rows = []
+    for ((start, _), (end, stage)), hop in zip(pairwise(HOPS), hop_seconds(chain, sent), strict=True):
+        hop_name = f"{stage}: {_point(start)} -> {_point(end)}"
+        rows.append([hop_name, f"{len(hop):,}", _p(hop, 50), _p(hop, 95), _p(hop, 99)])
+    table(
+        "live: where the time goes, hop by hop (seconds)",
+        ["hop", "events", "p50", "p95", "p99"],
+        rows,
+        note=(
+            "over the events sent in the steady part; an event passes a topic when the first message "
+            "carrying it was produced (its Kafka timestamp, set by the stage that wrote it), so a hop "
+            "holds the wait before the stage read it, its batch and reordering, and the commit of the "
+            "batch before; visible: the first `inserted_at` of its row in `events`; events without "
+            "analytics consent go from ingest straight to `rows.events`"
+        ),
+    )
+
+
+def _point(name: str) -> str:
+    return name if name in ("sent", "visible") else f"`{name}`"
 
 
 def _p(values: list[float], q: float, fmt: str = ".3f") -> str:

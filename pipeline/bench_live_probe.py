@@ -101,6 +101,7 @@ class LiveProbe:
         self.query_s: list[float] = []
         self.stored = (0, 0, 0)  # events stored, conversions stored, conversions credited
         self.query_errors = 0
+        self.visible_at: dict[str, float] = {}  # event_id -> when its first row was stored (s)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -194,6 +195,7 @@ class LiveProbe:
         """Latency of every sent item from the first ``inserted_at`` of its rows."""
         first = "toUnixTimestamp64Milli(min(inserted_at))"
         events = dict(self._query(f"SELECT event_id, {first} FROM {{db}}.events_store GROUP BY event_id"))
+        self.visible_at = {event_id: int(at) / 1000 for event_id, at in events.items()}
         conversions = {
             event_id: (conversion_id, at)
             for event_id, conversion_id, at in self._query(

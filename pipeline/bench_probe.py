@@ -5,7 +5,8 @@
 * :class:`ProcessSampler`: CPU seconds and memory of ``run all``'s processes,
   by stage, and of the Kafka broker.
 * :func:`topic_census`: every topic under the prefix (changelogs included)
-  read from the start: messages, records, payload bytes, bytes on disk.
+  read from the start: messages, records, payload bytes, bytes on disk, and
+  when each event passed some topics (the live bench's hops).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
@@ -193,9 +196,13 @@ class Census:
     running: dict[Partition, tuple[int, list[int]]]
     complete: bool
     disk_known: bool
+    # per topic asked for: event_id -> Kafka timestamp (ms) of the first message carrying it
+    stamps: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def topic_census(settings: Settings, running_for: Sequence[str], idle_s: float = 10.0) -> Census:
+def topic_census(
+    settings: Settings, running_for: Sequence[str], idle_s: float = 10.0, stamps_for: Sequence[str] = ()
+) -> Census:
     """Read every topic under the prefix from its start to its current end (a bench step).
 
     The bench's own passthrough topic is left out.
@@ -203,8 +210,10 @@ def topic_census(settings: Settings, running_for: Sequence[str], idle_s: float =
     Records are counted by unpacking batch envelopes on the pipeline's own
     topics; other topics (raw, compacted, changelogs, faust's internals) hold
     one record per message. ``running_for`` topics also get running record
-    totals by offset. A partition that yields nothing for ``idle_s`` seconds
-    ends the read early (``complete`` False).
+    totals by offset. ``stamps_for`` topics also get, for every record with
+    an ``event_id``, the timestamp of the first message that carried it. A
+    partition that yields nothing for ``idle_s`` seconds ends the read early
+    (``complete`` False).
     """
     from confluent_kafka import OFFSET_BEGINNING
 
@@ -230,6 +239,7 @@ def topic_census(settings: Settings, running_for: Sequence[str], idle_s: float =
     records = dict.fromkeys(ends, 0)
     payload = dict.fromkeys(ends, 0)
     per_message: dict[Partition, list[int]] = {tp: [] for tp in ends if tp[0] in wanted}
+    stamps: dict[str, dict[str, int]] = {name: {} for name in stamps_for}
     last_progress = time.monotonic()
     while left and time.monotonic() - last_progress < idle_s:
         for message in consumer.consume(10_000, timeout=0.5):
@@ -237,7 +247,10 @@ def topic_census(settings: Settings, running_for: Sequence[str], idle_s: float =
                 continue
             tp = (message.topic() or "", int(message.partition() or 0))
             value = message.value() or b""
-            n = len(unpack(value)) if tp[0] in envelopes and value else 1
+            unpacked = unpack(value) if tp[0] in envelopes and value else None
+            n = len(unpacked) if unpacked is not None else 1
+            if tp[0] in stamps and value:
+                _stamp(stamps[tp[0]], message.timestamp()[1], unpacked, value)
             read[tp] += 1
             records[tp] += n
             payload[tp] += len(value) + len(message.key() or b"")
@@ -263,7 +276,20 @@ def topic_census(settings: Settings, running_for: Sequence[str], idle_s: float =
             )
         )
     running = {tp: (starts.get(tp, 0), cumulative(counts_)) for tp, counts_ in per_message.items()}
-    return Census(counts, running, complete=not left, disk_known=log_dir is not None)
+    return Census(counts, running, complete=not left, disk_known=log_dir is not None, stamps=stamps)
+
+
+def _stamp(into: dict[str, int], at_ms: int, records: list[dict[str, Any]] | None, value: bytes) -> None:
+    """Note ``at_ms`` for the event ids of a message (its unpacked ``records``, or one JSON record)."""
+    if records is None:
+        try:
+            records = [orjson.loads(value)]
+        except orjson.JSONDecodeError:
+            return
+    for record in records:
+        event_id = record.get("event_id") if isinstance(record, dict) else None
+        if isinstance(event_id, str):
+            into.setdefault(event_id, at_ms)
 
 
 def _offsets(settings: Settings, names: Iterable[str]) -> tuple[dict[Partition, int], dict[Partition, int]]:

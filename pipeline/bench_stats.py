@@ -3,7 +3,7 @@
 Percentiles of latencies, the steady-state window of a progress series, the
 records a consumer group has consumed given its committed offsets, the
 figures per input event of every topic, and which events the live mode still
-has to look for.
+has to look for, and how long events took between the live mode's hops.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 Partition = tuple[str, int]
 
@@ -207,3 +208,19 @@ def stage_label(cmdline: Sequence[str]) -> str:
             stage = args[i + 1]
             return "run all (supervisor)" if stage == "all" else stage
     return args[0].rsplit("/", 1)[-1] if args else "?"
+
+
+def hop_seconds(chain: Sequence[Mapping[str, float]], event_ids: Iterable[str]) -> list[list[float]]:
+    """Seconds between consecutive points of ``chain`` for each of ``event_ids``.
+
+    ``chain`` holds, in pipeline order, when each event reached a point (event
+    id to seconds); hop ``i`` runs from point ``i`` to point ``i + 1`` and
+    counts only the events both points know.
+    """
+    hops: list[list[float]] = [[] for _ in range(max(len(chain) - 1, 0))]
+    for event_id in event_ids:
+        for i, (start, end) in enumerate(pairwise(chain)):
+            a, b = start.get(event_id), end.get(event_id)
+            if a is not None and b is not None:
+                hops[i].append(b - a)
+    return hops

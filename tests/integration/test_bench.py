@@ -84,5 +84,12 @@ def test_bench_live_prints_percentiles(settings: Settings) -> None:
         assert re.fullmatch(NUMBER, not_visible)
         # p50, p95, p99, max: numbers, or "-" when nothing was seen in time (never a timing assertion)
         assert all(re.fullmatch(NUMBER, c) or c == "-" for c in latencies) and len(latencies) == 4
+    hops = sections["live: where the time goes, hop by hop (seconds)"]
+    stages = [line.split(":")[0] for line in hops if ": " in line and "->" in line]
+    assert stages == ["ingest", "identity", "journeys", "sink and ClickHouse"], hops
+    for line in hops:
+        if "->" in line:
+            counted, *quantiles = line.rsplit(None, 4)[1:]
+            assert int(counted.replace(",", "")) > 0 and all(re.fullmatch(NUMBER, q) for q in quantiles), line
     assert any(title.startswith("CPU seconds per process") for title in sections)
     assert any(title.startswith("records and bytes per sent event") for title in sections)

@@ -12,6 +12,7 @@ from pipeline.bench_stats import (
     TopicCount,
     crossing_time,
     cumulative,
+    hop_seconds,
     per_event,
     percentile,
     records_consumed,
@@ -179,3 +180,11 @@ def test_a_run_that_stored_almost_nothing_fails_the_bench() -> None:
         check_stored({"events_store": 0, "sessions_store": 0}, 50_000)
     with pytest.raises(StepFailed, match="stored 40,000 of 50,000"):
         check_stored({"events_store": 40_000}, 50_000)
+
+
+def test_hop_seconds_are_the_gaps_between_consecutive_points_of_each_event() -> None:
+    sent = {"a": 0.0, "b": 1.0, "c": 2.0}
+    valid = {"a": 0.5, "b": 1.25}  # c never got there
+    identified = {"a": 2.0, "b": 1.5, "c": 3.0, "z": 9.0}  # z was not sent in the window asked for
+    assert hop_seconds([sent, valid, identified], ["a", "b", "c"]) == [[0.5, 0.25], [1.5, 0.25]]
+    assert hop_seconds([sent], ["a"]) == []
