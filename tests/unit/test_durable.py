@@ -1,7 +1,7 @@
 """The commit protocol's order, without a broker: outputs flushed, then state, and a failure stops it.
 
 The producer here records calls; the protocol against the real broker is
-proven by tests/integration/test_commit_protocol.py.
+proven by tests/integration/test_commit_protocol.py and test_chaos.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,160 @@
+"""Crash safety, proven: kills in the sink and mid-tick, and random SIGKILLs of any stage.
+
+After the restarts and a drain, every analyst view equals an undisturbed
+run row for row (tests/integration/crash_runs.py). Each stateful stage's
+named points are in test_commit_protocol.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import OffsetSpec
+
+from pipeline.config import Settings
+from pipeline.kafka.admin import admin_client, end_offsets
+from tests.conftest import o2o, start_o2o
+from tests.integration import crash_runs
+from tests.integration.crash_runs import (
+    STAGE_NAMES,
+    chunks,
+    expect_same,
+    keep_log,
+    produce_piece,
+    record_kill,
+    run_plans,
+    stage_inputs,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+settings, events_file, undisturbed = crash_runs.FIXTURES  # bound here for pytest to find
+
+
+def test_kills_in_the_sink_and_mid_tick(
+    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+) -> None:
+    plans = ["sink:mid_insert:1", "sink:after_insert:2", "identity:mid_tick:1"]
+    run_plans(settings, events_file, tmp_path, [*plans, "attribution:mid_flush:1"])
+    expect_same(settings, undisturbed)
+
+
+class _Offsets:
+    """Committed and end offsets of every stage's inputs, read with clients kept open (fast to poll)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.inputs = {stage: stage_inputs(settings, stage) for stage in STAGE_NAMES}
+        self.groups = {
+            stage: Consumer(
+                {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group(stage)}
+            )
+            for stage in STAGE_NAMES
+        }
+        self.admin = admin_client(settings)
+        self.partitions = {
+            stage: [TopicPartition(t, p) for t, p in end_offsets(settings, inputs)]
+            for stage, inputs in self.inputs.items()
+        }
+
+    def of(self, stage: str) -> tuple[int, int]:
+        """(committed, end) of ``stage``, summed over its input partitions."""
+        wanted = self.partitions[stage]
+        latest = {tp: OffsetSpec.latest() for tp in wanted}  # type: ignore[no-untyped-call]
+        ends = [f.result().offset for f in self.admin.list_offsets(latest, request_timeout=10).values()]
+        done = self.groups[stage].committed(wanted, timeout=10)
+        return sum(max(tp.offset, 0) for tp in done), sum(ends)
+
+    def close(self) -> None:
+        for consumer in self.groups.values():
+            consumer.close()
+
+
+def test_random_kills_of_any_stage(
+    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+) -> None:
+    """Chaos: SIGKILLs of stages, in random order, each on a condition, never after a fixed time.
+
+    The input arrives in pieces while `run all` runs, so every stage keeps
+    having work pending. In each round, the first stage (checked in a random
+    order) that has committed more in this round and still has input pending
+    is killed; `run all` then stops the others. Its offsets are read again
+    once it is dead, so what is recorded is what it had committed when it died.
+    """
+    o2o(settings, "init")
+    chance = random.Random(20261202)
+    offsets = _Offsets(settings)
+    pieces = chunks(events_file, 9)
+    kills: list[tuple[str, int, int]] = []
+    try:
+        for round_pieces in (pieces[:3], pieces[3:6], pieces[6:]):
+            before = {stage: offsets.of(stage)[0] for stage in STAGE_NAMES}
+            run = start_o2o(settings, "run", "all")
+            try:
+                killed = False
+                for number, piece in enumerate(round_pieces, 1):
+                    produce_piece(settings, piece, tmp_path)
+                    # after the round's last piece, keep looking while stages start up and
+                    # work through it: a round whose stages never had a chance is no test
+                    deadline = time.monotonic() + (3.0 if number < len(round_pieces) else 30.0)
+                    while not killed and run.poll() is None and time.monotonic() < deadline:
+                        killed = _kill_one(run.pid, offsets, before, chance, kills)
+                        if number == len(round_pieces) and not killed and not _pending(offsets):
+                            break  # every stage is through its input: nothing left to interrupt
+                        time.sleep(0.05)
+                if not killed:
+                    os.killpg(run.pid, signal.SIGTERM)  # a clean stop; the next round goes on
+                keep_log(settings, "chaos", run.communicate(timeout=120)[1])
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.communicate()
+    finally:
+        offsets.close()
+    for stage, committed, end in kills:
+        record_kill(settings, "chaos", stage, committed, end)
+    assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
+    expect_same(settings, undisturbed)
+
+
+def _pending(offsets: _Offsets) -> bool:
+    """True while some stage has not committed all of its input."""
+    return any(committed < end for committed, end in map(offsets.of, STAGE_NAMES))
+
+
+def _kill_one(
+    parent: int, offsets: _Offsets, before: dict[str, int], chance: random.Random, kills: list[Any]
+) -> bool:
+    """Kill the first stage that committed in this run and has input pending; record its offsets.
+
+    Stages are checked in a random order, those not killed yet first.
+    """
+    order = chance.sample(STAGE_NAMES, len(STAGE_NAMES))
+    order.sort(key=lambda stage: any(killed == stage for killed, *_ in kills))  # others first
+    for stage in order:
+        committed, end = offsets.of(stage)
+        if before[stage] < committed < end:
+            victim = _stage_process(parent, stage)
+            if victim is None:
+                continue
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            kills.append((stage, *offsets.of(stage)))
+            return True
+    return False
+
+
+def _stage_process(parent: int, stage: str) -> psutil.Process | None:
+    for child in psutil.Process(parent).children():
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline()[3:5] == ["run", stage]:
+                return child
+    return None
