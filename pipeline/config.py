@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         "", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)"
     )
     clickhouse_database: str = Field("o2o", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    query_max_seconds: float = Field(30.0, gt=0, description="a read-only query (o2o sql, ...) stops after")
+    query_max_memory_mb: int = Field(1024, ge=16, description="memory a read-only query may use")
+    query_max_result_rows: int = Field(1_000_000, ge=1, description="rows a read-only query may return")
 
     # Ingest
     salt: str = Field("o2o-development-salt", min_length=8, description="salt of PII hashes")

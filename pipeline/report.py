@@ -120,8 +120,7 @@ def report_queries(db: str, options: ReportOptions | None = None) -> dict[str, s
                 FROM {db}.attribution GROUP BY conversion_id
             ) AS f ON f.conversion_id = c.conversion_id
             WHERE {conversion_days}
-            GROUP BY o2o_label ORDER BY conversions DESC, o2o_label
-            SETTINGS join_use_nulls = 0""",
+            GROUP BY o2o_label ORDER BY conversions DESC, o2o_label""",
         "totals": f"""
             SELECT count() AS conversions, sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers,
                    countIf(c.path_length = 0) AS unattributed

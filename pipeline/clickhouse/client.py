@@ -36,6 +36,7 @@ from clickhouse_connect.driver.exceptions import (
     ProgrammingError,
 )
 
+from pipeline.clickhouse.query_guard import CATALOG_DATABASES, QueryRefused, check_read_query, qualifiers
 from pipeline.config import Settings
 from pipeline.errors import ClickHouseUnavailable, FatalError, PipelineError
 
@@ -164,12 +165,15 @@ def translate(exc: Exception, what: str) -> PipelineError:
     return QueryError(message)
 
 
-def _read_settings(client: Client) -> dict[str, Any]:
-    """READONLY_SETTINGS, or nothing when the user is read-only already (it then may not change it)."""
+def _read_settings(client: Client, limits: Mapping[str, Any]) -> dict[str, Any]:
+    """READONLY_SETTINGS and ``limits``, or nothing when the user is read-only already.
+
+    A read-only user may not change any setting: its server profile sets the limits then.
+    """
     current = getattr(client, "server_settings", {}).get("readonly")
     if current is not None and str(getattr(current, "value", "0")) not in ("", "0"):
         return {}
-    return dict(READONLY_SETTINGS)
+    return {**READONLY_SETTINGS, **limits}
 
 
 def _strip_statement(sql: str) -> str:
@@ -185,9 +189,11 @@ class ClickHouse:
     in queries).
     """
 
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, read_limits: Mapping[str, Any] | None = None) -> None:
         self.dsn = dsn
         self.database = database
+        self.read_limits = dict(read_limits or {})
+        self._databases: frozenset[str] = frozenset()
         self.embedded = dsn.startswith("chdb://")
         self.folder = chdb_folder(dsn)
         self._lock = threading.Lock()
@@ -322,7 +328,9 @@ class ClickHouse:
         """Run a query and return all of its rows.
 
         With ``readonly=True`` the query runs on a separate handle with ClickHouse's
-        ``readonly`` setting, so it cannot write, and ``SET``/``USE`` statements are refused.
+        ``readonly`` setting and the :attr:`read_limits`, so it cannot write, and only
+        statements :func:`~pipeline.clickhouse.query_guard.check_read_query` lets
+        through run (``SET``/``USE`` never).
         """
         statement = _strip_statement(sql)
         if not statement:
@@ -335,7 +343,8 @@ class ClickHouse:
                 self._check_open()
                 if self._reader is None:
                     self._reader = self._open()
-                    self._read_settings = _read_settings(self._reader)
+                    self._read_settings = _read_settings(self._reader, self.read_limits)
+                self._guard(statement)
                 try:
                     result = self._reader.query(statement, parameters=params, settings=self._read_settings)
                 except Exception as exc:
@@ -352,6 +361,18 @@ class ClickHouse:
             column_types=[column_type.name for column_type in result.column_types],
             rows=[tuple(row) for row in result.result_rows],
         )
+
+    def _guard(self, statement: str) -> None:
+        """Refuse what the read-only path must not run (the server's databases are read when needed)."""
+        try:
+            if qualifiers(statement) - {self.database, *CATALOG_DATABASES} - self._databases:
+                # a name that may be a database created since: read the list again
+                assert self._reader is not None
+                names = self._reader.query("SHOW DATABASES").result_rows
+                self._databases = frozenset(str(row[0]) for row in names)
+            check_read_query(statement, [self.database], self._databases)
+        except QueryRefused as exc:
+            raise QueryError(f"refused: {exc}", name="REFUSED") from None
 
     def insert(
         self,
@@ -380,4 +401,14 @@ class ClickHouse:
 
 def connect(settings: Settings) -> ClickHouse:
     """Open the configured ClickHouse (``settings.clickhouse_dsn``, ``settings.clickhouse_database``)."""
-    return ClickHouse(settings.clickhouse_dsn, settings.clickhouse_database)
+    return ClickHouse(settings.clickhouse_dsn, settings.clickhouse_database, read_limits(settings))
+
+
+def read_limits(settings: Settings) -> dict[str, Any]:
+    """ClickHouse settings that bound a read-only query: time, memory and result size."""
+    return {
+        "max_execution_time": settings.query_max_seconds,
+        "max_memory_usage": settings.query_max_memory_mb << 20,
+        "max_result_rows": settings.query_max_result_rows,
+        "result_overflow_mode": "throw",
+    }

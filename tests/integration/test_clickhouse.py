@@ -197,20 +197,43 @@ def test_person_aliases_remap_persons(migrated: ClickHouse) -> None:
 @pytest.mark.integration
 def test_readonly_queries_cannot_write(migrated: ClickHouse) -> None:
     insert = migrated.sql("INSERT INTO {db}.dead_letters_store (dead_letter_id, version) VALUES ('d1', 1)")
-    with pytest.raises(QueryError) as caught:
+    with pytest.raises(QueryError, match="refused: only") as caught:
         migrated.query(insert, readonly=True)
-    assert caught.value.code == 164
+    assert caught.value.name == "REFUSED"
     with pytest.raises(QueryError, match="SET and USE"):
         migrated.query("SET readonly = 0", readonly=True)
     with pytest.raises(QueryError, match=r"Syntax error.*Expected one of: .* more\)") as caught:
-        migrated.query("SELEC 1", readonly=True)
+        migrated.query("SELECT 1 +", readonly=True)
     assert "FORMAT Native" not in str(caught.value)
     with pytest.raises(QueryError, match=r"UNKNOWN_TABLE|does not exist"):
         migrated.query(migrated.sql("SELECT * FROM {db}.nope"), readonly=True)
-    # reads may carry their own settings; the writer handle is untouched by any of it
-    assert migrated.query("SELECT 1 SETTINGS max_threads = 1;", readonly=True).rows == [(1,)]
-    migrated.command(insert)
+    # no read may lift its limits, reach a file or read another database
+    for refused, reason in [
+        ("SELECT 1 SETTINGS max_execution_time = 0", "SETTINGS"),
+        ("SELECT * FROM file('/etc/hostname', 'LineAsString')", "reaches files"),
+        ("SELECT file('/etc/hostname')", "reaches files"),
+    ]:
+        with pytest.raises(QueryError, match=f"refused: .*{reason}"):
+            migrated.query(refused, readonly=True)
+    migrated.command("CREATE DATABASE IF NOT EXISTS elsewhere")  # made after the reader opened
+    migrated.command("CREATE TABLE IF NOT EXISTS elsewhere.secrets (x UInt8) ENGINE = Memory")
+    with pytest.raises(QueryError, match="refused: database 'elsewhere'"):
+        migrated.query("SELECT * FROM elsewhere.secrets", readonly=True)
+    assert migrated.query("SELECT count() FROM system.one", readonly=True).rows == [(1,)]
+    migrated.command(insert)  # the writer handle is untouched by any of it
     assert migrated.query(migrated.sql("SELECT count() FROM {db}.dead_letters")).rows == [(1,)]
+
+
+@pytest.mark.integration
+def test_readonly_queries_run_within_the_limits(settings: Settings) -> None:
+    limited = connect(settings.model_copy(update={"query_max_result_rows": 5}))
+    try:
+        assert len(limited.query("SELECT number FROM numbers(5)", readonly=True).rows) == 5
+        with pytest.raises(QueryError, match=r"TOO_MANY_ROWS|Limit for result exceeded"):
+            limited.query("SELECT number FROM numbers(6)", readonly=True)
+        assert len(limited.query("SELECT number FROM numbers(6)").rows) == 6  # the writer has no such limit
+    finally:
+        limited.close()
 
 
 @pytest.mark.integration
@@ -240,9 +263,11 @@ def test_query_server_and_query_any(
             assert columns == ["conversion_id", "occurred_at", "revenue", "d"]
             assert rows == [("c1", "2023-11-14T22:13:20.123", 12.5, 1.25)]
             with pytest.raises(QueryError, match="Syntax error"):
-                query_any(settings, "SELEC 1")
-            with pytest.raises(QueryError, match="readonly"):
+                query_any(settings, "SELECT 1 +")
+            with pytest.raises(QueryError, match="refused: only"):
                 query_any(settings, "INSERT INTO {db}.dead_letters_store (dead_letter_id) VALUES ('x')")
+            with pytest.raises(QueryError, match=r"refused: .*reaches files"):
+                query_any(settings, "SELECT file('/etc/hostname')")
     assert not path.exists()
     # no server: the folder is opened directly (this process already holds it, which chDB allows)
     assert query_any(settings, sql)[1] == [("c1", "2023-11-14T22:13:20.123", 12.5, 1.25)]
