@@ -3,8 +3,10 @@
 The embedded engine lets one process open a folder, so the process holding
 it (the sink) runs a :class:`QueryServer`: a small HTTP server on 127.0.0.1
 that answers ``POST /query`` with ``{"sql": ...}`` by running the query
-read-only. Its address, pid and an access token go to the endpoint file
-(``<state_dir>/clickhouse.endpoint``, mode 0600) while it runs.
+read-only, and ``POST /erase`` for ``o2o forget``. Its address, pid and two
+access tokens, one per route, go to the endpoint file
+(``<state_dir>/clickhouse.endpoint``, mode 0600) while it runs: whoever is
+given the query token to read (a dashboard, a script) cannot erase with it.
 
 :func:`query_any` is the client side (``o2o sql``, ``o2o report``): it asks
 a ClickHouse server directly, else the live query server of the folder, else
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 MAX_BODY = 1_000_000
+TOKEN_KEYS = {"/query": "token", "/erase": "erase_token"}  # the endpoint file's key of each route's token
 HEALTH_TIMEOUT = 2.0
 QUERY_TIMEOUT = 600.0
 
@@ -52,10 +55,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, ch: ClickHouse, token: str) -> None:
+    def __init__(self, ch: ClickHouse, tokens: dict[str, str]) -> None:
         super().__init__((HOST, 0), _Handler)
         self.ch = ch
-        self.token = token
+        self.tokens = tokens  # route -> the token it needs
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,12 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
 
     def do_POST(self) -> None:
-        if self.path not in ("/query", "/erase"):
+        needed = self.server.tokens.get(self.path)
+        if needed is None:
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
             return
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.server.token.encode()):
-            self._reply(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token (see the endpoint file)"})
+        if not hmac.compare_digest(given.encode(), needed.encode()):
+            wanted = f"missing or wrong token ({TOKEN_KEYS[self.path]!r} of the endpoint file)"
+            self._reply(HTTPStatus.FORBIDDEN, {"error": wanted})
             return
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -175,6 +180,7 @@ class QueryServer:
         self.ch = ch
         self.endpoint_file = endpoint_file
         self._token = secrets.token_urlsafe(24)
+        self._erase_token = secrets.token_urlsafe(24)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -188,7 +194,7 @@ class QueryServer:
         if self._server is not None:
             return
         try:
-            self._server = _Server(self.ch, self._token)
+            self._server = _Server(self.ch, {"/query": self._token, "/erase": self._erase_token})
         except OSError as exc:
             raise FatalError(f"cannot start the query server on {HOST}: {exc}") from exc
         self._thread = threading.Thread(
@@ -200,6 +206,7 @@ class QueryServer:
             "port": self.port,
             "pid": os.getpid(),
             "token": self._token,
+            "erase_token": self._erase_token,
             "folder": _folder_text(self.ch),
         }
         try:
@@ -333,7 +340,7 @@ def erase_any(
             data=orjson.dumps({"persons": list(persons), "keys": list(keys), "dry_run": dry_run}),
             headers={
                 "Content-Type": "application/json",
-                "Authorization": f"Bearer {endpoint.get('token', '')}",
+                "Authorization": f"Bearer {endpoint.get(TOKEN_KEYS['/erase'], '')}",
             },
             method="POST",
         )

@@ -12,9 +12,12 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -236,6 +239,21 @@ def test_readonly_queries_run_within_the_limits(settings: Settings) -> None:
         limited.close()
 
 
+def _post(endpoint: dict[str, Any], route: str, token: str, body: dict[str, Any]) -> int:
+    """The HTTP status of a POST to the query server."""
+    request = urllib.request.Request(
+        f"http://{endpoint['host']}:{endpoint['port']}{route}",
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 @pytest.mark.integration
 def test_query_server_and_query_any(
     migrated: ClickHouse, settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -253,6 +271,15 @@ def test_query_server_and_query_any(
         assert endpoint["port"] == server.port > 0
         assert endpoint["pid"] == os.getpid()
         assert (path.stat().st_mode & 0o777) == 0o600
+        # each route has its own token: a reader's token cannot erase, nor the eraser's read
+        assert endpoint["token"] != endpoint["erase_token"]
+        erase = {"persons": ["p1"], "keys": [], "dry_run": True}
+        for route, key, body in [
+            ("/erase", "token", erase), ("/query", "erase_token", {"sql": "SELECT 1"}), ("/erase", "", erase)
+        ]:  # fmt: skip
+            assert _post(endpoint, route, endpoint.get(key, ""), body) == 403, (route, key)
+        assert _post(endpoint, "/erase", endpoint["erase_token"], erase) == 200
+        assert _post(endpoint, "/query", endpoint["token"], {"sql": "SELECT 1"}) == 200
 
         def no_direct(_: Settings) -> ClickHouse:
             raise AssertionError("query_any opened the folder instead of asking the server")
