@@ -28,12 +28,13 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
     - finds every person holding one of the identifiers (email, phone and
       payment token are normalised and hashed like ingest does), with every
       person id merged into them and all their identifiers;
-    - deletes their rows from every ClickHouse table (events, sessions,
-      conversions, attribution, adjustments, identities, merges, conflicts)
-      and dead letters naming their identifiers;
-    - drops them from the state of identity, journeys and attribution;
     - adds their hashed identifiers to the suppression list: later events
-      carrying one become dead letters with reason `suppressed`.
+      carrying one become dead letters with reason `suppressed`, and the
+      stages and the sink drop what they still had in flight;
+    - drops them from the state of identity, journeys and attribution;
+    - then deletes their rows from every ClickHouse table (events, sessions,
+      conversions, attribution, adjustments, identities, merges, conflicts)
+      and dead letters naming their identifiers.
     Prints what it removed. Running it again removes nothing more.
     Works while the pipeline runs (the sink's query server erases on chDB).
     """
@@ -49,9 +50,11 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
     keys = [identifier_key(spec, normalizer) for spec in specs]
     db = settings.clickhouse_database
     erasure = find(lambda sql: query_any(settings, sql)[1], db, keys)
-    counts = erase_any(settings, sorted(erasure.person_ids), sorted(erasure.identifiers), dry_run)
     if not dry_run:
+        # suppress first: rows the stages and the sink still had in flight are then
+        # dropped as the suppression reaches them, instead of landing after the delete
         publish(settings, erasure)
+    counts = erase_any(settings, sorted(erasure.person_ids), sorted(erasure.identifiers), dry_run)
     summary = {
         "persons": sorted(erasure.persons),
         "person_ids": len(erasure.person_ids),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -72,3 +73,22 @@ def test_simulate_writes_deterministic_jsonl(tmp_path: pytest.TempPathFactory) -
         outs.append(path.read_bytes())
     assert outs[0] == outs[1]
     assert outs[0].count(b"\n") > 20
+
+
+def test_forget_suppresses_before_it_deletes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Rows in flight are dropped once the suppression reaches them, so it goes out before the delete."""
+    from pipeline.clickhouse import query_server
+    from pipeline.identity import erasure
+
+    steps: list[str] = []
+    found = erasure.Erasure(["email:x"], persons={"p1"}, person_ids={"p1"}, identifiers={"email:x"})
+    monkeypatch.setattr(erasure, "find", lambda *_a: found)
+    monkeypatch.setattr(erasure, "publish", lambda *_a: steps.append("publish"))
+    monkeypatch.setattr(query_server, "erase_any", lambda *_a: steps.append("delete") or {"events": 1})
+    monkeypatch.setenv("O2O_STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com"])
+    assert result.exit_code == 0, result.output
+    assert steps == ["publish", "delete"]
+    steps.clear()
+    result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com", "--dry-run"])
+    assert result.exit_code == 0 and steps == ["delete"]  # a dry run counts, publishes nothing
