@@ -191,9 +191,12 @@ class Suppressions:
         self.persons: set[str] = set()
         self._polled = 0.0
 
-    def load(self) -> Suppressions:
-        """Read the whole list (at start-up)."""
-        self._take(self.reader.load())
+    def load(self, timeout: float = 10.0) -> Suppressions:
+        """Read the whole list (at start-up); KafkaUnavailable if it is not read whole within ``timeout`` s.
+
+        A stage that started with part of the list would let erased persons back in.
+        """
+        self._take(self.reader.load(timeout, whole=True))
         self._polled = time.monotonic()
         return self
 

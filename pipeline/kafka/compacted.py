@@ -39,8 +39,12 @@ class CompactedReader:
         self._ends = {p: end for (_t, p), end in ends.items() if end > 0}
         return consumer
 
-    def load(self, timeout: float = 10.0) -> list[tuple[str, Any]]:
-        """Read up to the topic's current end; returns the (key, value) pairs read."""
+    def load(self, timeout: float = 10.0, whole: bool = False) -> list[tuple[str, Any]]:
+        """Read up to the topic's current end; returns the (key, value) pairs read.
+
+        With ``whole``, a topic not read to its end within ``timeout`` raises
+        KafkaUnavailable instead of returning what was read by then.
+        """
         consumer = self._consumer or self._open()
         deadline = time.monotonic() + timeout
         left = dict(self._ends)
@@ -51,6 +55,11 @@ class CompactedReader:
                 partition = message.partition()
                 if partition in left and (message.offset() or 0) + 1 >= left[partition]:
                     del left[partition]
+        if whole and left:
+            from pipeline.errors import KafkaUnavailable
+
+            ends = ", ".join(f"partition {p} up to offset {end}" for p, end in sorted(left.items()))
+            raise KafkaUnavailable(f"could not read {self.topic} to its end within {timeout:g} s ({ends})")
         return taken
 
     def poll(self) -> list[tuple[str, Any]]:
