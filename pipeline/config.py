@@ -35,6 +35,18 @@ ATTRIBUTION_MODELS = (
 )
 DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file; markov/shapley credit once fitted
 STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
+DEFAULT_SALT = "o2o-development-salt"  # public: fine for the demo, never for real customers
+
+
+def default_salt_warning(settings: Settings) -> str | None:
+    """The warning to log where PII is hashed (ingest, the collector) while the salt is the public default."""
+    if settings.salt != DEFAULT_SALT:
+        return None
+    return (
+        "O2O_SALT is the public default: anyone with a list of e-mail addresses or phone numbers can "
+        "recompute the hashed identifiers; set your own salt before real customers' data comes in "
+        "(changing it later changes every hashed identifier)"
+    )
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -105,7 +117,7 @@ class Settings(BaseSettings):
     query_max_result_rows: int = Field(1_000_000, ge=1, description="rows a read-only query may return")
 
     # Ingest
-    salt: str = Field("o2o-development-salt", min_length=8, description="salt of PII hashes")
+    salt: str = Field(DEFAULT_SALT, min_length=8, description="salt of PII hashes")
     max_event_bytes: int = Field(1_000_000, ge=1024)
     max_future_hours: float = Field(23.0, ge=0)
     max_age_days: float = Field(3650.0, gt=0, description="older events are dead letters (backfills!)")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import click
 
 from pipeline.cli.common import handle_errors, settings_of
+from pipeline.config import default_salt_warning
 from pipeline.errors import ConfigError
 from pipeline.model.contract import SOURCES
 
@@ -85,6 +86,9 @@ def collector(
     delivery_timeout_ms = int(getattr(settings, "collector_delivery_timeout_ms", 30_000))
     sink = KafkaSink(settings, delivery_timeout_ms=delivery_timeout_ms)
     app = create_app(settings, write_keys, sink, max_body_bytes=max_body)
+    warning = default_salt_warning(settings)
+    if warning:
+        log.warning("collector: %s", warning)
     log.info("collector listening on http://%s:%d", host, port)
     uvicorn.run(
         app,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.config import STAGES, Settings
+from pipeline.config import STAGES, Settings, default_salt_warning
 from pipeline.errors import FatalError, RetryableError
 from pipeline.kafka import topics
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
@@ -41,6 +41,9 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
     if stage == "ingest":
         from pipeline.ingest.stage import IngestHandler
 
+        warning = default_salt_warning(settings)
+        if warning:
+            log.warning("ingest: %s", warning)
         ingest = IngestHandler(settings)
         raw = topics.raw_topics(settings)
         loop = ConfluentStageLoop(

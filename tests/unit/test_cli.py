@@ -92,3 +92,11 @@ def test_forget_suppresses_before_it_deletes(monkeypatch: pytest.MonkeyPatch, tm
     steps.clear()
     result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com", "--dry-run"])
     assert result.exit_code == 0 and steps == ["delete"]  # a dry run counts, publishes nothing
+
+
+def test_the_public_default_salt_is_named_where_pii_is_hashed() -> None:
+    from pipeline.config import DEFAULT_SALT, default_salt_warning, load_settings
+
+    warning = default_salt_warning(load_settings(salt=DEFAULT_SALT))
+    assert warning is not None and "O2O_SALT is the public default" in warning
+    assert default_salt_warning(load_settings(salt="a-secret-of-our-own")) is None
