@@ -35,6 +35,8 @@ ATTRIBUTION_MODELS = (
 )
 DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file; markov/shapley credit once fitted
 STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
+# query-string parameters whose values are hashed in URLs (pipeline/ingest/url_pii.py)
+URL_PII_PARAMS = ("email", "e", "mail", "email_address", "phone", "tel", "telephone", "mobile", "msisdn")
 DEFAULT_SALT = "o2o-development-salt"  # public: fine for the demo, never for real customers
 
 
@@ -47,6 +49,13 @@ def default_salt_warning(settings: Settings) -> str | None:
         "recompute the hashed identifiers; set your own salt before real customers' data comes in "
         "(changing it later changes every hashed identifier)"
     )
+
+
+def _comma_list(value: Any) -> Any:
+    """A list setting given as one comma-separated string (an environment variable) as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -154,6 +163,10 @@ class Settings(BaseSettings):
     blocked_id_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="regular expressions of identifier values that never link (whole value)"
     )
+    url_pii_params: Annotated[tuple[str, ...], NoDecode] = Field(
+        URL_PII_PARAMS,
+        description="query-string parameters of URLs whose values are hashed, whatever they hold",
+    )
 
     # Journeys
     session_timeout_minutes: float = Field(30.0, gt=0)
@@ -205,8 +218,7 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        value = _comma_list(value)
         unknown = [m for m in value if m not in ATTRIBUTION_MODELS]
         if unknown:
             raise ValueError(f"unknown attribution models {unknown}; known: {', '.join(ATTRIBUTION_MODELS)}")
@@ -222,11 +234,19 @@ class Settings(BaseSettings):
         parse_plan(value)
         return value
 
+    @field_validator("url_pii_params", mode="before")
+    @classmethod
+    def _split_params(cls, value: Any) -> Any:
+        value = _comma_list(value)
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+", name):
+                raise ValueError(f"{name!r} is not a query-string parameter name")
+        return tuple(value)
+
     @field_validator("blocked_id_patterns", mode="before")
     @classmethod
     def _compile_patterns(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        value = _comma_list(value)
         for pattern in value:
             try:
                 re.compile(pattern)

@@ -15,7 +15,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import phonenumbers
@@ -24,6 +24,9 @@ from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.schemas import SchemaRegistry
 from pipeline.model.contract import ID_TYPES, PII_ID_TYPES, SOURCES, Event
+
+if TYPE_CHECKING:
+    from pipeline.ingest.url_pii import UrlScrubber  # it uses this module's hashing
 
 BLOCKED_ID_VALUES = frozenset(
     {"", "null", "none", "nil", "0", "-1", "undefined", "anonymous", "unknown", "nan"}
@@ -113,8 +116,10 @@ class EventNormalizer:
         phone_region: str = "",
         registry: SchemaRegistry | None = None,
         blocked_patterns: Sequence[str] = (),
+        urls: UrlScrubber | None = None,
     ) -> None:
         self.salt = salt
+        self.urls = urls  # hashes personal data in the query strings of URLs
         # identifiers matching any of these (whole value) are placeholders that never link
         joined = "|".join(f"(?:{p})" for p in blocked_patterns)
         self.blocked = re.compile(joined) if blocked_patterns else None
@@ -126,7 +131,9 @@ class EventNormalizer:
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: SchemaRegistry | None = None) -> EventNormalizer:
-        """The normaliser the settings describe (salt, size and time limits, phone region)."""
+        """The normaliser the settings describe (salt, size and time limits, phone region, URL parameters)."""
+        from pipeline.ingest.url_pii import UrlScrubber
+
         return cls(
             salt=settings.salt,
             max_bytes=settings.max_event_bytes,
@@ -135,6 +142,7 @@ class EventNormalizer:
             phone_region=settings.phone_region,
             registry=registry,
             blocked_patterns=settings.blocked_id_patterns,
+            urls=UrlScrubber(settings.salt, settings.phone_region, settings.url_pii_params),
         )
 
     def normalise(self, raw: bytes, received_at: int) -> Event:
@@ -190,6 +198,9 @@ class EventNormalizer:
                     encoded = orjson.dumps(value)
                 except TypeError as exc:  # nested deeper than JSON tooling handles downstream
                     raise InvalidEvent("schema_violation", f"$.{name}: {exc}") from None
+                if self.urls is not None and self.urls.needs(encoded):
+                    value = self.urls.scrub(value)
+                    encoded = orjson.dumps(value)
                 if _EMAIL.search(encoded) or _PII_FIELD.search(encoded):
                     value = orjson.loads(redact_pii(encoded, self.salt, self.phone_region))
             event[name] = value  # type: ignore[literal-required]
