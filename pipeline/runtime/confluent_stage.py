@@ -16,9 +16,11 @@ from types import FrameType
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
 from pipeline.errors import RetryableError
+from pipeline.kafka.admin import admin_client, partition_offsets
 from pipeline.kafka.clients import make_consumer
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.faults import FaultPlan
@@ -89,6 +91,7 @@ class ConfluentStageLoop:
         self._consumer: Consumer = make_consumer(settings, settings.group(stage), **extra)
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.faults = FaultPlan(stage, settings.fault_at)
+        self._admin: AdminClient | None = None  # made on the first drain check
 
     def stop(self, *_args: object) -> None:
         """Ask the loop to finish its batch, commit and return."""
@@ -166,22 +169,19 @@ class ConfluentStageLoop:
         assignment = self._consumer.assignment()
         if not assignment:
             return False
-        positions = self._consumer.position(assignment)
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assignment)}
         # Nothing consumed yet on a partition (a restart after everything was
-        # committed): its position is unknown, the committed offset tells.
-        unknown = [tp for tp in positions if tp.offset < 0]
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in (self._consumer.committed(unknown, timeout=10) if unknown else [])
-        }
-        for tp in positions:
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            position = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
-            if position < 0:
-                position = low
-            if position < high:
-                return False
-        return not self._uncommitted
+        # committed): its position is unknown, the committed offset tells;
+        # with nothing committed either, reading would start at the first offset.
+        unknown = [TopicPartition(t, p) for (t, p), offset in positions.items() if offset < 0]
+        for tp in self._consumer.committed(unknown, timeout=10) if unknown else []:
+            positions[(tp.topic, tp.partition)] = tp.offset
+        if self._admin is None:
+            self._admin = admin_client(self.settings)
+        untouched = [key for key, offset in positions.items() if offset < 0]
+        positions.update(partition_offsets(self._admin, untouched, earliest=True) if untouched else {})
+        ends = partition_offsets(self._admin, positions)
+        return all(positions[key] >= end for key, end in ends.items()) and not self._uncommitted
 
     def _is_error(self, message: Message) -> bool:
         err = message.error()
