@@ -41,10 +41,10 @@ settings, events_file, undisturbed = crash_runs.FIXTURES  # bound here for pytes
 
 
 def test_kills_in_the_sink_and_mid_tick(
-    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+    settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
 ) -> None:
     plans = ["sink:mid_insert:1", "sink:after_insert:2", "identity:mid_tick:1"]
-    run_plans(settings, events_file, tmp_path, [*plans, "attribution:mid_flush:1"])
+    run_plans(settings, events_file, [*plans, "attribution:mid_flush:1"])
     expect_same(settings, undisturbed)
 
 
@@ -79,7 +79,7 @@ class _Offsets:
 
 
 def test_random_kills_of_any_stage(
-    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+    settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
 ) -> None:
     """Chaos: SIGKILLs of stages, in random order, each on a condition, never after a fixed time.
 
@@ -101,7 +101,7 @@ def test_random_kills_of_any_stage(
             try:
                 killed = False
                 for number, piece in enumerate(round_pieces, 1):
-                    produce_piece(settings, piece, tmp_path)
+                    produce_piece(settings, piece)
                     # after the round's last piece, keep looking while stages start up and
                     # work through it: a round whose stages never had a chance is no test
                     deadline = time.monotonic() + (3.0 if number < len(round_pieces) else 30.0)

@@ -17,7 +17,7 @@ import pytest
 from pipeline.config import Settings
 from tests.conftest import o2o
 from tests.integration import crash_runs
-from tests.integration.crash_runs import expect_same, keep_log, run_plans
+from tests.integration.crash_runs import expect_same, keep_log, produce_piece, run_plans
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -25,7 +25,7 @@ settings, events_file, undisturbed = crash_runs.FIXTURES  # bound here for pytes
 
 
 def test_kills_at_every_point_of_the_stateful_stages(
-    settings: Settings, events_file: Path, tmp_path: Path, undisturbed: dict[str, list[tuple[object, ...]]]
+    settings: Settings, events_file: Path, undisturbed: dict[str, list[tuple[object, ...]]]
 ) -> None:
     plans = [
         "journeys:after_outputs:1",
@@ -37,7 +37,7 @@ def test_kills_at_every_point_of_the_stateful_stages(
         "attribution:before_ack:2",
         "journeys:mid_flush:1",
     ]
-    run_plans(settings, events_file, tmp_path, plans)
+    run_plans(settings, events_file, plans)
     expect_same(settings, undisturbed)
 
 
@@ -50,7 +50,7 @@ def test_records_the_consumer_skipped_are_read_again(
     the log and its first batch holds records that follow the one it skips.
     """
     o2o(settings, "init")
-    o2o(settings, "produce", "--file", str(events_file))
+    produce_piece(settings, events_file.read_bytes())
     o2o(settings, "run", "ingest", "--drain", timeout=120)
     for stage in ("identity", "journeys", "attribution"):
         faulty = settings.model_copy(update={"fault_at": f"{stage}:misread:1"})
