@@ -138,6 +138,10 @@ class ProcessSampler:
     broker: psutil.Process | None = None
     cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
     peak_rss: int = 0
+    # summed proportional set size: a page shared by several stage processes (the
+    # interpreter, shared libraries) counts once in all, not once per process
+    peak_pss: int = 0
+    peak_rss_of: dict[int, int] = field(default_factory=dict)
     broker_peak_rss: int = 0
     broker_cpu_start: float | None = None
     broker_cpu: float = 0.0
@@ -157,13 +161,16 @@ class ProcessSampler:
             found = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             found = []
-        rss = 0
+        rss = pss = 0
         for proc in found:
             proc = self._procs.setdefault(proc.pid, proc)
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
-                    rss += proc.memory_info().rss
+                    memory = proc.memory_full_info()
+                    rss += memory.rss
+                    pss += memory.pss
+                    self.peak_rss_of[proc.pid] = max(self.peak_rss_of.get(proc.pid, 0), memory.rss)
                     label = self.cpu[proc.pid][0] if proc.pid in self.cpu else "?"
                     if label == "?":  # just started processes may not show their command line yet
                         label = stage_label(proc.cmdline())
@@ -171,6 +178,7 @@ class ProcessSampler:
                 continue
             self.cpu[proc.pid] = (label, times.user + times.system)
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
         if self.broker is not None and self.broker_cpu_start is not None:
             try:
                 times = self.broker.cpu_times()
@@ -179,12 +187,12 @@ class ProcessSampler:
             except psutil.Error:
                 pass
 
-    def by_label(self) -> dict[str, tuple[int, float]]:
-        """(processes, CPU seconds) per label."""
-        out: dict[str, tuple[int, float]] = {}
-        for label, seconds in self.cpu.values():
-            count, total = out.get(label, (0, 0.0))
-            out[label] = (count + 1, total + seconds)
+    def by_label(self) -> dict[str, tuple[int, float, int]]:
+        """(processes, CPU seconds, summed peak RSS of its processes) per label."""
+        out: dict[str, tuple[int, float, int]] = {}
+        for pid, (label, seconds) in self.cpu.items():
+            count, total, peak = out.get(label, (0, 0.0, 0))
+            out[label] = (count + 1, total + seconds, peak + self.peak_rss_of.get(pid, 0))
         return out
 
 

@@ -51,12 +51,14 @@ def cpu_table(
     labels = [label for label in order if label in by_label] + sorted(set(by_label) - set(order))
     sampled = 0.0
     for label in labels:
-        count, cpu = by_label[label]
+        count, cpu, peak = by_label[label]
         sampled += cpu
-        rows.append([label, str(count), f"{cpu:,.1f}", f"{cpu / seconds:.2f}", f"{cpu / events * 1e6:,.0f}"])
+        rows.append([label, str(count), f"{cpu:,.1f}", f"{cpu / seconds:.2f}", f"{cpu / events * 1e6:,.0f}",
+                     f"{peak / 2**20:,.0f}"])  # fmt: skip
     if procs.broker is not None:
         cpu = procs.broker_cpu
-        rows.append([broker_label, "1", f"{cpu:,.1f}", f"{cpu / seconds:.2f}", f"{cpu / events * 1e6:,.0f}"])
+        rows.append([broker_label, "1", f"{cpu:,.1f}", f"{cpu / seconds:.2f}", f"{cpu / events * 1e6:,.0f}",
+                     f"{procs.broker_peak_rss / 2**20:,.0f}"])  # fmt: skip
     rows.append(
         [
             "all stage processes (exact, rusage)",
@@ -64,19 +66,21 @@ def cpu_table(
             f"{children_cpu:,.1f}",
             f"{children_cpu / seconds:.2f}",
             f"{children_cpu / events * 1e6:,.0f}",
+            f"{procs.peak_rss / 2**20:,.0f}",
         ]
     )
     rows.append(
-        ["o2o bench itself (sampling, sending)", "1", f"{own_cpu:,.1f}", f"{own_cpu / seconds:.2f}", ""]
+        ["o2o bench itself (sampling, sending)", "1", f"{own_cpu:,.1f}", f"{own_cpu / seconds:.2f}", "", ""]
     )
     table(
         title,
-        ["process", "procs", "CPU s", "cores", "CPU µs/event"],
+        ["process", "procs", "CPU s", "cores", "CPU µs/event", "peak RSS MiB"],
         rows,
         note=(
             f"over {seconds:.1f} s of wall time; per stage sampled every 0.25 s (up to 0.25 s of a "
             f"process's end is missed: {max(children_cpu - sampled, 0):.1f} s in all), exact total from "
-            "getrusage of the finished tree; broker: CPU time while the run ran"
+            "getrusage of the finished tree; broker: CPU time while the run ran. Peak RSS: each "
+            "process's own peak, summed per row (the total row: the peak of the sum)"
         ),
     )
 

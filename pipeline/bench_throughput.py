@@ -141,6 +141,10 @@ def _print_pipeline(
         ),
         ("peak memory, stage processes (summed RSS)", f"{e2e.procs.peak_rss / 2**20:,.0f} MiB"),
         (
+            "peak memory, stage processes (summed PSS)",
+            f"{e2e.procs.peak_pss / 2**20:,.0f} MiB (pages the processes share counted once)",
+        ),
+        (
             "peak memory, Kafka broker (RSS)",
             f"{e2e.procs.broker_peak_rss / 2**20:,.0f} MiB" if e2e.procs.broker is not None else "n/a",
         ),

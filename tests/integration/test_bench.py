@@ -30,6 +30,9 @@ def _value(lines: list[str], label: str) -> str:
     return found[0][len(label) :].strip()
 
 
+STAGE_LABELS = {"ingest", "identity", "journeys", "attribution", "sink"}
+
+
 def test_bench_throughput_prints_every_section(settings: Settings) -> None:
     args = ["--events", "1000", "--no-parts", "--profile", "--step-timeout", "150"]
     proc = o2o(settings, "bench", *args, timeout=300)
@@ -44,8 +47,15 @@ def test_bench_throughput_prints_every_section(settings: Settings) -> None:
     assert re.search(rf"^{NUMBER}$", _value(pipeline, "ratio steady state / passthrough"))
     cpu = next(lines for title, lines in sections.items() if title.startswith("CPU seconds per process"))
     labels = {line.split("  ")[0] for line in cpu}
-    assert {"ingest", "identity", "journeys", "attribution", "sink"} <= labels
+    assert labels >= STAGE_LABELS
     assert any(line.startswith("Kafka broker (pid") for line in cpu)
+    peaks = [line.split()[-1] for line in cpu if line.split("  ")[0] in STAGE_LABELS]
+    assert len(peaks) == 5 and all(re.fullmatch(NUMBER, p) and p != "0" for p in peaks), cpu
+    rss, pss = (
+        float(_value(pipeline, f"peak memory, stage processes (summed {kind})").split()[0].replace(",", ""))
+        for kind in ("RSS", "PSS")
+    )
+    assert 0 < pss < rss  # the stage processes share the interpreter's pages at least
     topics = next(
         lines for title, lines in sections.items() if title.startswith("records and bytes per input")
     )
