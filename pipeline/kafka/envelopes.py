@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -110,3 +110,18 @@ def unpack(value: bytes) -> list[dict[str, Any]]:
     """The records of a message: an envelope's array, or a single record."""
     doc = orjson.loads(value)
     return doc if isinstance(doc, list) else [doc]
+
+
+def record_steps(values: Sequence[bytes], size: int) -> Iterator[list[dict[str, Any]]]:
+    """The records of ``values`` (envelopes or single records), in order, ``size`` or a few more per list.
+
+    An envelope is never split: a list ends after the message that filled it.
+    """
+    step: list[dict[str, Any]] = []
+    for value in values:
+        step.extend(unpack(value))
+        if len(step) >= size:
+            yield step
+            step = []
+    if step:
+        yield step

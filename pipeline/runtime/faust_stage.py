@@ -25,7 +25,7 @@ import faust
 
 from pipeline.config import Settings
 from pipeline.kafka.admin import group_lag, partition_counts
-from pipeline.kafka.envelopes import key_for_partition, unpack
+from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
 from pipeline.runtime.drain import DrainGate
@@ -43,6 +43,14 @@ HANDOVER_RECORDS = frozenset({"merge", "handoff"})
 
 TAKE_WITHIN_SECONDS = 0.05
 """How long ``take()`` waits to fill a batch: at low rates each hop adds up to this much latency."""
+
+STEP_RECORDS = 5000
+"""Records decoded and handled per step; outputs and state are made durable once per step.
+
+A message may be an envelope of a thousand records, and a batch of a backlog
+a hundred envelopes: decoded at once, journeys peaked at 666-828 MiB in the
+bench, against about 210 MiB in steps of this size.
+"""
 
 
 DRAIN_WAIT_NOTE_SECONDS = 30.0
@@ -194,8 +202,11 @@ class FaustStage:
         return [record for cache in self._caches.values() for record in cache.write_back()]
 
     def _run_batch(self, batch: Sequence[bytes]) -> None:
+        for records in record_steps(batch, STEP_RECORDS):
+            self._run_step(len(batch), records)
+
+    def _run_step(self, messages: int, records: list[dict[str, Any]]) -> None:
         started = time.monotonic()
-        records = [record for value in batch for record in unpack(value)]
         self._open_epochs()
         emitted = self.handler.process(records)
         points = ["after_outputs"]
@@ -207,9 +218,9 @@ class FaustStage:
         self.processed += len(records)
         if log.isEnabledFor(logging.DEBUG):
             now = time.monotonic()
-            log.debug("%s: step of %d messages, %d records: %.0f ms decoding and processing, "
+            log.debug("%s: step of %d records (from a batch of %d messages): %.0f ms processing, "
                       "%.0f ms committing (outputs and state durable), %d outputs",
-                      self.stage, len(batch), len(records), (processed - started) * 1000,
+                      self.stage, len(records), messages, (processed - started) * 1000,
                       (now - processed) * 1000, len(emitted))  # fmt: skip
 
     def _run_tick(self) -> None:

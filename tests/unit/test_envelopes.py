@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import zlib
 
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as reference_murmur2
 
-from pipeline.kafka.envelopes import murmur2, pack, partition_for, unpack
+from pipeline.kafka.envelopes import murmur2, pack, partition_for, record_steps, unpack
 
 
 def test_partition_matches_the_java_and_aiokafka_default_partitioner() -> None:
@@ -56,3 +57,15 @@ def test_pack_splits_large_envelopes_and_unpack_accepts_single_records() -> None
     assert all(len(value) <= 1000 for _t, _p, value in messages)
     assert sum(len(unpack(value)) for _t, _p, value in messages) == 50
     assert unpack(b'{"a": 1}') == [{"a": 1}]
+
+
+def test_record_steps_keep_order_bound_each_step_and_never_split_an_envelope() -> None:
+    envelopes = [
+        orjson.dumps([{"n": n, "of": m} for n in range(size)]) for m, size in enumerate([3, 1, 4, 2, 5])
+    ]
+    values = [*envelopes, orjson.dumps({"n": 0, "of": 5})]  # a single record, not an envelope
+    steps = list(record_steps(values, 4))
+    assert [len(step) for step in steps] == [4, 4, 7, 1]  # a step ends after the envelope that filled it
+    flat = [record for step in steps for record in step]
+    assert flat == [record for value in values for record in unpack(value)]
+    assert list(record_steps([], 4)) == []
