@@ -9,6 +9,7 @@ Everything is validated once, at start-up, by :func:`load_settings`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -40,15 +41,49 @@ URL_PII_PARAMS = ("email", "e", "mail", "email_address", "phone", "tel", "teleph
 DEFAULT_SALT = "o2o-development-salt"  # public: fine for the demo, never for real customers
 
 
-def default_salt_warning(settings: Settings) -> str | None:
-    """The warning to log where PII is hashed (ingest, the collector) while the salt is the public default."""
+def default_salt_warning(settings: Settings, listen_host: str | None = None) -> str | None:
+    """The warning to log where PII is hashed (ingest, the collector) while the salt is the public default.
+
+    Outside the local stack (Kafka, or the collector's ``listen_host``, not on
+    loopback) the default salt is refused with a ConfigError unless
+    ``allow_default_salt`` is set.
+    """
     if settings.salt != DEFAULT_SALT:
         return None
+    remote = [h for h in _hosts(settings.bootstrap_servers) if not _is_loopback(h)]
+    if listen_host is not None and not _is_loopback(listen_host):
+        remote.append(f"{listen_host} (the collector's address)")
+    if remote and not settings.allow_default_salt:
+        raise ConfigError(
+            f"O2O_SALT is the public default and {', '.join(remote)} is not on this machine: set O2O_SALT "
+            "to a secret of your own before real customers' data comes in (O2O_ALLOW_DEFAULT_SALT=true "
+            "allows the default, for a test cluster)"
+        )
     return (
         "O2O_SALT is the public default: anyone with a list of e-mail addresses or phone numbers can "
         "recompute the hashed identifiers; set your own salt before real customers' data comes in "
         "(changing it later changes every hashed identifier)"
     )
+
+
+def _hosts(servers: str) -> list[str]:
+    """The host of each `host:port` (`[v6]:port`, optionally after `PROTOCOL://`) of a bootstrap list."""
+    hosts = []
+    for server in filter(None, (part.strip() for part in servers.split(","))):
+        server = server.split("://", 1)[-1]
+        host = server[1 : server.index("]")] if server.startswith("[") else server.rsplit(":", 1)[0]
+        hosts.append(host)
+    return hosts
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (names are not resolved)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _comma_list(value: Any) -> Any:
@@ -127,6 +162,9 @@ class Settings(BaseSettings):
 
     # Ingest
     salt: str = Field(DEFAULT_SALT, min_length=8, description="salt of PII hashes")
+    allow_default_salt: bool = Field(
+        False, description="accept the public default salt with Kafka or the collector off this machine"
+    )
     max_event_bytes: int = Field(1_000_000, ge=1024)
     max_future_hours: float = Field(23.0, ge=0)
     max_age_days: float = Field(3650.0, gt=0, description="older events are dead letters (backfills!)")

@@ -84,11 +84,11 @@ def collector(
     port = port or int(getattr(settings, "collector_port", 8080))
     max_body = max_body_bytes or int(getattr(settings, "collector_max_body_bytes", 0) or 0) or None
     delivery_timeout_ms = int(getattr(settings, "collector_delivery_timeout_ms", 30_000))
-    sink = KafkaSink(settings, delivery_timeout_ms=delivery_timeout_ms)
-    app = create_app(settings, write_keys, sink, max_body_bytes=max_body)
-    warning = default_salt_warning(settings)
+    warning = default_salt_warning(settings, listen_host=host)  # refused off this machine: before Kafka
     if warning:
         log.warning("collector: %s", warning)
+    sink = KafkaSink(settings, delivery_timeout_ms=delivery_timeout_ms)
+    app = create_app(settings, write_keys, sink, max_body_bytes=max_body)
     log.info("collector listening on http://%s:%d", host, port)
     uvicorn.run(
         app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from pipeline.cli.data import simulate
 from pipeline.cli.demo import register as register_demo
 from pipeline.cli.main import cli
+from pipeline.errors import ConfigError
 
 
 def full_cli() -> None:
@@ -100,3 +102,28 @@ def test_the_public_default_salt_is_named_where_pii_is_hashed() -> None:
     warning = default_salt_warning(load_settings(salt=DEFAULT_SALT))
     assert warning is not None and "O2O_SALT is the public default" in warning
     assert default_salt_warning(load_settings(salt="a-secret-of-our-own")) is None
+    local = "127.0.0.1:9092,localhost:9093,[::1]:9094,PLAINTEXT://127.0.0.2:9095"
+    assert default_salt_warning(load_settings(salt=DEFAULT_SALT, bootstrap_servers=local)) is not None
+
+
+@pytest.mark.parametrize(
+    ("servers", "listen_host", "named"),
+    [
+        ("kafka.example.com:9092", None, "kafka.example.com"),
+        ("127.0.0.1:9092,10.0.0.5:9092", None, "10.0.0.5"),
+        ("SASL_SSL://[2001:db8::1]:9093", None, "2001:db8::1"),
+        ("127.0.0.1:9092", "0.0.0.0", "0.0.0.0 (the collector's address)"),
+    ],
+)
+def test_the_public_default_salt_is_refused_off_this_machine(
+    servers: str, listen_host: str | None, named: str
+) -> None:
+    from pipeline.config import DEFAULT_SALT, default_salt_warning, load_settings
+
+    settings = load_settings(salt=DEFAULT_SALT, bootstrap_servers=servers)
+    with pytest.raises(ConfigError, match=rf"{re.escape(named)} is not on this machine"):
+        default_salt_warning(settings, listen_host=listen_host)
+    allowed = settings.model_copy(update={"allow_default_salt": True})
+    assert default_salt_warning(allowed, listen_host=listen_host) is not None  # allowed, still warned
+    own = settings.model_copy(update={"salt": "a-secret-of-our-own"})
+    assert default_salt_warning(own, listen_host=listen_host) is None
