@@ -39,6 +39,7 @@ from clickhouse_connect.driver.exceptions import (
 from pipeline.clickhouse.query_guard import CATALOG_DATABASES, QueryRefused, check_read_query, qualifiers
 from pipeline.config import Settings
 from pipeline.errors import ClickHouseUnavailable, FatalError, PipelineError
+from pipeline.private_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class ClickHouse:
         if folder is None:
             return clickhouse_connect.get_client(interface="chdb", path=":memory:")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
         except OSError as exc:
             raise FatalError(f"cannot create the chDB folder {folder}: {exc}") from exc
         try:

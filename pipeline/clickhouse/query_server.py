@@ -36,6 +36,7 @@ from pipeline.clickhouse.client import ClickHouse, QueryError, chdb_folder, conn
 from pipeline.clickhouse.format import dumps, jsonable_rows
 from pipeline.config import Settings
 from pipeline.errors import ClickHouseUnavailable, FatalError, PipelineError
+from pipeline.private_files import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +162,6 @@ def _folder_text(ch: ClickHouse) -> str:
     return str(ch.folder) if ch.folder is not None else ""
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class QueryServer:
     """Answers read-only queries on ``ch`` over HTTP on 127.0.0.1, announced in ``endpoint_file``."""
 
@@ -210,7 +199,7 @@ class QueryServer:
             "folder": _folder_text(self.ch),
         }
         try:
-            _write_atomically(self.endpoint_file, orjson.dumps(endpoint))
+            write_private_file(self.endpoint_file, orjson.dumps(endpoint))
         except OSError as exc:
             self.stop()
             raise FatalError(f"cannot write the endpoint file {self.endpoint_file}: {exc}") from exc

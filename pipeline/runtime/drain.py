@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.private_files import private_dir
 
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "ingest": (),
@@ -57,5 +58,5 @@ class DrainGate:
     def mark_done(self) -> None:
         """Leave this stage's marker for the stages downstream."""
         path = marker(self.settings, self.stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         path.write_text(str(time.time()))

@@ -28,6 +28,7 @@ from pipeline.kafka.admin import group_lag, partition_counts
 from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
+from pipeline.private_files import private_dir
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
 from pipeline.runtime.faults import FaultPlan
@@ -106,7 +107,7 @@ class FaustStage:
         settings = self.settings
         register_codecs()
         datadir = settings.state_dir / "faust" / settings.group(self.stage)
-        datadir.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(datadir.parent)
         app = faust.App(
             settings.group(self.stage),
             broker=faust_broker_url(settings.bootstrap_servers),

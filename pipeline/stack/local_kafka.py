@@ -27,6 +27,7 @@ import psutil
 
 from pipeline.config import Settings
 from pipeline.errors import StackError
+from pipeline.private_files import private_dir
 from pipeline.stack.kafka_dist import (
     LOG4J_FILE,
     Progress,
@@ -169,8 +170,8 @@ class LocalKafka:
             raise StackError(
                 f"port {cport} is taken by another process; set O2O_KAFKA_PORT (or O2O_KAFKA_CONTROLLER_PORT)"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.logs_dir)
         self._write_properties(port, cport)
         classpath = f"{lib}/*"
         if not (self.data_dir / "meta.properties").exists():
