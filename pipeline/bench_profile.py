@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.private_files import private_dir
+
 log = logging.getLogger(__name__)
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -101,7 +103,7 @@ class StageProfiler:
         exe = py_spy()
         if exe is None:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.out_dir)
         for old in self.out_dir.glob("*.txt"):
             old.unlink()
         for pid, stage in stages.items():

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from pipeline.errors import PipelineError
+from pipeline.private_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class StepRunner:
     done: list[tuple[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
 
     def log_file(self, name: str) -> Path:
         """The log file of step ``name`` (emptied when the step starts)."""

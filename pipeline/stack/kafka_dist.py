@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import StackError
+from pipeline.private_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def cached_lib(cache: Path, version: str) -> Path | None:
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (several runs may share one cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # under the state folder, which is the owner's
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -137,7 +138,7 @@ def ensure_dist(cache: Path, version: str, progress: Progress | None = None) -> 
         folder = cache / version
         partial = folder / "lib.partial"
         shutil.rmtree(folder, ignore_errors=True)
-        partial.mkdir(parents=True)
+        private_dir(partial)
         if progress is not None:
             progress(f"fetching Apache Kafka {version} from Maven Central (first run only)")
         log.info("fetching Kafka %s into %s", version, folder)
