@@ -11,11 +11,12 @@ an undisturbed run of the same input.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -69,9 +70,35 @@ def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def undisturbed(
+    kafka_bootstrap: str,
+    chdb_folder: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    events_file: Path,
+    worker_id: str,
+) -> dict[str, list[tuple[object, ...]]]:
+    """The analyst views after one run with no fault, made once per test run.
+
+    Both crash modules compare with it, often in two test processes at once:
+    the first makes it and keeps it in the run's shared temporary folder, the
+    other waits for it there (the views depend on the input alone, not on the
+    topic prefix or database of the run that made them).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base  # under xdist: the run's, not the worker's
+    cache = shared / "undisturbed-views.pickle"
+    with (shared / "undisturbed-views.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cache.exists():
+            views = run_undisturbed(kafka_bootstrap, chdb_folder, tmp_path_factory, events_file)
+            cache.write_bytes(pickle.dumps(views))
+    loaded: dict[str, list[tuple[object, ...]]] = pickle.loads(cache.read_bytes())
+    return loaded
+
+
+def run_undisturbed(
     kafka_bootstrap: str, chdb_folder: Path, tmp_path_factory: pytest.TempPathFactory, events_file: Path
-) -> Iterator[dict[str, list[tuple[object, ...]]]]:
-    """The analyst views after one run with no fault."""
+) -> dict[str, list[tuple[object, ...]]]:
+    """Init, produce the input, `run all --drain`, and read the views."""
     from pipeline.config import load_settings
 
     tag = uuid.uuid4().hex[:10]
@@ -86,7 +113,7 @@ def undisturbed(
     keep_log(settings, "undisturbed", o2o(settings, "run", "all", "--drain", timeout=300).stderr)
     views = snapshot(settings)
     assert views["events"] and views["conversions"] and views["attribution"] and views["person_merges"]
-    yield views
+    return views
 
 
 FIXTURES = (settings, events_file, undisturbed)
