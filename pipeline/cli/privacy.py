@@ -1,6 +1,8 @@
-"""``o2o forget``: erase a person everywhere and keep them out."""
+"""``o2o forget``: erase a person everywhere and keep them out; ``o2o export``: show what is stored."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -81,6 +83,52 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
         )
 
 
+@click.command()
+@click.option("--id", "specs", multiple=True, required=True, metavar="TYPE:VALUE",
+              help="An identifier of the person (repeatable), as for `o2o forget`.")  # fmt: skip
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the document to this file (created 0600) instead of standard output.")  # fmt: skip
+@click.pass_context
+@handle_errors
+def export(ctx: click.Context, specs: tuple[str, ...], output: Path | None) -> None:
+    """Everything stored about the persons holding these identifiers, as one JSON document.
+
+    \b
+    For a data subject's right of access and portability. The persons are
+    found as `o2o forget` finds them (every person id merged into them, all
+    their identifiers), and the document holds every row `o2o forget` would
+    delete: events (each with its consent flags: the consent history),
+    sessions, conversions, credits and adjustments, identities, aliases of
+    merged persons, identity conflicts, and dead letters naming one of the
+    identifiers; every stored version of a row, identifiers hashed as stored.
+    Changes nothing. Works while the pipeline runs.
+    """
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from pipeline.clickhouse.query_server import query_any
+    from pipeline.identity.erasure import export_document, find, identifier_key
+    from pipeline.ingest.normalize import EventNormalizer
+    from pipeline.private_files import write_private_file
+
+    settings = settings_of(ctx)
+    normalizer = EventNormalizer.from_settings(settings)
+    keys = [identifier_key(spec, normalizer) for spec in specs]
+    db = settings.clickhouse_database
+    erasure = find(lambda sql: query_any(settings, sql)[1], db, keys)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    document = export_document(lambda sql: query_any(settings, sql), db, erasure, now)
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    if output is None:
+        click.echo(data.decode(), nl=False)
+        return
+    write_private_file(output, data)
+    rows = sum(len(r) for r in document["rows"].values())
+    console.print(f"{len(erasure.persons)} person(s), {rows} row(s) written to {output}")
+
+
 def register(group: click.Group) -> None:
-    """Add ``o2o forget`` to the CLI."""
+    """Add ``o2o forget`` and ``o2o export`` to the CLI."""
     group.add_command(forget)
+    group.add_command(export)

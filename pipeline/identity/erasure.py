@@ -1,4 +1,4 @@
-"""Erasure (``o2o forget``): find a person by any identifier, delete them, suppress them.
+"""Erasure (``o2o forget``) and access (``o2o export``) of a person found by any identifier.
 
 1. The given identifiers are normalised and hashed exactly as ingest does, and
    looked up in the ``identities`` view: their canonical persons, every person
@@ -14,6 +14,9 @@
    journeys and attribution drop the persons from their state.
 
 Running it again finds nothing more to delete and changes nothing.
+
+``o2o export`` does step 1, then reads every row step 2 would delete (all
+stored versions) into one JSON document.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.kafka import topics
 from pipeline.model.contract import ID_TYPES
 
 Query = Callable[[str], list[tuple[Any, ...]]]
+ColumnsQuery = Callable[[str], tuple[list[str], list[tuple[Any, ...]]]]
 
 # table -> the condition a person's rows meet ({persons} is a SQL list of person ids)
 PERSON_TABLES: tuple[tuple[str, str], ...] = (
@@ -114,31 +118,53 @@ def find(query: Query, db: str, keys: Sequence[str]) -> Erasure:
     return erasure
 
 
-def erase_statements(db: str, erasure: Erasure) -> list[tuple[str, str, str]]:
-    """(table, count query, delete statement) for every table holding the persons' data."""
+def person_rows(erasure: Erasure) -> list[tuple[str, str]]:
+    """(storage table, condition) of every row held about the persons: what forget deletes, export shows.
+
+    Dead letters count when their payload holds one of the identifiers (of six
+    characters or more, so a short value cannot match unrelated payloads).
+    """
     persons = _sql_list(erasure.person_ids)
-    statements = []
-    if erasure.person_ids:
-        for table, condition in PERSON_TABLES:
-            where = condition.format(persons=persons)
-            statements.append(
-                (
-                    table,
-                    f"SELECT count() FROM {db}.{table} WHERE {where}",
-                    f"ALTER TABLE {db}.{table} DELETE WHERE {where} SETTINGS mutations_sync = 2",
-                )
-            )
+    found = [(table, condition.format(persons=persons)) for table, condition in PERSON_TABLES]
+    out = found if erasure.person_ids else []
     values = sorted({key.partition(":")[2] for key in erasure.identifiers if len(key.partition(":")[2]) >= 6})
     if values:
-        where = " OR ".join(f"position(payload, {sql_string(v)}) > 0" for v in values)
-        statements.append(
-            (
-                "dead_letters_store",
-                f"SELECT count() FROM {db}.dead_letters_store WHERE {where}",
-                f"ALTER TABLE {db}.dead_letters_store DELETE WHERE {where} SETTINGS mutations_sync = 2",
-            )
+        named = " OR ".join(f"position(payload, {sql_string(v)}) > 0" for v in values)
+        out.append(("dead_letters_store", named))
+    return out
+
+
+def erase_statements(db: str, erasure: Erasure) -> list[tuple[str, str, str]]:
+    """(table, count query, delete statement) for every table holding the persons' data."""
+    return [
+        (
+            table,
+            f"SELECT count() FROM {db}.{table} WHERE {where}",
+            f"ALTER TABLE {db}.{table} DELETE WHERE {where} SETTINGS mutations_sync = 2",
         )
-    return statements
+        for table, where in person_rows(erasure)
+    ]
+
+
+def export_document(query: ColumnsQuery, db: str, erasure: Erasure, now: str) -> dict[str, Any]:
+    """Everything stored about the persons as one JSON-shaped document (the right of access).
+
+    Rows come from the storage tables, every stored version included, under
+    the same conditions ``o2o forget`` deletes by; identifiers appear hashed,
+    as stored.
+    """
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table, where in person_rows(erasure):
+        columns, rows = query(f"SELECT * FROM {db}.{table} WHERE {where}")
+        tables[table] = [dict(zip(columns, row, strict=True)) for row in rows]
+    return {
+        "exported_at": now,
+        "identifiers_given": erasure.keys,
+        "persons": sorted(erasure.persons),
+        "person_ids": sorted(erasure.person_ids),
+        "identifiers": sorted(erasure.identifiers),
+        "rows": tables,
+    }
 
 
 def execute(

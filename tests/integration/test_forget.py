@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,30 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         assert dry["dry_run"] and dry["rows"]["events_store"] == 3
         assert counts(settings) == before  # a dry run changes nothing
 
+        # her export: every row forget would delete, nobody else's, changing nothing
+        export = tmp_path / "alice.json"
+        o2o(
+            settings,
+            "export",
+            "--id",
+            "user_id:never-seen",
+            "--id",
+            "loyalty_id:L-alice",
+            "--output",
+            str(export),
+        )
+        document = orjson.loads(export.read_bytes())
+        assert export.stat().st_mode & 0o077 == 0  # the owner's alone
+        assert {table: len(rows) for table, rows in document["rows"].items()} == dry["rows"]
+        assert sorted(row["event_id"] for row in document["rows"]["events_store"]) == ["a1", "a2", "a3"]
+        assert {row["consent_marketing"] for row in document["rows"]["events_store"]} <= {0, 1}
+        ids = {f"{row['id_type']}:{row['id_value']}" for row in document["rows"]["identities_store"]}
+        assert "anonymous_id:c-alice" in ids and "loyalty_id:L-alice" in ids
+        emails = [value for key, value in (i.split(":", 1) for i in ids) if key == "email"]
+        assert len(emails) == 1 and re.fullmatch(r"(sha256:)?[0-9a-f]{64}", emails[0]), ids
+        assert b"alice@example.com" not in export.read_bytes().lower()  # hashed as stored, never in clear
+        assert document["persons"] == dry["persons"] and counts(settings) == before
+
         alice = [query(settings, person % "c-alice")[0][0]]
         held = stored_rows(settings, alice)
         assert all(held[t] for t in ("events_store", "conversions_store", "attribution_store")), held
@@ -130,6 +155,10 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
 
         again = forget(settings, "--id", "email:alice@example.com")
         assert again["persons"] == [] and sum(again["rows"].values()) == 0  # idempotent
+        gone = orjson.loads(o2o(settings, "export", "--id", "loyalty_id:L-alice").stdout)
+        # nobody any more; what still names her loyalty id is the dead letter of her later scan
+        assert gone["persons"] == [] and list(gone["rows"]) == ["dead_letters_store"]
+        assert [row["reason"] for row in gone["rows"]["dead_letters_store"]] == ["suppressed"]
     finally:
         stop_o2o(pipeline)
     assert counts(settings)["events"] == 5  # Bob's three and Carol's two

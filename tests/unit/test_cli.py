@@ -32,7 +32,8 @@ full_cli()
 COMMANDS = [
     [], ["stack"], ["stack", "up"], ["stack", "status"], ["stack", "down"], ["init"], ["run"],
     ["sql"], ["report"], ["simulate"], ["produce"], ["demo"], ["bench"], ["collector"],
-    ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["forget"], ["attribution"], ["attribution", "fit"],
+    ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["forget"], ["export"], ["attribution"],
+    ["attribution", "fit"],
 ]  # fmt: skip
 
 
