@@ -181,6 +181,22 @@ class Settings(BaseSettings):
     collector_write_keys: str = Field("", description="comma-separated SOURCE=KEY pairs (secret)")
     collector_max_body_bytes: int = Field(0, ge=0, description="0: 100 x max_event_bytes")
     collector_delivery_timeout_ms: int = Field(30_000, ge=1000)
+    collector_body_key_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="bytes read, gzip or not, before a write key in the body is checked"
+    )
+    collector_max_batch_events: int = Field(5000, ge=1, description="events (or messages) per request")
+    collector_read_timeout_seconds: float = Field(10.0, gt=0, description="to receive a whole request body")
+    collector_rate_per_address: float = Field(50.0, ge=0, description="requests/s per client address; 0: off")
+    collector_rate_per_key: float = Field(1000.0, ge=0, description="requests/s per write key; 0: off")
+    collector_concurrency_per_address: int = Field(
+        16, ge=0, description="requests at once per address; 0: off"
+    )
+    collector_concurrency_per_key: int = Field(
+        256, ge=0, description="requests at once per write key; 0: off"
+    )
+    collector_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="origins browsers may post from (comma-separated; * for any); none: no CORS"
+    )
 
     # Identity
     identity_max_persons_per_id: int = Field(
@@ -271,6 +287,15 @@ class Settings(BaseSettings):
 
         parse_plan(value)
         return value
+
+    @field_validator("collector_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        value = _comma_list(value)
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], or *)")
+        return tuple(value)
 
     @field_validator("url_pii_params", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -48,6 +48,8 @@ from starlette.routing import Route
 
 from pipeline.collector.http import HTTPProblem, basic_user, gunzip, json_response
 from pipeline.collector.kafka_sink import EventSink, KafkaSink
+from pipeline.collector.limits import Admission, RequestLimits
+from pipeline.collector.metrics import CollectorMetrics
 from pipeline.collector.segment import batch_messages, map_message
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, DeliveryFailed, InvalidEvent
@@ -68,29 +70,7 @@ SEGMENT_ROUTES: dict[str, str | None] = {
     "/v1/b": None,
 }
 OFFLOAD_ITEMS = 500  # bigger batches are validated in a worker thread, not on the event loop
-DELIVERY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class CollectorMetrics:
-    """The collector's Prometheus metrics, in a registry of their own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "o2o_collector_requests", "HTTP requests by route and status", ["route", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.accepted = Counter(
-            "o2o_collector_events_accepted", "events produced to a raw topic, by source", ["source"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.rejected = Counter(
-            "o2o_collector_events_rejected", "events rejected, by reason", ["reason"], registry=self.registry
-        )
-        self.delivery = Histogram(
-            "o2o_collector_delivery_seconds", "seconds from produce to Kafka's acknowledgement",
-            buckets=DELIVERY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+REFUSALS = frozenset({408, 413, 429})  # statuses of a request refused by a limit, counted by limit
 
 
 @dataclass
@@ -128,6 +108,7 @@ class Collector:
         self.dlq_topic = settings.topic(topics.DLQ)
         self.metrics = CollectorMetrics()
         self.normalizer = EventNormalizer.from_settings(settings, default_registry())
+        self.limits = RequestLimits.from_settings(settings)
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -147,13 +128,21 @@ class Collector:
         self, route: str, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            admission = request.state.admission = self.limits.admission()
             try:
+                if route != "/healthz":
+                    address = request.client.host if request.client else "unknown"
+                    admission.admit("address", address, time.monotonic())
                 response = await handler(request)
             except HTTPProblem as problem:
                 response = problem.response()
+                if problem.status in REFUSALS:
+                    self.metrics.refused.labels(problem.error).inc()
             except Exception:
                 self.metrics.requests.labels(route, "500").inc()
                 raise
+            finally:
+                admission.release()
             self.metrics.requests.labels(route, str(response.status_code)).inc()
             return response
 
@@ -176,6 +165,7 @@ class Collector:
             raise HTTPProblem(400, "schema_violation", "expected an event, an array or {'batch': [...]}")
         if not docs:
             raise HTTPProblem(400, "empty_batch", "no events in the request")
+        self._check_count(len(docs))
         items = []
         for index, event in enumerate(docs):
             item = Item(index, event, event)
@@ -201,6 +191,7 @@ class Collector:
             messages = [{k: v for k, v in doc.items() if k != "writeKey"}]
         else:
             raise HTTPProblem(400, "schema_violation", f"{route}: expected a JSON object")
+        self._check_count(len(messages))
         received = datetime.now(UTC).isoformat(timespec="milliseconds")
         items = [Item(index, message) for index, message in enumerate(messages)]
         for item in items:
@@ -224,22 +215,41 @@ class Collector:
     # -- request pieces ------------------------------------------------------------------------
 
     async def _authenticated_body(self, request: Request) -> tuple[str, Any]:
-        """(source of the write key, parsed JSON body); a bad key in the header fails before reading."""
+        """(source of the write key, parsed JSON body).
+
+        A key in the header is checked, and admitted against its limits, before
+        the body is read; without one, at most ``collector_body_key_max_bytes``
+        are read and parsed to find the key in the body.
+        """
+        admission: Admission = request.state.admission
         header = request.headers.get("authorization")
-        source = self._source_of(basic_user(header)) if header else None
+        key = basic_user(header) if header else None
+        source = self._source_of(key)
         if header and source is None:
             raise HTTPProblem(401, "unauthorized", "unknown write key")
-        body = await self._read_body(request)
+        if key is not None and source is not None:
+            admission.admit("key", key, time.monotonic())
+            limit = self.max_body_bytes
+        else:
+            limit = min(self.max_body_bytes, self.settings.collector_body_key_max_bytes)
+        body = await self._read_body(request, limit)
         try:
             doc = await _maybe_offloaded(len(body) > 1_000_000, orjson.loads, body)
         except orjson.JSONDecodeError as exc:
             raise HTTPProblem(400, "malformed_json", str(exc)) from None
         if source is None:
-            key = doc.get("writeKey") if isinstance(doc, dict) else None
-            source = self._source_of(key if isinstance(key, str) else None)
-            if source is None:
+            found = doc.get("writeKey") if isinstance(doc, dict) else None
+            key = found if isinstance(found, str) else None
+            source = self._source_of(key)
+            if key is None or source is None:
                 raise HTTPProblem(401, "unauthorized", "missing or unknown write key")
+            admission.admit("key", key, time.monotonic())
         return source, doc
+
+    def _check_count(self, count: int) -> None:
+        limit = self.settings.collector_max_batch_events
+        if count > limit:
+            raise HTTPProblem(413, "too_many_events", f"{count} events in one request, limit {limit}")
 
     def _source_of(self, key: str | None) -> str | None:
         if not key:
@@ -250,18 +260,25 @@ class Collector:
                 found = source
         return found
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.max_body_bytes
+    async def _read_body(self, request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise HTTPProblem(413, "too_large", f"body of {length} bytes, limit {limit}")
         chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPProblem(413, "too_large", f"body over the limit of {limit} bytes")
-            chunks.append(chunk)
+
+        async def receive() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPProblem(413, "too_large", f"body over the limit of {limit} bytes")
+                chunks.append(chunk)
+
+        timeout = self.settings.collector_read_timeout_seconds
+        try:
+            await asyncio.wait_for(receive(), timeout)
+        except TimeoutError:
+            raise HTTPProblem(408, "slow_client", f"the body did not arrive within {timeout:g} s") from None
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip"):
@@ -363,7 +380,7 @@ def create_app(
     *,
     max_body_bytes: int | None = None,
     dead_letters: bool = True,
-    cors_origins: Sequence[str] = ("*",),
+    cors_origins: Sequence[str] | None = None,
 ) -> Starlette:
     """The collector's ASGI app.
 
@@ -372,8 +389,11 @@ def create_app(
     for a new producer from ``settings``. The app starts the sink on start-up
     and flushes and closes it on shutdown. ``max_body_bytes`` defaults to
     ``settings.max_event_bytes * 100``; ``dead_letters`` sends rejected events
-    to the dead-letter topic; ``cors_origins`` may post from browsers.
+    to the dead-letter topic; ``cors_origins`` (default: the setting
+    ``collector_cors_origins``) may post from browsers.
     """
+    if cors_origins is None:
+        cors_origins = settings.collector_cors_origins
     for key, source in write_keys.items():
         if not key:
             raise ConfigError("collector: a write key cannot be empty")

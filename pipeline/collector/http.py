@@ -15,16 +15,20 @@ from starlette.responses import Response
 class HTTPProblem(Exception):
     """A request-level failure, answered as ``{"error": ..., "detail": ...}`` with ``status``."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = dict(headers or {})
+        if status == 401:
+            self.headers["WWW-Authenticate"] = 'Basic realm="o2o collector"'
 
     def response(self) -> Response:
         """The JSON error response."""
-        headers = {"WWW-Authenticate": 'Basic realm="o2o collector"'} if self.status == 401 else None
-        return json_response(self.status, {"error": self.error, "detail": self.detail}, headers)
+        return json_response(self.status, {"error": self.error, "detail": self.detail}, self.headers or None)
 
 
 def json_response(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import socket
 import threading
 import time
 import uuid
@@ -370,3 +372,40 @@ def test_segment_single_call_routes_deliver_one_event_each(settings: Settings, c
     metrics = httpx.get(f"{collector.url}/metrics").text
     for route, _key, _message in SINGLE_CALLS:
         assert f'o2o_collector_requests_total{{route="{route}",status="200"}} 1.0' in metrics
+
+
+def test_slow_and_crowding_clients_are_cut_off_and_others_still_served(settings: Settings) -> None:
+    """Two clients that never finish their bodies hold their address's two slots: a third request
+    from that address is refused at once (429), the slow ones get 408 after the read timeout, and
+    then the address is served again."""
+    limited = settings.model_copy(
+        update={"collector_read_timeout_seconds": 1.0, "collector_concurrency_per_address": 2,
+                "collector_rate_per_address": 0}
+    )  # fmt: skip
+    ensure_topics(limited)
+    server, thread, url = serve(create_app(limited, {WEB_KEY: "web"}))
+    port = int(url.rsplit(":", 1)[1])
+    auth = base64.b64encode(f"{WEB_KEY}:".encode())
+    head = b"POST /v1/events HTTP/1.1\r\nHost: c\r\nAuthorization: Basic " + auth
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(2)]
+    try:
+        for connection in slow:  # headers, then one byte of a 200-byte body, then nothing
+            connection.sendall(head + b"\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{")
+        with httpx.Client(base_url=url, auth=(WEB_KEY, "")) as http:
+            deadline = time.monotonic() + 10
+            crowded = http.post("/v1/events", json=event("crowd-0"))
+            while crowded.status_code == 200 and time.monotonic() < deadline:  # until both hold their slot
+                crowded = http.post("/v1/events", json=event(f"crowd-{uuid.uuid4().hex[:6]}"))
+            assert crowded.status_code == 429 and crowded.json()["error"] == "busy_address", crowded.text
+            assert crowded.headers["Retry-After"] == "1"
+            answers = [connection.recv(4096).split(b"\r\n")[0] for connection in slow]
+            assert answers == [b"HTTP/1.1 408 Request Timeout"] * 2, answers
+            assert http.post("/v1/events", json=event("after")).status_code == 200
+            metrics = http.get("/metrics").text
+        assert 'o2o_collector_refused_total{limit="slow_client"} 2.0' in metrics
+        assert 'o2o_collector_refused_total{limit="busy_address"}' in metrics
+    finally:
+        for connection in slow:
+            connection.close()
+        server.should_exit = True
+        thread.join(30)

@@ -40,7 +40,9 @@ class MemorySink:
 
 
 SINK = MemorySink()
-APP = create_app(load_settings(topic_prefix="fz."), {"k": "web"}, producer=SINK)
+# hundreds of requests from one client in a burst: no rate limits here (test_collector_limits has them)
+UNLIMITED = load_settings(topic_prefix="fz.", collector_rate_per_address=0, collector_rate_per_key=0)
+APP = create_app(UNLIMITED, {"k": "web"}, producer=SINK)
 
 
 def test_every_event_of_a_random_batch_is_accounted_for() -> None:

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from pipeline.cli.main import full_cli
-from pipeline.collector.app import CollectorMetrics
+from pipeline.collector.metrics import CollectorMetrics
 from pipeline.config import OTHER_VARIABLES, STAGES, Settings
 from pipeline.kafka.topics import TOPICS
 from pipeline.metrics import CountsCollector
