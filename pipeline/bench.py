@@ -196,6 +196,13 @@ def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
     "and report send-to-visible percentiles.",
 )
 @click.option(
+    "--flood",
+    is_flag=True,
+    help="The collector under abuse instead: a valid client posts alone for --seconds, then as long "
+    "again while a second process floods the collector with keyless, oversized, gzip-bomb and "
+    "never-finished requests; prints the valid client's answers and latencies in both phases.",
+)
+@click.option(
     "--rate",
     type=click.IntRange(1),
     default=2000,
@@ -207,7 +214,7 @@ def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
     type=click.FloatRange(1),
     default=30.0,
     show_default=True,
-    help="(--live) How long to send.",
+    help="(--live, --flood) How long to send (--flood: each phase).",
 )
 @click.option(
     "--bound",
@@ -226,6 +233,7 @@ def bench(
     profile: bool,
     step_timeout: float | None,
     live: bool,
+    flood: bool,
     rate: int,
     seconds: float,
     bound: float,
@@ -241,6 +249,9 @@ def bench(
     occurred_at = now; prints p50/p95/p99 from send until visible in
     ClickHouse `events`, `conversions` and `attribution`.
 
+    Flood: a collector with its default limits serves a valid client alone,
+    then while a second process floods it from other loopback addresses.
+
     Uses its own topic prefix and ClickHouse database (`bench.`, `bench`),
     wiped first. Every step has a time limit (--step-timeout); a step over it
     is killed with its processes and the bench exits non-zero naming it.
@@ -251,7 +262,11 @@ def bench(
     limit = step_timeout or default_timeout(rate * int(seconds) if live else events)
     runner = StepRunner(console, settings.state_dir / "bench" / "logs", limit)
     stack_limit = step_timeout or STACK_TIMEOUT_S
-    if live:
+    if flood:
+        from pipeline.bench_flood import run_flood
+
+        run_flood(runner, settings, seconds, stack_limit)
+    elif live:
         from pipeline.bench_live import run_live
 
         run_live(runner, settings, rate, seconds, bound, seed, stack_limit)

@@ -15,7 +15,8 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -280,21 +281,34 @@ def identity_state_size(settings: Settings) -> tuple[float, int, float]:
     return len(events) / max(seconds, 1e-9), len(ids), size / max(len(ids), 1) * 1e6 / 2**20
 
 
-def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> tuple[int, int, float]:
-    """(requests, events, seconds) posting ``n`` events in batches of ``batch`` to a local collector."""
+COLLECTOR_KEYS = {"web": "bench-web", "app": "bench-app", "geofence": "bench-geo", "pos": "bench-pos"}
+UNLIMITED = {
+    "O2O_COLLECTOR_RATE_PER_ADDRESS": "0",
+    "O2O_COLLECTOR_RATE_PER_KEY": "0",
+    "O2O_COLLECTOR_CONCURRENCY_PER_ADDRESS": "0",
+    "O2O_COLLECTOR_CONCURRENCY_PER_KEY": "0",
+}
+"""The collector's request limits off: a throughput client posts from one address, like a proxy."""
+
+
+@contextmanager
+def running_collector(
+    part: Settings, env: Mapping[str, str] = {}
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`o2o collector` on a free loopback port with :data:`COLLECTOR_KEYS`: (base URL, process).
+
+    Its part's topics are made first and deleted afterwards.
+    """
     import httpx
 
-    part = part_settings(settings, "collector")
     delete_prefixed(part)
     ensure_topics(part)
     port = free_port()
-    env = settings_env(part)
-    env["O2O_COLLECTOR_WRITE_KEYS"] = "web=bench-web,app=bench-app,geofence=bench-geo,pos=bench-pos"
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "collector", "--port", str(port)],
-        env=env,
-    )
-    keys = {"web": "bench-web", "app": "bench-app", "geofence": "bench-geo", "pos": "bench-pos"}
+        env={**settings_env(part), **env,
+             "O2O_COLLECTOR_WRITE_KEYS": ",".join(f"{s}={k}" for s, k in COLLECTOR_KEYS.items())},
+    )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -304,9 +318,19 @@ def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> t
                     break
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("the collector did not start")
             time.sleep(0.2)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(30)
+        delete_prefixed(part)
+
+
+def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> tuple[int, int, float]:
+    """(requests, events, seconds) posting ``n`` events in batches of ``batch`` to a local collector."""
+    with running_collector(part_settings(settings, "collector"), UNLIMITED) as (base, _server):
         by_source: dict[str, list[dict[str, Any]]] = {}
         for event in events_for(n, seed):
             by_source.setdefault(event["source"], []).append(event)
@@ -316,12 +340,8 @@ def collector_rate(settings: Settings, n: int, seed: int, batch: int = 100) -> t
             for i in range(0, len(events), batch)
         ]
         start = time.monotonic()
-        accepted = asyncio.run(_post_all(base, bodies, keys))
+        accepted = asyncio.run(_post_all(base, bodies, COLLECTOR_KEYS))
         seconds = time.monotonic() - start
-    finally:
-        server.terminate()
-        server.wait(30)
-        delete_prefixed(part)
     return len(bodies), accepted, seconds
 
 

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     collector_host: str = Field("127.0.0.1", description="address `o2o collector` listens on")
     collector_port: int = Field(8080, ge=1, le=65535)
     collector_write_keys: str = Field("", description="comma-separated SOURCE=KEY pairs (secret)")
-    collector_max_body_bytes: int = Field(0, ge=0, description="0: 100 x max_event_bytes")
+    collector_max_body_bytes: int = Field(0, ge=0, description="0: 16 MiB, or max_event_bytes if larger")
     collector_delivery_timeout_ms: int = Field(30_000, ge=1000)
     collector_body_key_max_bytes: int = Field(
         512 * 1024, ge=1024, description="bytes read, gzip or not, before a write key in the body is checked"

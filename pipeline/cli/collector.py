@@ -50,7 +50,7 @@ def parse_write_keys(pairs: Iterable[str]) -> dict[str, str]:
     "--max-body-bytes",
     type=click.IntRange(1024),
     default=None,
-    help="Largest request body, also once decompressed (default: 100 x O2O_MAX_EVENT_BYTES).",
+    help="Largest request body, also once decompressed (default: 16 MiB, or O2O_MAX_EVENT_BYTES if larger).",
 )
 @click.pass_context
 @handle_errors

@@ -14,7 +14,7 @@
 
 Write key: HTTP Basic user name (Segment's scheme), else ``writeKey`` in the
 body; it maps to the source of its events; unknown or missing: 401. Bodies may
-be gzip; over ``max_body_bytes`` (also decompressed): 413; bad JSON: 400.
+be gzip; over ``max_body_bytes`` (also decompressed; 16 MiB by default): 413; bad JSON: 400.
 Events are validated by ingest's :class:`EventNormalizer`; valid ones go as raw
 JSON to ``raw.<source>`` keyed by :func:`pipeline.producer.raw_key`, rejected
 ones to the dead-letter topic with ingest's headers (``o2o.topic`` =
@@ -70,6 +70,13 @@ SEGMENT_ROUTES: dict[str, str | None] = {
     "/v1/b": None,
 }
 OFFLOAD_ITEMS = 500  # bigger batches are validated in a worker thread, not on the event loop
+# Largest body by default, also once decompressed: every byte of a gzip body is inflated
+# before it can be refused, so this bounds what one request (a valid write key is public
+# in a browser) makes the collector do. Segment's own limit is 500 KB per batch.
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+# gzip bodies from this size on are inflated in a worker thread (zlib lets go of the GIL),
+# so a bomb being inflated does not hold up the requests of other clients
+OFFLOAD_GZIP_BYTES = 16 * 1024
 REFUSALS = frozenset({408, 413, 429})  # statuses of a request refused by a limit, counted by limit
 
 
@@ -282,7 +289,8 @@ class Collector:
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip"):
-            return gunzip(body, limit)
+            inflated: bytes = await _maybe_offloaded(len(body) >= OFFLOAD_GZIP_BYTES, gunzip, body, limit)
+            return inflated
         if encoding not in ("", "identity"):
             raise HTTPProblem(415, "unsupported_encoding", f"content-encoding {encoding[:32]!r}")
         return body
@@ -388,7 +396,8 @@ def create_app(
     a confluent-kafka ``Producer`` (wrapped in a :class:`KafkaSink`), or None
     for a new producer from ``settings``. The app starts the sink on start-up
     and flushes and closes it on shutdown. ``max_body_bytes`` defaults to
-    ``settings.max_event_bytes * 100``; ``dead_letters`` sends rejected events
+    :data:`DEFAULT_MAX_BODY_BYTES` (or ``settings.max_event_bytes`` if larger);
+    ``dead_letters`` sends rejected events
     to the dead-letter topic; ``cors_origins`` (default: the setting
     ``collector_cors_origins``) may post from browsers.
     """
@@ -408,7 +417,11 @@ def create_app(
     else:
         sink = producer
     collector = Collector(
-        settings, write_keys, sink, max_body_bytes or settings.max_event_bytes * 100, dead_letters
+        settings,
+        write_keys,
+        sink,
+        max_body_bytes or max(DEFAULT_MAX_BODY_BYTES, settings.max_event_bytes),
+        dead_letters,
     )
 
     @contextlib.asynccontextmanager

@@ -103,3 +103,28 @@ def test_bench_live_prints_percentiles(settings: Settings) -> None:
             assert int(counted.replace(",", "")) > 0 and all(re.fullmatch(NUMBER, q) for q in quantiles), line
     assert any(title.startswith("CPU seconds per process") for title in sections)
     assert any(title.startswith("records and bytes per sent event") for title in sections)
+
+
+def test_bench_flood_prints_both_phases_and_the_flood_is_only_ever_refused(settings: Settings) -> None:
+    quick = settings.model_copy(update={"collector_read_timeout_seconds": 2.0})  # never-finished bodies
+    proc = o2o(quick, "bench", "--flood", "--seconds", "3", "--step-timeout", "150", timeout=300)
+    print(proc.stdout)
+    assert "did not finish within" not in proc.stderr
+    sections = _sections(proc.stdout)
+    valid = sections["collector: the valid client's requests (10 events each)"]
+    phases = {line.split("  ")[0]: line for line in valid if line.startswith(("alone", "under the flood"))}
+    assert set(phases) == {"alone", "under the flood"}
+    for line in phases.values():
+        requests, ok = line.split("  ", 1)[1].split()[:2]
+        assert int(ok) > 0 and int(requests) >= int(ok)
+    flood = sections["collector: what the flood got back, by kind"]
+    kinds = {line.split()[0]: line for line in flood[1:] if not line.startswith(("kind", "4 connections"))}
+    assert set(kinds) == {"no_key", "declared_too_large", "gzip_bomb_body_key", "gzip_bomb_header_key",
+                          "never_finished"}, flood  # fmt: skip
+    for kind, line in kinds.items():
+        answers = dict(pair.split(": ") for pair in line.split(None, 2)[2].split(", "))
+        assert answers and set(answers) <= {"401", "408", "413", "429"}, (
+            kind,
+            answers,
+        )  # refused, never served
+    assert "408" in dict(p.split(": ") for p in kinds["never_finished"].split(None, 2)[2].split(", "))
