@@ -26,7 +26,7 @@ from pipeline.bench_probe import Census, OffsetSampler, ProcessSampler, broker_p
 from pipeline.bench_stats import Phases, records_consumed, steady_window
 from pipeline.bench_steps import StepRunner
 from pipeline.cli.common import console, handle_errors, settings_of
-from pipeline.config import STAGES, Settings
+from pipeline.config import Settings
 
 STACK_TIMEOUT_S = 300.0
 #: asked every tick while the pipeline runs: (seconds, offsets, progress, task) -> stop it now?
@@ -87,7 +87,7 @@ def watch_pipeline(
     pipeline (SIGTERM to ``run all``); for a drain it never needs to.
     ``on_sample`` sees every sample (the profiler's window).
     """
-    offsets = OffsetSampler(settings, {stage: settings.group(stage) for stage in STAGES})
+    offsets = OffsetSampler(settings, {stage: settings.group(stage) for stage in settings.stages})
     broker = broker_process(settings)
     label = f"Kafka broker (pid {broker.pid})" if broker is not None else "Kafka broker (not found)"
     children0, own0 = cpu_seconds(resource.RUSAGE_CHILDREN), cpu_seconds(resource.RUSAGE_SELF)
@@ -153,7 +153,7 @@ def phases_of(e2e: EndToEnd, census: Census) -> tuple[Phases | None, int]:
 def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
     """Per stage: first commit, and when everything it finally committed was committed (seconds)."""
     rows = []
-    for stage in STAGES:
+    for stage in e2e.offsets.groups:
         samples = e2e.offsets.series.get(stage, [])
         final = sum(e2e.offsets.last(stage).values())
         first = next((t for t, c in samples if sum(c.values()) > 0), None)

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from pipeline.config import STAGES, Settings
+from pipeline.config import Settings
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,9 @@ def groups_ready(settings: Settings, admin: Any) -> bool:
 
     from pipeline.clickhouse.query_server import live_endpoint
 
-    futures = admin.describe_consumer_groups([settings.group(stage) for stage in STAGES], request_timeout=5)
+    futures = admin.describe_consumer_groups(
+        [settings.group(stage) for stage in settings.stages], request_timeout=5
+    )
     for future in futures.values():
         try:
             description = future.result(timeout=10)

@@ -40,7 +40,7 @@ def envelope_topics(settings: Settings) -> set[str]:
     """Topics whose messages are batch envelopes (the rest hold one record per message)."""
     from pipeline.kafka import topics
 
-    single = {*topics.RAW_TOPICS.values(), *topics.COMPACTED, topics.DLQ}
+    single = {*topics.RAW_TOPICS.values(), *topics.ONE_RECORD_PER_MESSAGE, topics.DLQ}
     return {settings.topic(spec.name) for spec in topics.TOPICS if spec.name not in single}
 
 

@@ -35,7 +35,8 @@ ATTRIBUTION_MODELS = (
     "custom",
 )
 DEFAULT_MODELS = ATTRIBUTION_MODELS[:-1]  # custom needs a rules file; markov/shapley credit once fitted
-STAGES = ("ingest", "identity", "journeys", "attribution", "sink")
+STAGES = ("ingest", "identity", "journeys", "attribution", "sink", "activation")
+"""Every stage; ``run all`` starts activation only when rules are configured (:attr:`Settings.stages`)."""
 # query-string parameters whose values are hashed in URLs (pipeline/ingest/url_pii.py)
 URL_PII_PARAMS = ("email", "e", "mail", "email_address", "phone", "tel", "telephone", "mobile", "msisdn")
 DEFAULT_SALT = "o2o-development-salt"  # public: fine for the demo, never for real customers
@@ -243,6 +244,16 @@ class Settings(BaseSettings):
     models: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_MODELS)
     custom_rules: Path | None = Field(None, description="TOML rules of the custom model (needed for it)")
 
+    # Activation
+    activation_rules: Path | None = Field(
+        None, description="TOML file of activation rules; the activation stage runs when it is set"
+    )
+    consent_default: str = Field(
+        "denied",
+        pattern=r"^(denied|granted)$",
+        description="what a person's unknown marketing consent means to activation",
+    )
+
     # Sink
     sink_batch_rows: int = Field(20_000, ge=1)
     sink_flush_seconds: float = Field(0.5, gt=0)
@@ -346,6 +357,10 @@ class Settings(BaseSettings):
             from pipeline.journeys.channels import load_channel_rules
 
             load_channel_rules(self.channel_rules)
+        if self.activation_rules is not None:
+            from pipeline.activation.rules import load_activation_rules
+
+            load_activation_rules(self.activation_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
         if not self.kafka_controller_port:
@@ -359,6 +374,11 @@ class Settings(BaseSettings):
         """True when ClickHouse is the in-process chDB engine."""
         return self.clickhouse_dsn.startswith("chdb://")
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages ``run all`` starts: all of them, activation only when rules are configured."""
+        return STAGES if self.activation_rules is not None else tuple(s for s in STAGES if s != "activation")
+
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic, prefix included."""
         return f"{self.topic_prefix}{name}"
@@ -366,6 +386,17 @@ class Settings(BaseSettings):
     def group(self, stage: str) -> str:
         """The consumer group id of a stage."""
         return f"{self.consumer_group_prefix}{stage}"
+
+
+def read_toml_file(path: Path, what: str) -> dict[str, Any]:
+    """Parse a rules file; a missing or malformed file is a :class:`ConfigError` naming ``what``."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
 
 
 # Read elsewhere, not settings: the config file and the Kafka download cache.

@@ -24,12 +24,12 @@ falls back to equal shares, so a conversion is never left without credit.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import read_toml_file
 from pipeline.errors import ConfigError
 
 SECTIONS = {
@@ -68,13 +68,7 @@ class CustomRules:
 
 def load_rules(path: Path) -> CustomRules:
     """Read and validate a rules file; every problem is named with its place in the file."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"custom attribution rules: {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"custom attribution rules: {path} is not valid TOML: {exc}") from None
-    return parse_rules(doc, str(path))
+    return parse_rules(read_toml_file(path, "custom attribution rules"), str(path))
 
 
 def parse_rules(doc: Mapping[str, Any], where: str = "rules") -> CustomRules:

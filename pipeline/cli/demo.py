@@ -8,7 +8,7 @@ import click
 
 from pipeline.cli.common import console, handle_errors, settings_of
 from pipeline.cli.data import progress_bar
-from pipeline.config import STAGES, Settings
+from pipeline.config import Settings
 
 
 def prepare(settings: Settings, reset: bool) -> None:
@@ -36,9 +36,9 @@ def run_drained(settings: Settings, total_events: int) -> float:
 
     start = time.monotonic()
     with progress_bar() as bar:
-        task = bar.add_task("stages drained", total=len(STAGES))
+        task = bar.add_task("stages drained", total=len(settings.stages))
         run_all(settings, drain=True, on_progress=lambda _s, done: bar.update(task, completed=len(done)))
-        bar.update(task, completed=len(STAGES))
+        bar.update(task, completed=len(settings.stages))
     return time.monotonic() - start
 
 

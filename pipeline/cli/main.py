@@ -118,10 +118,11 @@ def init(ctx: click.Context) -> None:
 @click.pass_context
 @handle_errors
 def run(ctx: click.Context, stage: str, drain: bool, after: tuple[str, ...]) -> None:
-    """Run STAGE (ingest, identity, journeys, attribution, sink) or all of them.
+    """Run STAGE (ingest, identity, journeys, attribution, sink, activation) or all of them.
 
     Without --drain a stage is a long-lived consumer; stop it with Ctrl-C or
-    SIGTERM. `all` runs each stage as its own process.
+    SIGTERM. `all` runs each stage as its own process; activation only when
+    O2O_ACTIVATION_RULES names a rules file (docs/activation.md).
     """
     from pipeline.runtime.stages import run_all, run_stage
 

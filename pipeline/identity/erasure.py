@@ -48,6 +48,7 @@ PERSON_TABLES: tuple[tuple[str, str], ...] = (
     ("identities_store", "person_id IN {persons}"),
     ("person_aliases_store", "person_id IN {persons} OR canonical_id IN {persons}"),
     ("identity_conflicts_store", "person_id IN {persons} OR other_person IN {persons}"),
+    ("activations_store", "person_id IN {persons}"),
 )
 
 

@@ -21,13 +21,13 @@ A store visit is always ``store``.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.config import read_toml_file
 from pipeline.errors import ConfigError
 from pipeline.model.contract import Event
 
@@ -146,13 +146,7 @@ def classify(event: Event, store_visit: bool = False) -> str:
 
 def load_channel_rules(path: Path) -> ChannelRules:
     """Read and validate a channel rules file; :class:`ConfigError` names every problem."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"channel rules file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"channel rules file {path} is not valid TOML: {exc}") from exc
+    data = read_toml_file(path, "channel rules file")
     problems: list[str] = []
     unknown = set(data) - {"rules", "mediums", "search_engines"}
     if unknown:

@@ -42,6 +42,8 @@ DLQ = "dlq"
 MODELS = "attribution.models"
 SUPPRESSIONS = "identity.suppressions"
 SEQUENCE = "identity.sequence"
+ACTIVATION_HANDOFFS = "activation.handoffs"
+ACTIVATIONS = "activations"
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
@@ -66,6 +68,8 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=-1,
         cleanup_policy="compact",
     ),
+    TopicSpec(ACTIVATIONS, "activation decisions, one keyed message each (schemas/outputs/activation.json)"),
+    TopicSpec(ACTIVATION_HANDOFFS, "a merged person's activation history on its way to the survivor"),
     TopicSpec(
         MODELS,
         "fitted data-driven attribution models, newest per kind (compacted)",
@@ -75,12 +79,18 @@ TOPICS: tuple[TopicSpec, ...] = (
     *(
         TopicSpec(table.topic, f"rows for ClickHouse table {table.name}")
         for table in ROW_TABLES
-        if table.topic not in (DLQ, MODELS)
+        if table.topic not in (DLQ, MODELS, ACTIVATIONS)
     ),
 )
 
 
 COMPACTED = frozenset(spec.name for spec in TOPICS if spec.cleanup_policy == "compact")
+ONE_RECORD_PER_MESSAGE = COMPACTED | {ACTIVATIONS}
+"""Topics whose records travel one per Kafka message, keyed, instead of in envelopes.
+
+Compaction needs a keyed message per record; the activation decisions are
+read one by one by other systems (``o2o activations tail``, webhooks).
+"""
 
 
 # The state tables of the faust stages. `o2o init` creates their changelog topics
@@ -91,6 +101,7 @@ STATE_TABLES: dict[str, tuple[str, ...]] = {
     "identity": ("identity_ids", "identity_persons", "identity_pending"),
     "journeys": ("journeys_state", "journeys_watermarks", "journeys_forward"),
     "attribution": ("attribution_paths", "attribution_forward"),
+    "activation": ("activation_persons", "activation_partitions", "activation_forward"),
 }
 
 
@@ -103,7 +114,7 @@ def stage_input(settings: Settings, stage: str) -> str:
     """The topic (without prefix) whose partitions a faust stage's tables follow."""
     if stage == "identity":
         return SEQUENCE if settings.identity_workers > 1 else VALID
-    return {"journeys": IDENTIFIED, "attribution": JOURNEYS}[stage]
+    return {"journeys": IDENTIFIED, "attribution": JOURNEYS, "activation": IDENTIFIED}[stage]
 
 
 def changelog_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:

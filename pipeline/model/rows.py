@@ -130,6 +130,17 @@ DEAD_LETTERS = RowTable(
     topic_name="dlq",  # dead letters keep their original bytes; the sink builds the row
 )  # fmt: skip
 
+ACTIVATIONS = RowTable(
+    "activations",
+    "activations_store",
+    (
+        "decision_id", "rule", "person_id", "trigger_event_id", "triggered_at", "decided_at",
+        "channel", "outcome", "reason", "store_id", "order_id", "coupon", "message", "version",
+    ),
+    frozenset({"triggered_at", "decided_at"}),
+    topic_name="activations",  # the decisions themselves: delivery reads this topic too
+)  # fmt: skip
+
 ROW_TABLES: tuple[RowTable, ...] = (
     EVENTS,
     SESSIONS,
@@ -141,6 +152,7 @@ ROW_TABLES: tuple[RowTable, ...] = (
     IDENTITY_CONFLICTS,
     PERSON_ALIASES,
     DEAD_LETTERS,
+    ACTIVATIONS,
 )
 ROW_TABLES_BY_NAME = {table.name: table for table in ROW_TABLES}
 ROW_TOPICS = frozenset(table.topic for table in ROW_TABLES)

@@ -20,7 +20,8 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "identity": ("ingest",),
     "journeys": ("identity",),
     "attribution": ("journeys",),
-    "sink": ("ingest", "identity", "journeys", "attribution"),
+    "activation": ("identity",),
+    "sink": ("ingest", "identity", "journeys", "attribution", "activation"),
 }
 
 

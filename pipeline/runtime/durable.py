@@ -39,7 +39,7 @@ from pipeline.config import Settings
 from pipeline.errors import DeliveryFailed, FatalError
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
-from pipeline.kafka.topics import COMPACTED
+from pipeline.kafka.topics import ONE_RECORD_PER_MESSAGE
 from pipeline.model.handler import Emission
 from pipeline.model.rows import ROW_TOPICS
 from pipeline.runtime.faults import FaultPlan
@@ -87,11 +87,11 @@ class DurableWriter:
         if missing:
             raise FatalError(f"topics {sorted(missing)} do not exist; run `o2o init`")
         topic = self.settings.topic
-        batched = [e for e in emissions if e[0] not in COMPACTED]
+        batched = [e for e in emissions if e[0] not in ONE_RECORD_PER_MESSAGE]
         for name, partition, value in pack(batched, self.partitions, spread=ROW_TOPICS):
             produce(self.producer, topic(name), value, partition=partition)
         for name, key, record in emissions:
-            if name in COMPACTED:  # compaction needs one keyed message per record
+            if name in ONE_RECORD_PER_MESSAGE:
                 produce(self.producer, topic(name), orjson.dumps(record), key.encode())
         self.records_out += len(emissions)
         self._flush("outputs")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.config import STAGES, Settings, default_salt_warning
-from pipeline.errors import FatalError, RetryableError
+from pipeline.errors import ConfigError, FatalError, RetryableError
 from pipeline.kafka import topics
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
@@ -54,7 +54,7 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         loop.run()
     elif stage == "sink":
         _run_sink(settings, gate)
-    elif stage in ("identity", "journeys", "attribution"):
+    elif stage in ("identity", "journeys", "attribution", "activation"):
         from pipeline.runtime.faust_stage import FaustStage
 
         handler = _stateful_handler(settings, stage)
@@ -97,6 +97,13 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
             valid_partitions=counts.get(settings.topic(topics.VALID), settings.partitions),
             idle_seconds=settings.reorder_idle_seconds,
         )
+    if stage == "activation":
+        from pipeline.activation.rules import load_activation_rules
+        from pipeline.activation.stage import ActivationHandler
+
+        if settings.activation_rules is None:
+            raise ConfigError("the activation stage needs O2O_ACTIVATION_RULES (a TOML rules file)")
+        return ActivationHandler(load_activation_rules(settings.activation_rules), settings)
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 
@@ -183,15 +190,17 @@ class ChildStage:
 def run_all(
     settings: Settings,
     drain: bool = False,
-    stages: Sequence[str] = STAGES,
+    stages: Sequence[str] | None = None,
     on_progress: Callable[[str, set[str]], None] | None = None,
 ) -> None:
     """Run every stage as its own process (both cores get work); wait until all end.
 
     With ``drain``, each stage waits for the stages upstream of it to drain,
     so the whole pipeline finishes once everything in the raw topics is in
-    ClickHouse. A stage that fails stops the others.
+    ClickHouse. A stage that fails stops the others. ``stages`` defaults to
+    :attr:`Settings.stages`.
     """
+    stages = settings.stages if stages is None else stages
     if drain:
         clear_markers(settings, stages)
     children: list[ChildStage] = []

@@ -1,0 +1,91 @@
+"""Event time per input partition, and the persons waiting on it (pure).
+
+A partition's watermark is the newest event time seen on it; after
+``idle_seconds`` without input it moves on with the clock, so a quiet
+partition still reaches its deadlines. Watermarks are kept in a state table
+(one key per partition). Persons wait in a per-partition heap ordered by the
+watermark at which they are due, so a watermark step touches only the persons
+it concerns; the heap is rebuilt from the state the first time a partition is
+seen (after a start or a partition move).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Any
+
+from pipeline.kafka.envelopes import key_for_partition
+
+
+def watermark_key(partition: int, partitions: int) -> str:
+    """A state-table key that lands on ``partition``, to keep that partition's watermark."""
+    return key_for_partition("watermark", partition, partitions)
+
+
+class PartitionClock:
+    """Watermarks of the input partitions a stage has seen, and deadlines per partition."""
+
+    def __init__(self, idle_seconds: float, clock: Callable[[], float]) -> None:
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self.partitions = 1
+        self.marks: MutableMapping[str, Any] = {}
+        self.watermarks: dict[int, int] = {}
+        self._last_input: dict[int, float] = {}
+        self._clock_mark: dict[int, float] = {}
+        self._due: dict[int, list[tuple[int, str]]] = defaultdict(list)
+
+    def bind(self, marks: MutableMapping[str, Any], partitions: int) -> None:
+        """Keep the watermarks in ``marks`` (a state table) for inputs of ``partitions`` partitions."""
+        self.marks, self.partitions = marks, partitions
+
+    def watch(self, partition: int, deadlines: Callable[[], Iterable[tuple[int, str]]]) -> int:
+        """Load a partition's watermark and its ``deadlines`` (deadline, person) the first time it is seen."""
+        if partition in self.watermarks:
+            return partition
+        self.watermarks[partition] = int(self.marks.get(watermark_key(partition, self.partitions)) or 0)
+        self._last_input[partition] = self._clock_mark[partition] = self.clock()
+        for deadline, person in deadlines():
+            heapq.heappush(self._due[partition], (deadline, person))
+        return partition
+
+    def schedule(self, partition: int, deadline: int, person: str) -> None:
+        """Have ``person`` come out of :meth:`due` once the partition's watermark reaches ``deadline``."""
+        heapq.heappush(self._due[partition], (deadline, person))
+
+    def observed(self, newest: dict[int, int]) -> None:
+        """Input arrived: partition -> newest event time of it in the batch (watched partitions)."""
+        now = self.clock()
+        for partition, latest in newest.items():
+            self._last_input[partition] = self._clock_mark[partition] = now
+            if latest > self.watermarks[partition]:
+                self.set(partition, latest)
+
+    def idle_steps(self) -> list[int]:
+        """Move the watermarks of partitions idle for ``idle_seconds`` on with the clock; those moved."""
+        moved, now = [], self.clock()
+        for partition in list(self.watermarks):
+            if now - self._last_input[partition] < self.idle_seconds:
+                continue
+            step = int((now - self._clock_mark[partition]) * 1000)
+            self._clock_mark[partition] = now
+            if step > 0:
+                self.set(partition, self.watermarks[partition] + step)
+                moved.append(partition)
+        return moved
+
+    def set(self, partition: int, value: int) -> None:
+        """Set a partition's watermark (kept in the state table)."""
+        self.watermarks[partition] = value
+        self.marks[watermark_key(partition, self.partitions)] = value
+
+    def due(self, partition: int) -> Iterator[tuple[int, str]]:
+        """Pop (deadline, person) entries the partition's watermark has reached, earliest first.
+
+        Entries may be stale (the person was rescheduled since): the caller checks.
+        """
+        heap, watermark = self._due[partition], self.watermarks[partition]
+        while heap and heap[0][0] <= watermark:
+            yield heapq.heappop(heap)

@@ -1,0 +1,174 @@
+"""Activation stories through the real broker and chDB: `o2o run all --drain` with a rules file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.activation.decide import in_holdout
+from pipeline.config import Settings
+from tests.conftest import at, o2o, query, story_event
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+timezone = "Europe/Paris"
+quiet_hours = ["21:00", "08:00"]
+[caps]
+push = [{ count = 1, hours = 12 }]
+
+[[rules]]
+name = "open_cart_nearby"
+trigger = { source = "geofence", type = "enter" }
+conditions = { cart_open_days = 7 }
+holdout = 0.5
+[rules.action]
+channel = "push"
+template = "show {coupon} at {store_id}"
+coupons = ["C1", "C2", "C3", "C4", "C5", "C6"]
+
+[[rules]]
+name = "collect_arrival"
+trigger = { source = "geofence", type = "enter" }
+conditions = { collect_waiting = true }
+action = { channel = "staff_alert", template = "order {order_id} is here" }
+
+[[rules]]
+name = "rating_after_purchase"
+trigger = { source = "pos", type = "purchase" }
+delay_minutes = 120
+cancel_if = ["return"]
+action = { channel = "email", template = "rate {store_id}" }
+"""
+
+YES = {"analytics": True, "marketing": True}
+NO = {"analytics": True, "marketing": False}
+
+
+def stories() -> list[dict[str, Any]]:
+    """Cart shoppers walking past a store, a click-and-collect arrival, till purchases, a withdrawal."""
+    events: list[dict[str, Any]] = []
+    for i in range(6):  # open carts online, then a walk into store s1 an hour later
+        ids = {"user_id": f"shopper{i}", "anonymous_id": f"cookie{i}"}
+        events.append(story_event(f"cart{i}", "web", "add_to_cart", at(minutes=i), ids, consent=YES))
+        app = {"user_id": f"shopper{i}", "device_id": f"phone{i}"}
+        enter = story_event(
+            f"in{i}", "geofence", "enter", at(hours=1, minutes=i), app, context={"store_id": "s1"}
+        )
+        events.append(enter)
+    collect = {"user_id": "collector"}
+    events += [
+        story_event(
+            "cc-order",
+            "web",
+            "order_completed",
+            at(minutes=2),
+            collect,
+            consent=NO,
+            properties={
+                "order_id": "O-7",
+                "revenue": 40,
+                "currency": "EUR",
+                "fulfillment": "click_and_collect",
+            },
+        ),
+        story_event(
+            "cc-in",
+            "geofence",
+            "enter",
+            at(hours=3),
+            {**collect, "device_id": "cphone"},
+            context={"store_id": "s2"},
+        ),
+    ]
+    for name, returned in (("keeper", False), ("returner", True)):
+        ids = {"loyalty_id": name}
+        sale = {"transaction_id": f"t-{name}", "revenue": 25, "currency": "EUR"}
+        events.append(
+            story_event(
+                f"buy-{name}",
+                "pos",
+                "purchase",
+                at(hours=2),
+                ids,
+                consent=YES,
+                context={"store_id": "s3"},
+                properties=sale,
+            )
+        )
+        if returned:
+            events.append(
+                story_event(
+                    f"ret-{name}",
+                    "pos",
+                    "return",
+                    at(hours=3),
+                    ids,
+                    context={"store_id": "s3"},
+                    properties={"transaction_id": f"t-{name}", "revenue": 25, "currency": "EUR"},
+                )
+            )
+        # the person's next visit, a day later, carries event time past the 2 h delay
+        events.append(story_event(f"next-{name}", "web", "page_view", at(days=1), ids))
+    # a cart shopper who withdraws marketing consent before walking past the store
+    ids = {"user_id": "private"}
+    events += [
+        story_event("p-cart", "web", "add_to_cart", at(minutes=1), ids, consent=YES),
+        story_event("p-no", "web", "page_view", at(minutes=30), ids, consent=NO),
+        story_event(
+            "p-in",
+            "geofence",
+            "enter",
+            at(hours=1),
+            {**ids, "device_id": "pphone"},
+            context={"store_id": "s1"},
+        ),
+    ]
+    return sorted(events, key=lambda e: e["occurred_at"])
+
+
+def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_path: Path) -> None:
+    rules = tmp_path / "activation.toml"
+    rules.write_text(RULES)
+    settings = settings.model_copy(update={"activation_rules": rules})
+    o2o(settings, "init")
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in stories()))
+    o2o(settings, "produce", "--file", str(events))
+    o2o(settings, "run", "all", "--drain")
+
+    rows = query(
+        settings,
+        "SELECT rule, person_id, trigger_event_id, outcome, reason, coupon, message, "
+        "store_id, order_id FROM {db}.activations ORDER BY trigger_event_id",
+    )
+    by_trigger = {row[2]: row for row in rows}
+    carts = [by_trigger[f"in{i}"] for i in range(6)]
+    held = [row for row in carts if in_holdout("open_cart_nearby", row[1], 0.5)]
+    assert held and len(held) < 6, "the story's persons should fall on both sides of the holdout"
+    assert all(row[3:6] == ("holdout", "", "") for row in held)
+    sent = [row for row in carts if row not in held]
+    assert all(row[3] == "sent" and row[6] == f"show {row[5]} at s1" for row in sent)
+    assert sorted(row[5] for row in sent) == sorted({row[5] for row in sent}) and all(r[5] for r in sent)
+    # each cart shopper is one person across web and app: the cart and the walk-in meet in one history
+    sources = dict(
+        query(settings, "SELECT person_id, arraySort(groupUniqArray(source)) FROM {db}.events GROUP BY 1")
+    )
+    assert all(sources[row[1]] == ["geofence", "web"] for row in carts)
+
+    assert by_trigger["cc-in"][:1] + by_trigger["cc-in"][3:] == (
+        "collect_arrival",
+        "sent",
+        "",
+        "",
+        "order O-7 is here",
+        "s2",
+        "O-7",
+    )
+    assert by_trigger["buy-keeper"][3:5] == ("sent", "") and by_trigger["buy-keeper"][6] == "rate s3"
+    assert by_trigger["buy-returner"][3:5] == ("suppressed", "cancelled")
+    assert by_trigger["p-in"][3:5] == ("suppressed", "consent")
+    assert len(rows) == 6 + 1 + 2 + 1
