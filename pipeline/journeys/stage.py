@@ -1,19 +1,17 @@
 """The journeys stage: sessions and store visits per person, touchpoints for attribution.
 
-Event time is kept per input partition: a partition's watermark is the newest
-event time seen on it, and after ``idle_partition_seconds`` without input it
-moves on with the clock, so a quiet store still gets its visit closed.
-Persons wait in a per-partition heap ordered by the next watermark at which
-their sessions close or become final, so a watermark step touches only the
-persons it concerns.
+Event time is kept per input partition (:class:`~pipeline.model.event_clock.PartitionClock`):
+a partition's watermark is the newest event time seen on it, and after
+``idle_partition_seconds`` without input it moves on with the clock, so a
+quiet store still gets its visit closed. Persons wait per partition for the
+next watermark at which their sessions close or become final, so a watermark
+step touches only the persons it concerns.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
@@ -22,14 +20,12 @@ from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
 from pipeline.journeys.sessions import Output, SessionRules
 from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
-from pipeline.kafka.envelopes import key_for_partition, partition_for
+from pipeline.kafka.envelopes import partition_for
+from pipeline.model.event_clock import PartitionClock, watermark_key
 from pipeline.model.handler import Emission
 from pipeline.model.rows import EVENTS, SESSIONS
 
-
-def watermark_key(partition: int, partitions: int) -> str:
-    """A state-table key that lands on ``partition``, to keep that partition's watermark."""
-    return key_for_partition("watermark", partition, partitions)
+__all__ = ["JourneysHandler", "watermark_key"]
 
 
 class JourneysHandler:
@@ -42,23 +38,18 @@ class JourneysHandler:
         channels = load_channel_rules(settings.channel_rules) if settings.channel_rules else DEFAULT_RULES
         self.timeline = JourneyTimeline(SessionRules.from_settings(settings), channels)
         self.counts = self.timeline.counts
-        self.idle_seconds = settings.idle_partition_seconds
-        self.clock = clock
+        self.events_clock = PartitionClock(settings.idle_partition_seconds, clock)
+        self.watermarks = self.events_clock.watermarks  # partition -> watermark, for readers
         self.partitions = 1
         self.state: MutableMapping[str, Any] = {}
-        self.marks: MutableMapping[str, Any] = {}
         self.forward: MutableMapping[str, Any] = {}  # merged person -> survivor, for late hand-overs
-        self.watermarks: dict[int, int] = {}
-        self._last_input: dict[int, float] = {}
-        self._clock_mark: dict[int, float] = {}
-        self._due: dict[int, list[tuple[int, str]]] = defaultdict(list)
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Use the given state tables; ``partitions`` is the input topic's partition count."""
         self.state = tables["journeys_state"]
-        self.marks = tables["journeys_watermarks"]
         self.forward = tables.get("journeys_forward", {})
         self.partitions = partitions
+        self.events_clock.bind(tables["journeys_watermarks"], partitions)
 
     def partition_of(self, person: str) -> int:
         """The input partition of a person (its records are keyed by person id)."""
@@ -110,11 +101,7 @@ class JourneysHandler:
                 self.counts["handoffs"] += 1
         for person, events in pending.items():
             self._place(person, events, newest, out)
-        now = self.clock()
-        for partition, latest in newest.items():
-            self._last_input[partition] = self._clock_mark[partition] = now
-            if latest > self.watermarks[partition]:
-                self._set_watermark(partition, latest)
+        self.events_clock.observed(newest)
         for partition in newest:
             self._advance(partition, out)
         return [*handoffs, *(_route(kind, record) for kind, record in out)]
@@ -150,15 +137,8 @@ class JourneysHandler:
     def tick(self) -> list[Emission]:
         """Move the watermark of idle partitions on with the clock and publish what it closes."""
         out: list[Output] = []
-        now = self.clock()
-        for partition in list(self.watermarks):
-            if now - self._last_input[partition] < self.idle_seconds:
-                continue
-            step = int((now - self._clock_mark[partition]) * 1000)
-            self._clock_mark[partition] = now
-            if step > 0:
-                self._set_watermark(partition, self.watermarks[partition] + step)
-                self._advance(partition, out)
+        for partition in self.events_clock.idle_steps():
+            self._advance(partition, out)
         return [_route(kind, record) for kind, record in out]
 
     def flush(self) -> list[Emission]:
@@ -172,19 +152,13 @@ class JourneysHandler:
 
     def _watch(self, partition: int) -> int:
         """Load a partition's watermark and index its persons the first time it is seen."""
-        if partition in self.watermarks:
-            return partition
-        self.watermarks[partition] = int(self.marks.get(watermark_key(partition, self.partitions)) or 0)
-        self._last_input[partition] = self._clock_mark[partition] = self.clock()
+        return self.events_clock.watch(partition, lambda: self._deadlines(partition))
+
+    def _deadlines(self, partition: int) -> Iterator[tuple[int, str]]:
         for person in list(self.state.keys()):
             state = self.state.get(person)
             if state and state.get("next") is not None and self.partition_of(person) == partition:
-                heapq.heappush(self._due[partition], (state["next"], person))
-        return partition
-
-    def _set_watermark(self, partition: int, value: int) -> None:
-        self.watermarks[partition] = value
-        self.marks[watermark_key(partition, self.partitions)] = value
+                yield state["next"], person
 
     def _store(self, person: str, partition: int, state: dict[str, Any]) -> None:
         if not state["events"]:
@@ -193,13 +167,12 @@ class JourneysHandler:
             return
         self.state[person] = state
         if state["next"] is not None:
-            heapq.heappush(self._due[partition], (state["next"], person))
+            self.events_clock.schedule(partition, state["next"], person)
 
     def _advance(self, partition: int, out: list[Output]) -> None:
         """Publish the persons whose deadline the partition's watermark has reached."""
-        due, watermark = self._due[partition], self.watermarks[partition]
-        while due and due[0][0] <= watermark:
-            deadline, person = heapq.heappop(due)
+        watermark = self.watermarks[partition]
+        for deadline, person in self.events_clock.due(partition):
             state = self.state.get(person)
             if not state or state.get("next") != deadline:
                 continue  # an older entry of a person re-scheduled since
