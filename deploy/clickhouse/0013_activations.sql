@@ -1,7 +1,8 @@
 -- Activation decisions (the activation stage, docs/activation.md): one row per
 -- rule and triggering event, sent, held out or suppressed with the guard that
 -- stopped it (consent, quiet_hours, frequency_cap, duplicate, cancelled,
--- coupons_exhausted).
+-- coupons_exhausted); and the delivery status of each decision posted by
+-- `o2o activations deliver` (sending, delivered, failed, unknown).
 
 CREATE TABLE IF NOT EXISTS {db}.activations_store
 (
@@ -32,4 +33,29 @@ SELECT
     a.order_id AS order_id, a.coupon AS coupon, a.message AS message
 FROM {db}.activations_store AS a FINAL
 LEFT JOIN {db}.person_map AS m ON m.person_id = a.person_id
+SETTINGS join_use_nulls = 0;
+
+CREATE TABLE IF NOT EXISTS {db}.activation_deliveries_store
+(
+    decision_id String,
+    rule LowCardinality(String),
+    person_id String,
+    status LowCardinality(String),
+    attempts UInt32,
+    http_status UInt16,
+    error String,
+    updated_at DateTime64(3, 'UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY decision_id;
+
+CREATE OR REPLACE VIEW {db}.activation_deliveries AS
+SELECT
+    d.decision_id AS decision_id, d.rule AS rule,
+    if(m.canonical_id = '', d.person_id, m.canonical_id) AS person_id,
+    d.status AS status, d.attempts AS attempts, d.http_status AS http_status, d.error AS error,
+    d.updated_at AS updated_at
+FROM {db}.activation_deliveries_store AS d FINAL
+LEFT JOIN {db}.person_map AS m ON m.person_id = d.person_id
 SETTINGS join_use_nulls = 0;

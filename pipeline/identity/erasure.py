@@ -49,6 +49,7 @@ PERSON_TABLES: tuple[tuple[str, str], ...] = (
     ("person_aliases_store", "person_id IN {persons} OR canonical_id IN {persons}"),
     ("identity_conflicts_store", "person_id IN {persons} OR other_person IN {persons}"),
     ("activations_store", "person_id IN {persons}"),
+    ("activation_deliveries_store", "person_id IN {persons}"),
 )
 
 

@@ -44,6 +44,7 @@ SUPPRESSIONS = "identity.suppressions"
 SEQUENCE = "identity.sequence"
 ACTIVATION_HANDOFFS = "activation.handoffs"
 ACTIVATIONS = "activations"
+ACTIVATION_DELIVERIES = "activation.deliveries"
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(name, f"raw {source} events from producers") for source, name in RAW_TOPICS.items()),
@@ -69,6 +70,12 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
     ),
     TopicSpec(ACTIVATIONS, "activation decisions, one keyed message each (schemas/outputs/activation.json)"),
+    TopicSpec(
+        ACTIVATION_DELIVERIES,
+        "delivery status per activation decision (o2o activations deliver), compacted",
+        retention_ms=-1,
+        cleanup_policy="compact",
+    ),
     TopicSpec(ACTIVATION_HANDOFFS, "a merged person's activation history on its way to the survivor"),
     TopicSpec(
         MODELS,
@@ -79,7 +86,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     *(
         TopicSpec(table.topic, f"rows for ClickHouse table {table.name}")
         for table in ROW_TABLES
-        if table.topic not in (DLQ, MODELS, ACTIVATIONS)
+        if table.topic not in (DLQ, MODELS, ACTIVATIONS, ACTIVATION_DELIVERIES)
     ),
 )
 

@@ -140,6 +140,16 @@ ACTIVATIONS = RowTable(
     frozenset({"triggered_at", "decided_at"}),
     topic_name="activations",  # the decisions themselves: delivery reads this topic too
 )  # fmt: skip
+ACTIVATION_DELIVERIES = RowTable(
+    "activation_deliveries",
+    "activation_deliveries_store",
+    (
+        "decision_id", "rule", "person_id", "status", "attempts", "http_status", "error", "updated_at",
+        "version",
+    ),
+    frozenset({"updated_at"}),
+    topic_name="activation.deliveries",  # compacted: read back whole when delivery starts
+)  # fmt: skip
 
 ROW_TABLES: tuple[RowTable, ...] = (
     EVENTS,
@@ -153,6 +163,7 @@ ROW_TABLES: tuple[RowTable, ...] = (
     PERSON_ALIASES,
     DEAD_LETTERS,
     ACTIVATIONS,
+    ACTIVATION_DELIVERIES,
 )
 ROW_TABLES_BY_NAME = {table.name: table for table in ROW_TABLES}
 ROW_TOPICS = frozenset(table.topic for table in ROW_TABLES)

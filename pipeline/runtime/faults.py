@@ -24,7 +24,9 @@ stage must notice the hole and read the partition again from it
 (:mod:`pipeline.runtime.input_order`).
 
 The sink passes ``after_insert`` (rows in ClickHouse, offsets not committed)
-and ``mid_insert`` (some tables of a batch inserted, others not).
+and ``mid_insert`` (some tables of a batch inserted, others not);
+``o2o activations deliver`` (stage ``deliver``) passes ``after_post`` (a
+decision posted, its answer not recorded yet).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ STATEFUL_POINTS = (
     "misread",
 )
 SINK_POINTS = ("after_insert", "mid_insert")
-POINTS = STATEFUL_POINTS + SINK_POINTS
+DELIVERY_POINTS = ("after_post",)
+POINTS = STATEFUL_POINTS + SINK_POINTS + DELIVERY_POINTS
 
 
 def parse_plan(spec: str) -> dict[tuple[str, str], int]:

@@ -370,3 +370,33 @@ def test_a_long_dwell_without_purchase_and_a_first_visit_to_a_store() -> None:
         r["message"] for r in stage.send(ev("l2", "p", NOON + 3 * HOUR, "pos", "loyalty_scan", **scan))
     ] == ["welcome to s2"]
     assert stage.send(ev("l3", "p", NOON + 4 * HOUR, "pos", "loyalty_scan", context={"store_id": "s9"})) == []
+
+
+def test_delivery_retries_with_backoff_and_posts_at_most_once() -> None:
+    from pipeline.activation.delivery import (
+        DeliveryLedger,
+        RetryPolicy,
+        retry_after_seconds,
+        status_record,
+        verdict,
+    )
+
+    policy = RetryPolicy(max_attempts=5, first_delay=0.5, max_delay=3.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    assert policy.delay(1, retry_after=7.0) == 3.0 and policy.delay(2, retry_after=0.2) == 0.2
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT") is None
+    assert [verdict(c) for c in (200, 204, 400, 404, 408, 429, 500, 503, None)] == [
+        "delivered", "delivered", "failed", "failed", "retry", "retry", "retry", "retry", "retry",
+    ]  # fmt: skip
+    ledger = DeliveryLedger()
+    decision = {"decision_id": "d", "rule": "r", "person_id": "p"}
+    assert ledger.next_step("d") == "post"
+    ledger.take("d", status_record(decision, "sending", 0, 1))
+    assert ledger.next_step("d") == "unknown"  # left sending by a crash: never posted again
+    for final in ("delivered", "failed", "unknown"):
+        ledger.take("d", status_record(decision, final, 1, 2))
+        assert ledger.next_step("d") == "skip"
+    assert (
+        status_record(decision, "sending", 0, 1)["version"]
+        < status_record(decision, "failed", 1, 2)["version"]
+    )
