@@ -4,7 +4,9 @@ Input is the person-keyed stream after identity (every event, plus identity's
 ``merge`` and ``forget`` records); journeys' own hand-overs on it are not for
 this stage and are skipped. A merged person's history goes to the survivor
 through the stage's own hand-over topic. Decisions of delayed rules wait in
-the person's history until the partition's event time reaches them.
+the person's history until the partition's event time reaches them. A message sent to the person (push,
+e-mail, SMS) is also a touchpoint on the ``journeys`` topic, channel and all,
+so attribution credits it (session id ``msg_<decision id>``, kind ``message``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pipeline.model.handler import Emission
 from pipeline.model.rows import ACTIVATIONS
 
 HANDOFF = "activation_handoff"
+TOUCH_CHANNELS = frozenset({"push", "email", "sms"})
+"""Messages that become touchpoints attribution credits (a staff alert or a webhook is not a touch)."""
 
 
 class ActivationHandler:
@@ -132,7 +136,7 @@ class ActivationHandler:
                 history["pending"].remove(pending)
                 trigger = self._trigger(person, pending)
                 if trigger is not None:
-                    out.append(self._emit(self.decider.cancelled(trigger)))
+                    out.extend(self._emit(self.decider.cancelled(trigger)))
         for rule in self.by_trigger.get((event.get("source", ""), etype), ()):
             store = store_of(event)
             if not rule.triggered_by(event.get("source", ""), etype, store):
@@ -143,7 +147,7 @@ class ActivationHandler:
             if rule.delay_ms:
                 self._hold(person, history, trigger)
             else:
-                out.append(self._emit(self._decide(person, trigger, history)))
+                out.extend(self._emit(self._decide(person, trigger, history)))
         observe(history, event)
         forget_before(history, at - self.keep_ms)
         self._store(person, history)
@@ -174,7 +178,7 @@ class ActivationHandler:
             for pending in sorted(ready, key=lambda p: (p["due"], p["decision_id"])):
                 trigger = self._trigger(person, pending)
                 if trigger is not None:
-                    out.append(self._emit(self._decide(person, trigger, history)))
+                    out.extend(self._emit(self._decide(person, trigger, history)))
             self._store(person, history)
 
     def _decide(self, person: str, trigger: Trigger, history: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +213,17 @@ class ActivationHandler:
             rule, person, pending["event_id"], pending["at"], pending["store_id"], pending["order_id"]
         )
 
-    def _emit(self, row: dict[str, Any]) -> Emission:
-        return (ACTIVATIONS.topic, row["decision_id"], row)
+    def _emit(self, row: dict[str, Any]) -> list[Emission]:
+        """The decision's record, and for a message sent to the person a touchpoint for attribution."""
+        out: list[Emission] = [(ACTIVATIONS.topic, row["decision_id"], row)]
+        if row["outcome"] == "sent" and row["channel"] in TOUCH_CHANNELS:
+            touch = {
+                "record": "touch", "person_id": row["person_id"], "kind": "message",
+                "session_id": f"msg_{row['decision_id']}", "channel": row["channel"],
+                "campaign_name": row["rule"], "started_at": row["decided_at"], "identified": True,
+            }  # fmt: skip
+            out.append((topics.JOURNEYS, row["person_id"], touch))
+        return out
 
     def _watch(self, partition: int) -> int:
         return self.clock.watch(partition, lambda: self._deadlines(partition))

@@ -10,7 +10,7 @@ from pipeline.attribution.custom import load_rules
 from pipeline.attribution.datadriven import FittedModel
 from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
 from pipeline.config import Settings
-from pipeline.identity.forwarding import record_merge, settle_handoff
+from pipeline.identity.forwarding import follow, record_merge, settle_handoff
 from pipeline.kafka import topics
 from pipeline.model.handler import Emission
 from pipeline.model.rows import ROW_TABLES_BY_NAME
@@ -69,6 +69,12 @@ class AttributionHandler:
             person = record["person_id"]
             state = self.state.get(person)
             kind = record["record"]
+            if kind == "touch" and person in self.forward:
+                # a touch addressed to a person merged since (activation's messages can
+                # come after journeys' merge record): it belongs to the survivor
+                survivor = follow(self.forward, person)
+                handoffs.append((topics.JOURNEYS, survivor, {**record, "person_id": survivor}))
+                continue
             if kind == "touch":
                 state = self.attributor.add_touch(state, record, out)
             elif kind == "touch_removed":

@@ -19,7 +19,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "ingest": (),
     "identity": ("ingest",),
     "journeys": ("identity",),
-    "attribution": ("journeys",),
+    "attribution": ("journeys", "activation"),
     "activation": ("identity",),
     "sink": ("ingest", "identity", "journeys", "attribution", "activation"),
 }

@@ -38,7 +38,7 @@ action = { channel = "staff_alert", template = "order {order_id} is here" }
 
 [[rules]]
 name = "rating_after_purchase"
-trigger = { source = "pos", type = "purchase" }
+trigger = { source = "pos", type = "purchase", stores = ["s3"] }
 delay_minutes = 120
 cancel_if = ["return"]
 action = { channel = "email", template = "rate {store_id}" }
@@ -58,7 +58,17 @@ def stories() -> list[dict[str, Any]]:
         enter = story_event(
             f"in{i}", "geofence", "enter", at(hours=1, minutes=i), app, context={"store_id": "s1"}
         )
-        events.append(enter)
+        sale = {"transaction_id": f"t{i}", "revenue": 50, "currency": "EUR"}
+        till = story_event(
+            f"till{i}",
+            "pos",
+            "purchase",
+            at(hours=1, minutes=20 + i),
+            {"user_id": f"shopper{i}"},
+            context={"store_id": "s1"},
+            properties=sale,
+        )
+        events += [enter, till]
     collect = {"user_id": "collector"}
     events += [
         story_event(
@@ -143,7 +153,7 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
     rows = query(
         settings,
         "SELECT rule, person_id, trigger_event_id, outcome, reason, coupon, message, "
-        "store_id, order_id FROM {db}.activations ORDER BY trigger_event_id",
+        "store_id, order_id, decision_id FROM {db}.activations ORDER BY trigger_event_id",
     )
     by_trigger = {row[2]: row for row in rows}
     carts = [by_trigger[f"in{i}"] for i in range(6)]
@@ -153,13 +163,13 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
     sent = [row for row in carts if row not in held]
     assert all(row[3] == "sent" and row[6] == f"show {row[5]} at s1" for row in sent)
     assert sorted(row[5] for row in sent) == sorted({row[5] for row in sent}) and all(r[5] for r in sent)
-    # each cart shopper is one person across web and app: the cart and the walk-in meet in one history
+    # each cart shopper is one person across web, app and till: cart, walk-in and purchase in one history
     sources = dict(
         query(settings, "SELECT person_id, arraySort(groupUniqArray(source)) FROM {db}.events GROUP BY 1")
     )
-    assert all(sources[row[1]] == ["geofence", "web"] for row in carts)
+    assert all(sources[row[1]] == ["geofence", "pos", "web"] for row in carts)
 
-    assert by_trigger["cc-in"][:1] + by_trigger["cc-in"][3:] == (
+    assert by_trigger["cc-in"][:1] + by_trigger["cc-in"][3:9] == (
         "collect_arrival",
         "sent",
         "",
@@ -172,3 +182,23 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
     assert by_trigger["buy-returner"][3:5] == ("suppressed", "cancelled")
     assert by_trigger["p-in"][3:5] == ("suppressed", "consent")
     assert len(rows) == 6 + 1 + 2 + 1
+
+    # closing the loop: the push is a touchpoint of the till purchase that followed it, credited;
+    # the holdout's purchases have no push on their path
+    pushes = dict(
+        query(
+            settings,
+            "SELECT conversion_id, sum(credit) FROM {db}.attribution "
+            "WHERE model = 'linear' AND channel = 'push' GROUP BY 1",
+        )
+    )
+    bought = dict(
+        query(settings, "SELECT event_id, conversion_id FROM {db}.conversions WHERE kind = 'purchase'")
+    )
+    for row in carts:
+        till = bought[row[2].replace("in", "till")]
+        assert (till in pushes) == (row[3] == "sent"), row
+        if row[3] == "sent":
+            assert 0 < pushes[till] < 1
+    sessions = query(settings, "SELECT DISTINCT session_id FROM {db}.attribution WHERE channel = 'push'")
+    assert sorted(s for (s,) in sessions) == sorted(f"msg_{r[9]}" for r in sent)

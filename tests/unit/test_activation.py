@@ -56,6 +56,7 @@ class Stage:
         self.tables: dict[str, dict[str, Any]] = {name: {} for name in topics.STATE_TABLES["activation"]}
         self.handler.bind(self.tables, partitions=partitions)  # type: ignore[arg-type]
         self.rows: list[dict[str, Any]] = []
+        self.touches: list[dict[str, Any]] = []
 
     def send(self, *records: dict[str, Any]) -> list[dict[str, Any]]:
         before = len(self.rows)
@@ -64,6 +65,7 @@ class Stage:
             out = self.handler.process(pending)
             pending = [v for t, _k, v in out if t == topics.ACTIVATION_HANDOFFS]
             self.rows += [v for t, _k, v in out if t == "activations"]
+            self.touches += [v for t, k, v in out if t == topics.JOURNEYS and k == v["person_id"]]
         return self.rows[before:]
 
     def tick(self) -> list[dict[str, Any]]:
@@ -400,3 +402,32 @@ def test_delivery_retries_with_backoff_and_posts_at_most_once() -> None:
         status_record(decision, "sending", 0, 1)["version"]
         < status_record(decision, "failed", 1, 2)["version"]
     )
+
+
+def test_a_message_sent_is_a_touchpoint_and_a_staff_alert_or_a_holdout_is_not() -> None:
+    alert = rule("alert", channel="staff_alert", action={"channel": "staff_alert", "template": "x"})
+    stage = Stage(rules_of(rule("push_rule"), alert, rule("held", holdout=0.999999)))
+    stage.send(granted("c", "p", NOON - HOUR))
+    rows = stage.send(enter("g", "p", NOON))
+    assert sorted((r["rule"], r["outcome"]) for r in rows) == [
+        ("alert", "sent"), ("held", "holdout"), ("push_rule", "sent"),
+    ]  # fmt: skip
+    push = next(r for r in rows if r["rule"] == "push_rule")
+    assert stage.touches == [{
+        "record": "touch", "person_id": "p", "kind": "message", "session_id": f"msg_{push['decision_id']}",
+        "channel": "push", "campaign_name": "push_rule", "started_at": NOON, "identified": True,
+    }]  # fmt: skip
+
+
+def test_attribution_passes_a_touch_for_a_merged_person_to_the_survivor() -> None:
+    from pipeline.attribution.stage import AttributionHandler
+
+    handler = AttributionHandler(Settings(models=("linear",)))  # type: ignore[call-arg]
+    paths: dict[str, Any] = {}
+    handler.bind({"attribution_paths": paths, "attribution_forward": {"gone": "kept"}})  # type: ignore[dict-item]
+    touch = {"record": "touch", "person_id": "gone", "session_id": "msg_1", "kind": "message",
+             "channel": "push", "campaign_name": "r", "started_at": NOON, "identified": True}  # fmt: skip
+    out = handler.process([touch])
+    assert out == [(topics.JOURNEYS, "kept", {**touch, "person_id": "kept"})] and "gone" not in paths
+    handler.process([{**touch, "person_id": "kept"}])
+    assert list(paths["kept"]["touches"]) == ["msg_1"]
