@@ -69,9 +69,11 @@ class AttributionHandler:
             person = record["person_id"]
             state = self.state.get(person)
             kind = record["record"]
-            if kind == "touch" and person in self.forward:
-                # a touch addressed to a person merged since (activation's messages can
-                # come after journeys' merge record): it belongs to the survivor
+            if kind == "touch" and record.get("kind") == "message" and person in self.forward:
+                # a message activation sent to a person merged since (it can come after
+                # journeys' merge record): it belongs to the survivor. Journeys' own
+                # touches of a merged person are not: they are re-cut under the survivor,
+                # and one replayed after a crash would add a session that no longer exists
                 survivor = follow(self.forward, person)
                 handoffs.append((topics.JOURNEYS, survivor, {**record, "person_id": survivor}))
                 continue

@@ -431,3 +431,7 @@ def test_attribution_passes_a_touch_for_a_merged_person_to_the_survivor() -> Non
     assert out == [(topics.JOURNEYS, "kept", {**touch, "person_id": "kept"})] and "gone" not in paths
     handler.process([{**touch, "person_id": "kept"}])
     assert list(paths["kept"]["touches"]) == ["msg_1"]
+    # journeys' own touches of a merged person stay put: journeys re-cuts them under the survivor,
+    # and one replayed after a crash must not add a session that no longer exists
+    visit = {**touch, "session_id": "s_old", "kind": "store_visit", "channel": "store"}
+    assert handler.process([visit]) == [] and list(paths["kept"]["touches"]) == ["msg_1"]
