@@ -38,6 +38,7 @@ TITLES: dict[str, str] = {
     "o2o_labels": "Conversions per O2O label",
     "totals": "Totals",
     "dead_letters": "Dead letters",
+    "activation_lift": "Activation lift: persons messaged against the holdout, 7 days after a decision",
 }
 """Every table of the report, in print order: key (also the JSON key) -> title."""
 
@@ -48,6 +49,19 @@ QUERY_COLUMNS: dict[str, tuple[str, ...]] = {
     "o2o_labels": ("o2o_label", "conversions", "revenue", "avg_path_length", "avg_days_to_convert"),
     "totals": ("conversions", "revenue", "customers", "unattributed"),
     "dead_letters": ("reason", "n"),
+    "activation_lift": (
+        "rule",
+        "sale",
+        "messaged",
+        "held_out",
+        "messaged_pct",
+        "held_out_pct",
+        "lift_pts",
+        "lift_low_pts",
+        "lift_high_pts",
+        "messaged_revenue_per_person",
+        "held_out_revenue_per_person",
+    ),
 }
 """The columns of the tables read straight from a query."""
 
@@ -128,7 +142,22 @@ def report_queries(db: str, options: ReportOptions | None = None) -> dict[str, s
         "dead_letters": f"""
             SELECT reason, count() AS n FROM {db}.dead_letters
             WHERE {opts.day_filter("toDate(received_at)")} GROUP BY reason ORDER BY n DESC, reason""",
+        "activation_lift": f"""
+            SELECT rule, sale, messaged, held_out,
+                   round(100 * messaged_rate, 1) AS messaged_pct,
+                   round(100 * held_out_rate, 1) AS held_out_pct,
+                   round(100 * lift, 1) AS lift_pts, round(100 * lift_low, 1) AS lift_low_pts,
+                   round(100 * lift_high, 1) AS lift_high_pts,
+                   {_per_currency("messaged_revenue_per_person")} AS messaged_revenue_per_person,
+                   {_per_currency("held_out_revenue_per_person")} AS held_out_revenue_per_person
+            FROM {db}.activation_lift ORDER BY rule, indexOf(['all', 'online', 'store'], sale)""",
     }
+
+
+def _per_currency(column: str) -> str:
+    """SQL: a currency -> amount map as text, ``EUR 25.00; USD 3.10`` (never summed across currencies)."""
+    return (f"arrayStringConcat(arrayMap((c, v) -> concat(c, ' ', toString(round(v, {REVENUE_DIGITS}))), "
+            f"mapKeys({column}), mapValues({column})), '; ')")  # fmt: skip
 
 
 def _number(value: Any) -> float:
@@ -277,10 +306,12 @@ def build_tables(
         split = split_rows(raw)
     models = report_models(split, settings.models, opts.models)
     others: dict[str, Table] = {}
-    for key in ("o2o_labels", "totals", "dead_letters"):
+    for key in ("o2o_labels", "totals", "dead_letters", "activation_lift"):
         if only and key not in only:
             continue
         cols, rows = query_any(settings, queries[key])
+        if key == "activation_lift" and not rows:
+            continue  # no activation decisions: no section
         cols = cols or list(QUERY_COLUMNS[key])  # an empty result may come without column names
         others[key] = (
             label_table(cols, rows) if key == "o2o_labels" else (list(cols), [list(r) for r in rows])

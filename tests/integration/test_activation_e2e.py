@@ -202,3 +202,24 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
             assert 0 < pushes[till] < 1
     sessions = query(settings, "SELECT DISTINCT session_id FROM {db}.attribution WHERE channel = 'push'")
     assert sorted(s for (s,) in sessions) == sorted(f"msg_{r[9]}" for r in sent)
+
+    # the lift of the cart rule: every shopper bought at the till within 7 days, messaged or not
+    lift = query(
+        settings,
+        "SELECT sale, messaged, held_out, messaged_converted, held_out_converted, lift, "
+        "messaged_revenue_per_person FROM {db}.activation_lift "
+        "WHERE rule = 'open_cart_nearby' ORDER BY sale",
+    )
+    n, h = len(sent), len(held)
+    assert lift == [
+        ("all", n, h, n, h, 0.0, {"EUR": 50.0}),
+        ("online", n, h, 0, 0, 0.0, {}),
+        ("store", n, h, n, h, 0.0, {"EUR": 50.0}),
+    ]
+    report = orjson.loads(o2o(settings, "report", "--only", "activation_lift", "--format", "json").stdout)
+    cart = [r for r in report["activation_lift"] if r["rule"] == "open_cart_nearby"]
+    assert [(r["sale"], r["messaged"], r["messaged_revenue_per_person"]) for r in cart] == [
+        ("all", n, "EUR 50"),
+        ("online", n, ""),
+        ("store", n, "EUR 50"),
+    ]

@@ -198,6 +198,54 @@ def test_person_aliases_remap_persons(migrated: ClickHouse) -> None:
 
 
 @pytest.mark.integration
+def test_activation_lift_compares_messaged_and_held_out_persons(migrated: ClickHouse) -> None:
+    day = 86_400_000
+    decision = {"rule": "r", "channel": "push", "triggered_at": T0, "decided_at": T0, "version": 1}
+    arms = {"a": "sent", "b": "sent", "c": "sent", "d": "sent", "x": "holdout", "y": "holdout"}
+    _insert(migrated, "activations_store", [
+        {**decision, "decision_id": person, "person_id": person, "outcome": outcome}
+        for person, outcome in arms.items()
+    ] + [{**decision, "decision_id": "a2", "person_id": "a", "outcome": "sent",
+          "decided_at": T0 + day}])  # fmt: skip
+    sale = {"kind": "purchase", "version": 1}
+    _insert(migrated, "conversions_store", [
+        {**sale, "conversion_id": "c1", "person_id": "a", "occurred_at": T0 + 3_600_000, "source": "pos",
+         "revenue": 40.0, "currency": "EUR"},
+        {**sale, "conversion_id": "c2", "person_id": "a", "occurred_at": T0 + 2 * day, "source": "web",
+         "revenue": 10.0, "currency": "USD"},
+        {**sale, "conversion_id": "c3", "person_id": "b", "occurred_at": T0 + 6 * day, "source": "app",
+         "revenue": 20.0, "currency": "EUR"},
+        {**sale, "conversion_id": "c4", "person_id": "c", "occurred_at": T0 + 7 * day + 1, "source": "pos",
+         "revenue": 99.0, "currency": "EUR"},  # after the 7 days
+        {**sale, "conversion_id": "c5", "person_id": "d", "occurred_at": T0 - 1, "source": "pos",
+         "revenue": 99.0, "currency": "EUR"},  # before the decision
+        {**sale, "conversion_id": "c6", "person_id": "x", "occurred_at": T0 + day, "source": "pos",
+         "revenue": 30.0, "currency": "EUR"},
+    ])  # fmt: skip
+    rows = migrated.query(migrated.sql(
+        "SELECT sale, messaged, held_out, messaged_converted, held_out_converted, messaged_rate, "
+        "held_out_rate, lift, lift_low, lift_high, messaged_revenue, held_out_revenue_per_person "
+        "FROM {db}.activation_lift "
+        "ORDER BY sale"
+    )).rows  # fmt: skip
+    margin_all = 1.96 * (0.5 * 0.5 / 4 + 0.5 * 0.5 / 2) ** 0.5
+    margin_online = 1.96 * (0.5 * 0.5 / 4) ** 0.5
+    margin_store = 1.96 * (0.25 * 0.75 / 4 + 0.5 * 0.5 / 2) ** 0.5
+    expected = [
+        ("all", 4, 2, 2, 1, 0.5, 0.5, 0.0, -margin_all, margin_all,
+         {"EUR": 60.0, "USD": 10.0}, {"EUR": 15.0}),
+        ("online", 4, 2, 2, 0, 0.5, 0.0, 0.5, 0.5 - margin_online, 0.5 + margin_online,
+         {"EUR": 20.0, "USD": 10.0}, {}),
+        ("store", 4, 2, 1, 1, 0.25, 0.5, -0.25, -0.25 - margin_store, -0.25 + margin_store,
+         {"EUR": 40.0}, {"EUR": 15.0}),
+    ]  # fmt: skip
+    assert len(rows) == 3
+    for row, want in zip(rows, expected, strict=True):
+        assert row[:5] == want[:5] and row[10:] == want[10:]
+        assert row[5:10] == pytest.approx(want[5:10])
+
+
+@pytest.mark.integration
 def test_readonly_queries_cannot_write(migrated: ClickHouse) -> None:
     insert = migrated.sql("INSERT INTO {db}.dead_letters_store (dead_letter_id, version) VALUES ('d1', 1)")
     with pytest.raises(QueryError, match="refused: only") as caught:

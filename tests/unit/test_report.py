@@ -56,7 +56,7 @@ def test_days_and_models_become_sql_conditions() -> None:
 
 def test_queries_use_the_split_view_and_the_filters() -> None:
     queries = report_queries("shop", ReportOptions(models=("linear",), since=date(2026, 11, 2)))
-    assert set(queries) == {"split", "o2o_labels", "totals", "dead_letters"}
+    assert set(queries) == {"split", "o2o_labels", "totals", "dead_letters", "activation_lift"}
     assert "FROM shop.o2o_split" in queries["split"]
     assert "model IN ('linear')" in queries["split"]
     assert "day >= toDate('2026-11-02')" in queries["split"]
@@ -168,7 +168,7 @@ def test_label_table_rounds_averages_and_keeps_missing_ones_empty() -> None:
 def test_assemble_keeps_the_print_order_and_only() -> None:
     others = {"totals": (["conversions"], [[2]]), "o2o_labels": (["o2o_label"], [["online_only"]])}
     tables = assemble(ROWS, MODELS, others)
-    assert list(tables) == [k for k in TITLES if k != "dead_letters"]
+    assert list(tables) == [k for k in TITLES if k not in ("dead_letters", "activation_lift")]
     only = assemble(ROWS, MODELS, others, only=["totals", "o2o_split"])
     assert list(only) == ["o2o_split", "totals"]
 
