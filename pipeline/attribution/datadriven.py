@@ -102,6 +102,8 @@ def _normalise(raw: Mapping[str, float]) -> dict[str, float]:
     """``raw`` divided by its sum, keys sorted, with ``math.fsum`` of the values exactly 1.0."""
     names = sorted(raw)
     total = math.fsum(raw.values())
+    if total <= 0:  # counts so small that every share underflows: no channel is told apart
+        raw, total = dict.fromkeys(names, 1.0), float(len(names))
     weights = _fix_sum([raw[name] / total for name in names], 1.0)
     return dict(zip(names, weights, strict=True))
 
@@ -205,6 +207,9 @@ def removal_effects(paths: Iterable[PathCount], order: int = 1) -> dict[str, flo
     base = _conversion_probability(probabilities, frozenset())
     effects = {}
     for channel in sorted({channel for state in index for channel in state}):
+        if base <= 0:  # conversions too few to measure (it underflows): no channel is told apart
+            effects[channel] = 1.0
+            continue
         removed = frozenset(i for state, i in index.items() if channel in state)
         without = _conversion_probability(probabilities, removed)
         effects[channel] = min(1.0, max(0.0, 1.0 - without / base))

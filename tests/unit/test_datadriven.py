@@ -224,6 +224,15 @@ def test_markov_weights_are_a_distribution(paths: list[PathCount], order: int) -
     assert set(weights) == seen_channels(paths)
 
 
+def test_counts_too_small_to_measure_split_evenly() -> None:
+    # decayed counts can be subnormal: the conversion probability and the shares underflow to 0
+    for paths in ([PathCount(("direct", "display"), 5e-324)], [PathCount(("direct",), 5e-324, 2.0)]):
+        for fit in (fit_markov, fit_shapley):
+            weights = fit(paths)
+            assert_weights(weights)
+            assert len(set(weights.values())) == 1, (fit.__name__, weights)
+
+
 @settings(max_examples=50, deadline=None)
 @given(weighted_corpora)
 def test_weighted_counts_give_distributions(paths: list[PathCount]) -> None:
