@@ -249,9 +249,8 @@ class Settings(BaseSettings):
         None, description="TOML file of activation rules; the activation stage runs when it is set"
     )
     consent_default: str = Field(
-        "denied",
-        pattern=r"^(denied|granted)$",
-        description="what a person's unknown marketing consent means to activation",
+        "analytics=granted,marketing=denied,personalisation=denied",
+        description="what an unknown consent purpose means: denied or granted, for all or per purpose",
     )
 
     # Sink
@@ -290,6 +289,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one attribution model is needed")
         return tuple(value)
+
+    @field_validator("consent_default")
+    @classmethod
+    def _check_consent_default(cls, value: str) -> str:
+        consent_defaults(value)
+        return value
 
     @field_validator("fault_at")
     @classmethod
@@ -379,6 +384,11 @@ class Settings(BaseSettings):
         """The stages ``run all`` starts: all of them, activation only when rules are configured."""
         return STAGES if self.activation_rules is not None else tuple(s for s in STAGES if s != "activation")
 
+    @property
+    def consent_defaults(self) -> dict[str, bool]:
+        """Each consent purpose's meaning when nothing was stated: True for granted."""
+        return consent_defaults(self.consent_default)
+
     def topic(self, name: str) -> str:
         """The full name of a pipeline topic, prefix included."""
         return f"{self.topic_prefix}{name}"
@@ -386,6 +396,30 @@ class Settings(BaseSettings):
     def group(self, stage: str) -> str:
         """The consumer group id of a stage."""
         return f"{self.consumer_group_prefix}{stage}"
+
+
+BUILT_IN_CONSENT = {"analytics": True, "marketing": False, "personalisation": False}
+
+
+def consent_defaults(value: str) -> dict[str, bool]:
+    """``denied``, ``granted`` or ``purpose=denied|granted,...`` as a flag per purpose.
+
+    Purposes a list leaves out keep the built-in defaults (analytics granted,
+    marketing and personalisation denied).
+    """
+    text = value.strip().lower()
+    if text in ("denied", "granted"):
+        return dict.fromkeys(BUILT_IN_CONSENT, text == "granted")
+    out = dict(BUILT_IN_CONSENT)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        purpose, _, meaning = (x.strip() for x in part.partition("="))
+        if purpose not in BUILT_IN_CONSENT or meaning not in ("denied", "granted"):
+            raise ValueError(
+                f"{part!r}: expected denied, granted or purpose=denied|granted with purposes "
+                + ", ".join(BUILT_IN_CONSENT)
+            )
+        out[purpose] = meaning == "granted"
+    return out
 
 
 def read_toml_file(path: Path, what: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class ActivationHandler:
         self, rules: ActivationRules, settings: Settings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.rules = rules
-        self.decider = Decider(rules, settings.consent_default == "granted")
+        self.decider = Decider(rules, settings.consent_defaults["marketing"])
         self.counts: Counter[str] = self.decider.counts
         self.by_name = {rule.name: rule for rule in rules.rules}
         self.by_trigger: dict[tuple[str, str], list[Rule]] = {}

@@ -114,18 +114,23 @@ class PathAttributor:
     def add_touch(
         self, state: dict[str, Any] | None, touch: dict[str, Any], out: list[Output]
     ) -> dict[str, Any]:
-        """Remember (or update) the touchpoint of a session; re-credit what it changes."""
+        """Remember (or update) the touchpoint of a session; re-credit what it changes.
+
+        A session that began without the person's marketing consent is kept
+        (marked) only to credit a conversion in it that has no marketing
+        consent either; it is on no conversion's path.
+        """
         state = _normalised(state)
-        state["touches"] = {
-            **state["touches"],
-            touch["session_id"]: [
-                touch["channel"],
-                touch["started_at"],
-                touch.get("campaign_name", ""),
-                bool(touch.get("identified")),
-                touch.get("kind", "digital"),
-            ],
-        }
+        entry = [
+            touch["channel"],
+            touch["started_at"],
+            touch.get("campaign_name", ""),
+            bool(touch.get("identified")),
+            touch.get("kind", "digital"),
+        ]
+        if touch.get("marketing") is False:
+            entry.append(False)
+        state["touches"] = {**state["touches"], touch["session_id"]: entry}
         state["removed"] = {k: v for k, v in state["removed"].items() if k != touch["session_id"]}
         return self._recredit(self._prune(state), out)
 
@@ -255,7 +260,9 @@ class PathAttributor:
             for sid, t in state["touches"].items()
         ]
         store_sessions = {sid for sid, t in state["touches"].items() if t[4] == "store_visit"}
-        path = select_path(touches, at, self.lookback_ms, after)
+        without_consent = {sid for sid, t in state["touches"].items() if len(t) > 5 and t[5] is False}
+        usable = [t for t in touches if t.session_id not in without_consent] if without_consent else touches
+        path = select_path(usable, at, self.lookback_ms, after)
         if not conversion.get("marketing", True) or not path:
             # Without marketing consent, or when the path was reset inside the
             # converting session, only the conversion's own session is credited.

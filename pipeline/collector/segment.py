@@ -20,12 +20,14 @@ Segment                     contract v1
 ``context.page``            ``context.page`` {url, referrer, title}
 ``context.app``             ``context.app`` {name, version}
 ``context.location``        ``context.geo`` {lat, lon}
-``context.consent``         ``consent`` {analytics, marketing}
+``context.consent``         ``consent`` {analytics, marketing, personalisation}
 ==========================  ====================================================
 
 Calls: ``page`` -> ``page_view``; ``screen`` -> ``screen_view``; ``identify``
 -> ``login`` (it links the anonymous id, the user id and the traits' ids,
-which is what the identity stage needs); ``alias`` -> ``login`` with
+which is what the identity stage needs), or ``consent_updated`` when its
+traits carry ``consent`` (same forms as ``context.consent``; the traits' flags
+win); ``alias`` -> ``login`` with
 ``previousId`` as ``ids.anonymous_id`` and ``userId`` as ``ids.user_id``;
 ``track`` -> the contract type of its event name (:data:`TRACK_EVENT_TYPES`,
 names compared in snake case). ``group`` calls and unknown event names raise
@@ -39,7 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.errors import InvalidEvent
-from pipeline.model.contract import SOURCES
+from pipeline.model.contract import PURPOSES, SOURCES
 
 CALLS = frozenset({"track", "identify", "page", "screen", "alias", "group"})
 
@@ -57,10 +59,17 @@ TRACK_EVENT_TYPES: dict[str, str] = {
     "push_opened": "push_opened",
     "coupon_claimed": "coupon_claimed",
     "qr_scanned": "qr_scanned",
+    # Segment Consent Management's event: the new preferences are in context.consent
+    "segment_consent_preference_updated": "consent_updated",
 }
 # Contract names of the digital sources are accepted as they are.
 DIGITAL_TYPES = SOURCES["web"] | SOURCES["app"]
 
+_CATEGORY_WORDS = (
+    ("analytics", ("analytics",)),
+    ("marketing", ("marketing", "advertising")),
+    ("personalisation", ("personalisation", "personalization")),
+)
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 _CAMPAIGN_KEYS = ("source", "medium", "name", "term", "content")
 _PAGE_KEYS = ("url", "referrer", "title")
@@ -141,6 +150,11 @@ def map_message(message: Any, source: str, received_at: str, call: str | None = 
     else:  # identify, alias
         etype = "login"
         properties = {"segment_call": kind}
+    consent = consent_of(context.get("consent"))
+    if kind == "identify":
+        stated = consent_of(_obj(message.get("traits")).get("consent"))
+        if stated:
+            etype, consent = "consent_updated", {**consent, **stated}
 
     event: dict[str, Any] = {
         "event_id": event_id,
@@ -152,7 +166,6 @@ def map_message(message: Any, source: str, received_at: str, call: str | None = 
     sent_at = message.get("sentAt")
     if sent_at is not None:
         event["sent_at"] = sent_at
-    consent = consent_of(context.get("consent"))
     if consent:
         event["consent"] = consent
     out_context = event_context(context, properties if kind == "page" else {})
@@ -203,17 +216,19 @@ def identifiers(
 def consent_of(consent: Any) -> dict[str, bool]:
     """Contract consent from ``context.consent``.
 
-    Either ``{"analytics": bool, "marketing": bool}`` directly, or Segment's
-    ``categoryPreferences``: ``analytics`` from categories named like
-    "Analytics", ``marketing`` from "Marketing"/"Advertising" ones (all of the
-    matching categories must be granted).
+    Either the purposes directly (``{"analytics": bool, "marketing": bool,
+    "personalisation": bool}``), or Segment's ``categoryPreferences``:
+    ``analytics`` from categories named like "Analytics", ``marketing`` from
+    "Marketing"/"Advertising" ones, ``personalisation`` from
+    "Personalisation"/"Personalization" ones (all of the matching categories
+    must be granted).
     """
     if not isinstance(consent, dict):
         return {}
-    out = {k: consent[k] for k in ("analytics", "marketing") if isinstance(consent.get(k), bool)}
+    out = {k: consent[k] for k in PURPOSES if isinstance(consent.get(k), bool)}
     prefs = consent.get("categoryPreferences")
     if isinstance(prefs, dict):
-        for flag, words in (("analytics", ("analytics",)), ("marketing", ("marketing", "advertising"))):
+        for flag, words in _CATEGORY_WORDS:
             values = [
                 v for k, v in prefs.items() if isinstance(v, bool) and any(w in str(k).lower() for w in words)
             ]

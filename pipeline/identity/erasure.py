@@ -50,6 +50,7 @@ PERSON_TABLES: tuple[tuple[str, str], ...] = (
     ("identity_conflicts_store", "person_id IN {persons} OR other_person IN {persons}"),
     ("activations_store", "person_id IN {persons}"),
     ("activation_deliveries_store", "person_id IN {persons}"),
+    ("consent_store", "person_id IN {persons}"),
 )
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.identity.consent import merged_history
 from pipeline.model.contract import ID_PRIORITY, STRONG_ID_TYPES, Event
 from pipeline.model.rows import IDENTITIES, IDENTITY_CONFLICTS, PERSON_ALIASES
 
@@ -140,6 +141,26 @@ class IdentityGraph:
         self._refresh_root(result.person_id, keys, at, result)
         self.counts["conflicts"] += result.conflicts
         return result
+
+    def identified_at(self, person: str, at: int) -> bool:
+        """True when the person held a strong identifier first seen at or before event time ``at``.
+
+        Judged in event time, so an event that reaches identity late gets the
+        same answer as in order.
+        """
+        for key in self.persons[person].get("ids", ()):
+            entry = self.ids.get(key)
+            if entry is not None and key.partition(":")[0] in STRONG_ID_TYPES and entry[2] <= at:
+                return True
+        return False
+
+    def person_of(self, event: Event) -> str | None:
+        """The person the event's strongest known identifier belongs to, without linking anything."""
+        for key in event_id_keys(event["ids"]):
+            entry = self.ids.get(key)
+            if entry is not None and not self._shared(key) and entry[0] in self.persons:
+                return str(entry[0])
+        return None
 
     def forget(self, keys: Iterable[str], persons: Iterable[str]) -> None:
         """Drop erased identifiers and persons (``o2o forget``) from the state."""
@@ -322,6 +343,8 @@ class IdentityGraph:
         survivor["unique"] = {**(rb.get("unique") or {}), **(ra.get("unique") or {})}
         survivor["root"] = self._root(a)
         survivor["first_seen"] = min(ra["first_seen"], rb["first_seen"])
+        if ra.get("consent") or rb.get("consent"):
+            survivor["consent"] = merged_history(ra.get("consent"), rb.get("consent"))
         self.persons[a] = survivor
         self._move(b, a, at, "shared_identifier", result)
         del self.persons[b]

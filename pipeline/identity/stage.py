@@ -8,14 +8,17 @@ from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+from pipeline.config import BUILT_IN_CONSENT
+from pipeline.identity.consent import ConsentLedger
 from pipeline.identity.erasure import carries
-from pipeline.identity.graph import IdentityGraph, is_identified
+from pipeline.identity.graph import IdentityGraph
 from pipeline.identity.reorder import DurableReorder
+from pipeline.journeys.sessions import event_row
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
-from pipeline.model.contract import strongest_id
+from pipeline.model.contract import CONSENT_UPDATED, strongest_id
 from pipeline.model.handler import Emission
-from pipeline.model.rows import ROW_TABLES_BY_NAME
+from pipeline.model.rows import CONSENT, EVENTS, ROW_TABLES_BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class IdentityHandler:
         workers: int = 1,
         valid_partitions: int = 0,
         idle_seconds: float = 30.0,
+        consent_defaults: Mapping[str, bool] | None = None,
+        keep_without_consent: bool = True,
     ) -> None:
         # One process: the graph is updated straight from events.valid. Several:
         # every process forwards its events.valid partitions to the one-partition
@@ -47,6 +52,9 @@ class IdentityHandler:
         self.suppressions = suppressions  # the erasure list (o2o forget), if any
         self.suppressed: set[str] = set()
         self.graph: IdentityGraph | None = None
+        self.consent: ConsentLedger | None = None
+        self.consent_defaults = dict(consent_defaults or BUILT_IN_CONSENT)
+        self.keep_without_consent = keep_without_consent  # O2O_KEEP_WITHOUT_ANALYTICS_CONSENT
         self.counts: Counter[str] = Counter()
         self._late_logged_at = -float("inf")
         # Sources arrive on separate topics and partitions are fetched in
@@ -60,6 +68,7 @@ class IdentityHandler:
         self.graph = IdentityGraph(
             tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id
         )
+        self.consent = ConsentLedger(tables["identity_persons"], self.consent_defaults)
         self.reorder.bind(tables["identity_pending"])
         self.partitions = self.valid_partitions or partitions
         self.reorder.buffer.expect([f"{o}>{p}" for o in self.origins for p in range(self.partitions)])
@@ -133,13 +142,19 @@ class IdentityHandler:
         ]
 
     def _resolve(self, events: Sequence[dict[str, Any]]) -> list[Emission]:
-        assert self.graph is not None, "bind() first"
+        assert self.graph is not None and self.consent is not None, "bind() first"
         out: list[Emission] = []
         for event in events:
+            if event["type"] != CONSENT_UPDATED and not self._analytics(event, out):
+                continue
             result = self.graph.resolve(event)  # type: ignore[arg-type]
             person = result.person_id
             event["person_id"] = person
-            event["identified"] = is_identified(self.graph.persons[person])
+            event["identified"] = self.graph.identified_at(person, event["occurred_at"])
+            for row in self.consent.note(person, event):  # type: ignore[arg-type]
+                out.append((CONSENT.topic, row["consent_id"], row))
+            # downstream stages read the person's consent at the event's time from the event
+            event["consent"] = self.consent.known(person, event["occurred_at"])
             for table, row in result.rows:
                 key = (
                     row.get("person_id", "")
@@ -154,6 +169,26 @@ class IdentityHandler:
                 out.append((topics.IDENTIFIED, merged, {"record": "merge", "person_id": merged, **merge}))
             out.append((topics.IDENTIFIED, person, event))
         return out
+
+    def _analytics(self, event: dict[str, Any], out: list[Emission]) -> bool:
+        """True when the event may be linked and passed on; else it is stored unlinked (or dropped).
+
+        Without analytics consent at the event's time (its own flag, else its
+        known person's, else the default) an event links nothing and reaches
+        no session or attribution; statements it carries still count.
+        """
+        assert self.graph is not None and self.consent is not None
+        person = self.graph.person_of(event)  # type: ignore[arg-type]
+        if self.consent.allows(person, event, "analytics"):  # type: ignore[arg-type]
+            return True
+        self.counts["no_analytics_consent"] += 1
+        if person is not None:
+            for row in self.consent.note(person, event):  # type: ignore[arg-type]
+                out.append((CONSENT.topic, row["consent_id"], row))
+        if self.keep_without_consent:
+            unlinked = {**event, "person_id": ""}
+            out.append((EVENTS.topic, event["event_id"], event_row(unlinked, "")))  # type: ignore[arg-type]
+        return False
 
     def tick(self) -> list[Emission]:
         """Resolve held events once idle sources stop holding them back."""

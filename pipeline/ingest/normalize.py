@@ -23,7 +23,7 @@ import phonenumbers
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.schemas import SchemaRegistry
-from pipeline.model.contract import ID_TYPES, PII_ID_TYPES, SOURCES, Event
+from pipeline.model.contract import CONSENT_UPDATED, ID_TYPES, PII_ID_TYPES, PURPOSES, SOURCES, Event
 
 if TYPE_CHECKING:
     from pipeline.ingest.url_pii import UrlScrubber  # it uses this module's hashing
@@ -209,6 +209,9 @@ class EventNormalizer:
             for key, flag in consent.items():
                 if not isinstance(flag, bool):
                     raise InvalidEvent("schema_violation", f"$.consent.{key}: expected true or false")
+        if event["type"] == CONSENT_UPDATED and not any(p in (consent or {}) for p in PURPOSES):
+            purposes = ", ".join(PURPOSES)
+            raise InvalidEvent("schema_violation", f"$.consent: consent_updated needs one of {purposes}")
         return event
 
     def stored_ids(self, ids: Any) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pipeline.kafka import topics
 from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
-from pipeline.model.contract import Event, strongest_id
+from pipeline.model.contract import CONSENT_UPDATED, Event, strongest_id
 from pipeline.model.rows import EVENTS
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class IngestHandler:
             if self.dedup.seen(event["event_id"], now):
                 self.counts["duplicate"] += 1
                 continue
-            if (event.get("consent") or {}).get("analytics") is False:
+            # a consent_updated event goes on whatever it says: identity keeps the person's consent
+            withdrawn = (event.get("consent") or {}).get("analytics") is False
+            if withdrawn and event["type"] != CONSENT_UPDATED:
                 # Never used for identity, sessions or attribution; stored
                 # (without person or session) only if the settings say so.
                 self.counts["no_analytics_consent"] += 1

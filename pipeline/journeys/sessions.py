@@ -85,6 +85,7 @@ class Cut:
     event_ids: list[str] = field(default_factory=list)
     exited_at: int | None = None  # the geofence exit that closed a store visit
     identified: bool = False  # the person was identified at the session's first event
+    marketing: bool = True  # no marketing consent withdrawn at the session's first event
 
     @property
     def session_id(self) -> str:
@@ -118,6 +119,7 @@ class Cut:
             "campaign_name": row["campaign_name"],
             "started_at": row["started_at"],
             "identified": self.identified,
+            "marketing": self.marketing,
         }
 
 
@@ -183,7 +185,8 @@ def _open(person: str, kind: str, event: Event, classify: Classifier, store: str
         "referrer": str(page.get("referrer") or ""),
         "retracted": 0,
     }
-    return Cut(row, identified=bool(event.get("identified")))
+    marketing = (event.get("consent") or {}).get("marketing") is not False
+    return Cut(row, identified=bool(event.get("identified")), marketing=marketing)
 
 
 def _add(cut: Cut, event: Event) -> None:

@@ -17,10 +17,11 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
-from pipeline.journeys.sessions import Output, SessionRules
+from pipeline.journeys.sessions import Output, SessionRules, event_row
 from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
+from pipeline.model.contract import CONSENT_UPDATED
 from pipeline.model.event_clock import PartitionClock, watermark_key
 from pipeline.model.handler import Emission
 from pipeline.model.rows import EVENTS, SESSIONS
@@ -72,6 +73,9 @@ class JourneysHandler:
             control = record.get("record")
             person = record["person_id"]
             if control is None:
+                if record["type"] == CONSENT_UPDATED:  # a statement, not a visit: no session
+                    out.append(("event", event_row(record, "")))  # type: ignore[arg-type]
+                    continue
                 pending.setdefault(person, []).append(record)
                 continue
             self._place(person, pending.pop(person, []), newest, out)

@@ -13,7 +13,16 @@ CONTRACT_VERSION = 1
 
 SOURCES: dict[str, frozenset[str]] = {
     "web": frozenset(
-        {"page_view", "product_view", "add_to_cart", "checkout", "signup", "login", "order_completed"}
+        {
+            "page_view",
+            "product_view",
+            "add_to_cart",
+            "checkout",
+            "signup",
+            "login",
+            "order_completed",
+            "consent_updated",
+        }
     ),
     "app": frozenset(
         {
@@ -25,11 +34,17 @@ SOURCES: dict[str, frozenset[str]] = {
             "add_to_cart",
             "login",
             "order_completed",
+            "consent_updated",
         }
     ),
-    "geofence": frozenset({"enter", "exit", "dwell"}),
-    "pos": frozenset({"purchase", "return", "click_and_collect_pickup", "loyalty_scan"}),
+    "geofence": frozenset({"enter", "exit", "dwell", "consent_updated"}),
+    "pos": frozenset({"purchase", "return", "click_and_collect_pickup", "loyalty_scan", "consent_updated"}),
 }
+
+CONSENT_UPDATED = "consent_updated"
+"""The type (in every source) of an event that states the person's consent: its ``consent`` flags."""
+PURPOSES: tuple[str, ...] = ("analytics", "marketing", "personalisation")
+"""The consent purposes: analytics (linking, sessions, attribution), marketing, personalisation."""
 
 # Highest priority first: the person of an event is the person of its strongest identifier.
 ID_PRIORITY: tuple[str, ...] = (

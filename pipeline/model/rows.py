@@ -119,6 +119,15 @@ PERSON_ALIASES = RowTable(
     ("person_id", "canonical_id", "merged_at", "reason", "version"),
     frozenset({"merged_at"}),
 )
+CONSENT = RowTable(
+    "consent",
+    "consent_store",
+    (
+        "consent_id", "person_id", "purpose", "granted", "previous", "occurred_at", "source",
+        "event_type", "event_id", "method", "version",
+    ),
+    frozenset({"occurred_at"}),
+)  # fmt: skip
 DEAD_LETTERS = RowTable(
     "dead_letters",
     "dead_letters_store",
@@ -161,6 +170,7 @@ ROW_TABLES: tuple[RowTable, ...] = (
     IDENTITIES,
     IDENTITY_CONFLICTS,
     PERSON_ALIASES,
+    CONSENT,
     DEAD_LETTERS,
     ACTIVATIONS,
     ACTIVATION_DELIVERIES,

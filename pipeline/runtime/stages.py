@@ -96,6 +96,8 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
             workers=settings.identity_workers,
             valid_partitions=counts.get(settings.topic(topics.VALID), settings.partitions),
             idle_seconds=settings.reorder_idle_seconds,
+            consent_defaults=settings.consent_defaults,
+            keep_without_consent=settings.keep_without_analytics_consent,
         )
     if stage == "activation":
         from pipeline.activation.rules import load_activation_rules

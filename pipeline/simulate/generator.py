@@ -139,7 +139,10 @@ class _Journey:
         else:
             self._visit(ts, kind, args)
 
-    def _emit(self, ts: int, src: str, kind: str, ids: Ids, off: int, ctx: Obj = NO, props: Obj = NO) -> None:
+    def _emit(
+        self, ts: int, src: str, kind: str, ids: Ids, off: int, ctx: Obj = NO, props: Obj = NO,
+        consent: Obj = NO,
+    ) -> None:  # fmt: skip
         if ts >= self.run.end:
             return
         c = self.c
@@ -150,13 +153,25 @@ class _Journey:
             "type": kind,
             "occurred_at": rfc3339(ts, off),
             "ids": ids,
-            "consent": {"analytics": c.analytics, "marketing": c.marketing},
+            "consent": consent or {"analytics": c.analytics, "marketing": c.marketing},
         }
         if ctx:
             event["context"] = ctx
         if props:
             event["properties"] = props
         heapq.heappush(self.pending, (ts, c.index, self.n, event))
+
+    def _consent(self, ts: int, src: str, ids: Ids, off: int, ctx: Obj, method: str) -> None:
+        """A consent_updated: most often marketing given or taken back; now and then analytics too."""
+        c, r = self.c, self.rng.random
+        if c.analytics and r() < 0.08:
+            c.analytics = c.marketing = False
+        elif c.analytics:
+            c.marketing = not c.marketing if r() < 0.5 else c.marketing
+        else:
+            c.analytics = r() < 0.5
+        stated = {"analytics": c.analytics, "marketing": c.marketing, "personalisation": c.marketing}
+        self._emit(ts, src, "consent_updated", ids, off, ctx, {"method": method}, stated)
 
     def _items(self, most: int) -> list[Obj]:
         r, n = self.rng.random, len(CATALOG)
@@ -191,6 +206,9 @@ class _Journey:
             return {"page": {"url": f"{SHOP}{path}", "referrer": f"{SHOP}/", "title": title}}
 
         self._emit(ts, "web", "page_view", ids(), off, landing)
+        if r() < 0.004:  # the cookie banner, answered again
+            at = ts + 4_000 + int(r() * 20_000)
+            self._consent(at, "web", ids(), off, {"page": landing["page"]}, "banner")
         if r() < 0.3:
             return  # bounce
         t = ts
@@ -271,6 +289,9 @@ class _Journey:
             self._emit(t, "app", "push_opened", ids(), off, opened, {"message_id": self._code("msg")})
             t += 1_000 + int(r() * 3_000)
         self._emit(t, "app", "app_open", ids(), off, ctx())
+        if r() < 0.005:
+            t += 2_000 + int(r() * 10_000)
+            self._consent(t, "app", ids(), off, ctx(), "app_settings")
         if c.user_id and not c.app_logged_in and r() < 0.7:
             t += 10_000 + int(r() * 30_000)
             c.app_logged_in = True
@@ -312,6 +333,8 @@ class _Journey:
         self.free_at = ts + length
         if geo:
             self._emit(ts, "geofence", "enter", device, 0, here, fence)
+            if r() < 0.01:  # the location prompt of the store's offers
+                self._consent(ts + 2_000, "geofence", device, 0, here, "location_prompt")
             for k in range(1, 4):
                 if k * 300_000 < length - 60_000:
                     dwell = {**fence, "dwell_seconds": k * 300}
@@ -362,6 +385,8 @@ class _Journey:
                 scan["phone"] = phone
             at = ts - 20_000 - int(r() * 40_000)
             self._emit(at, "pos", "loyalty_scan", scan, off, here, {**here, "staff_id": staff})
+            if r() < 0.03:  # asked at the till, on the card's tablet
+                self._consent(at + 5_000, "pos", {"loyalty_id": scan["loyalty_id"]}, off, here, "till")
             ids["loyalty_id"] = scan["loyalty_id"]
         if r() < 0.8 or not ids:
             ids["payment_token"] = c.cards[int(r() * len(c.cards))]

@@ -127,7 +127,15 @@ def stories() -> list[dict[str, Any]]:
     ids = {"user_id": "private"}
     events += [
         story_event("p-cart", "web", "add_to_cart", at(minutes=1), ids, consent=YES),
-        story_event("p-no", "web", "page_view", at(minutes=30), ids, consent=NO),
+        story_event(
+            "p-no",
+            "web",
+            "consent_updated",
+            at(minutes=30),
+            ids,
+            consent={"marketing": False},
+            properties={"method": "preference_centre"},
+        ),
         story_event(
             "p-in",
             "geofence",
@@ -136,6 +144,13 @@ def stories() -> list[dict[str, Any]]:
             {**ids, "device_id": "pphone"},
             context={"store_id": "s1"},
         ),
+    ]
+    # a shopper who withdraws analytics consent: what they do afterwards links nothing
+    ids = {"anonymous_id": "quiet-cookie"}
+    events += [
+        story_event("q-1", "web", "page_view", at(minutes=2), ids, consent=YES),
+        story_event("q-off", "web", "consent_updated", at(minutes=5), ids, consent={"analytics": False}),
+        story_event("q-2", "web", "page_view", at(minutes=10), {**ids, "email": "quiet@example.com"}),
     ]
     return sorted(events, key=lambda e: e["occurred_at"])
 
@@ -181,6 +196,26 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
     assert by_trigger["buy-keeper"][3:5] == ("sent", "") and by_trigger["buy-keeper"][6] == "rate s3"
     assert by_trigger["buy-returner"][3:5] == ("suppressed", "cancelled")
     assert by_trigger["p-in"][3:5] == ("suppressed", "consent")
+    # the consent table: the first statements, then the withdrawal, under the person's id
+    consent = query(
+        settings,
+        "SELECT event_id, purpose, granted, previous, event_type, method FROM {db}.consent "
+        f"WHERE person_id = '{by_trigger['p-in'][1]}' ORDER BY occurred_at, purpose",
+    )
+    assert consent == [
+        ("p-cart", "analytics", 1, "unknown", "add_to_cart", ""),
+        ("p-cart", "marketing", 1, "unknown", "add_to_cart", ""),
+        ("p-no", "marketing", 0, "granted", "consent_updated", "preference_centre"),
+    ]
+    current = query(settings, "SELECT purpose, granted FROM {db}.consent_current "
+                    f"WHERE person_id = '{by_trigger['p-in'][1]}' ORDER BY purpose")  # fmt: skip
+    assert current == [("analytics", 1), ("marketing", 0)]
+    quiet = query(settings, "SELECT event_id, person_id = '', session_id FROM {db}.events "
+                  "WHERE event_id LIKE 'q-%' ORDER BY event_id")  # fmt: skip
+    assert [(e, unlinked, session == "") for e, unlinked, session in quiet] == [
+        ("q-1", 0, False), ("q-2", 1, True), ("q-off", 0, True)
+    ]  # fmt: skip
+    assert query(settings, "SELECT count() FROM {db}.identities WHERE id_type = 'email'") == [(0,)]
     assert len(rows) == 6 + 1 + 2 + 1
 
     # closing the loop: the push is a touchpoint of the till purchase that followed it, credited;

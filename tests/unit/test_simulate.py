@@ -66,7 +66,7 @@ def test_every_event_follows_the_envelope(events: list[Event]) -> None:
         assert RFC3339_MS.match(e["occurred_at"]), e["occurred_at"]
         at = when(e)
         assert at.tzinfo is not None and START <= at < end
-        assert set(e.get("consent", {})) <= {"analytics", "marketing"}
+        assert set(e.get("consent", {})) <= {"analytics", "marketing", "personalisation"}
         assert all(isinstance(v, bool) for v in e.get("consent", {}).values())
         for name in ("context", "properties"):
             assert isinstance(e.get(name, {}), dict)
@@ -154,7 +154,7 @@ def test_store_visits_enter_before_exit_at_the_same_store(events: list[Event]) -
     exits = 0
     for e in of_type(events, "geofence", "enter") + of_type(events, "geofence", "exit"):
         assert e["properties"]["store_id"] == e["context"]["store_id"] and e["properties"]["geofence_id"]
-    for e in (e for e in events if e["source"] == "geofence"):
+    for e in (e for e in events if e["source"] == "geofence" and e["type"] != "consent_updated"):
         device = e["ids"]["device_id"]
         store = e["properties"]["store_id"]
         if e["type"] == "enter":
