@@ -43,12 +43,17 @@ class Trigger:
     @property
     def decision_id(self) -> str:
         """The decision's id: one per rule and trigger event, the same on every replay."""
-        return hashlib.blake2b(f"{self.rule.name}|{self.event_id}".encode(), digest_size=12).hexdigest()
+        return decision_id_for(self.rule.name, self.event_id)
 
     @property
     def decided_at(self) -> int:
         """When the decision is due, in event time (the trigger's time plus the rule's delay)."""
         return self.triggered_at + self.rule.delay_ms
+
+
+def decision_id_for(rule: str, event_id: str) -> str:
+    """The id of the decision of ``rule`` on the event ``event_id`` (what feedback it asked for quotes)."""
+    return hashlib.blake2b(f"{rule}|{event_id}".encode(), digest_size=12).hexdigest()
 
 
 def in_holdout(rule: str, person: str, share: float) -> bool:

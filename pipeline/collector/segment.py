@@ -59,6 +59,12 @@ TRACK_EVENT_TYPES: dict[str, str] = {
     "push_opened": "push_opened",
     "coupon_claimed": "coupon_claimed",
     "qr_scanned": "qr_scanned",
+    "product_reviewed": "review",
+    "review_submitted": "review",
+    "nps_submitted": "nps_response",
+    "survey_submitted": "survey_response",
+    "survey_completed": "survey_response",
+    "support_contacted": "support_contact",
     # Segment Consent Management's event: the new preferences are in context.consent
     "segment_consent_preference_updated": "consent_updated",
 }
@@ -178,9 +184,12 @@ def map_message(message: Any, source: str, received_at: str, call: str | None = 
 
 def track_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
     """Track properties in contract names: ``total`` -> ``revenue`` (when no revenue),
-    ``orderId`` -> ``order_id``, ``products`` -> ``items``; everything else as it is."""
+    ``orderId`` -> ``order_id``, ``products`` -> ``items``, ``review_body`` -> ``text``;
+    everything else as it is."""
     out = dict(properties)
-    for alias, name in (("total", "revenue"), ("orderId", "order_id"), ("products", "items")):
+    for alias, name in (
+        ("total", "revenue"), ("orderId", "order_id"), ("products", "items"), ("review_body", "text"),
+    ):  # fmt: skip
         if alias in out and out.get(name) is None:
             out[name] = out.pop(alias)
     return out

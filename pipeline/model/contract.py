@@ -11,6 +11,9 @@ from typing import Any, TypedDict
 
 CONTRACT_VERSION = 1
 
+FEEDBACK_TYPES = frozenset({"review", "nps_response", "survey_response", "support_contact"})
+"""Feedback from the person, in web, app and pos (a tablet at the till): the ``feedback`` view."""
+
 SOURCES: dict[str, frozenset[str]] = {
     "web": frozenset(
         {
@@ -23,7 +26,8 @@ SOURCES: dict[str, frozenset[str]] = {
             "order_completed",
             "consent_updated",
         }
-    ),
+    )
+    | FEEDBACK_TYPES,
     "app": frozenset(
         {
             "app_open",
@@ -36,9 +40,11 @@ SOURCES: dict[str, frozenset[str]] = {
             "order_completed",
             "consent_updated",
         }
-    ),
+    )
+    | FEEDBACK_TYPES,
     "geofence": frozenset({"enter", "exit", "dwell", "consent_updated"}),
-    "pos": frozenset({"purchase", "return", "click_and_collect_pickup", "loyalty_scan", "consent_updated"}),
+    "pos": frozenset({"purchase", "return", "click_and_collect_pickup", "loyalty_scan", "consent_updated"})
+    | FEEDBACK_TYPES,
 }
 
 CONSENT_UPDATED = "consent_updated"

@@ -140,6 +140,38 @@ TRAFFIC: tuple[Traffic, ...] = tuple(
     for _ in range(w)
 )
 EMAIL_TRAFFIC: Traffic = ("newsletter", "email", ("newsletter",), "", "")
+_REVIEW_TEXTS = ("", "", "Great fit, fast delivery.", "Helpful staff.", "Queue was too long.",
+                 "Colour differs from the photo.", "Will buy again.")  # fmt: skip
+_SUPPORT_TOPICS = ("delivery", "return", "product", "payment", "loyalty")
+_CONTACT_CHANNELS = ("phone", "chat", "email", "in_store", "social")
+
+
+def feedback(rng: Random, staff_id: str = "") -> tuple[str, dict[str, Any]]:
+    """A feedback event's type and properties: mostly reviews and NPS answers, skewed to happy."""
+    r = rng.random
+    pick = r()
+    props: dict[str, Any]
+    if pick < 0.4:
+        props = {
+            "rating": 5 - min(4, int(r() * r() * 6)),
+            "text": _REVIEW_TEXTS[int(r() * len(_REVIEW_TEXTS))],
+        }
+        kind = "review"
+    elif pick < 0.7:
+        kind, props = "nps_response", {"score": 10 - min(10, int(r() * r() * 12))}
+    elif pick < 0.88:
+        kind = "survey_response"
+        props = {"survey_id": "post_purchase", "answers": {"easy": r() < 0.8}, "score": round(r() * 10, 1)}
+    else:
+        kind = "support_contact"
+        channel = _CONTACT_CHANNELS[int(r() * len(_CONTACT_CHANNELS))]
+        props = {"contact_channel": channel, "topic": _SUPPORT_TOPICS[int(r() * len(_SUPPORT_TOPICS))]}
+        props["resolved"] = r() < 0.7
+    if staff_id:
+        props["staff_id"] = staff_id
+    return kind, props
+
+
 PUSH_CAMPAIGNS = ("flash_sale", "back_in_stock", "loyalty_points", "weekend_offer")
 QR_CAMPAIGNS = ("instore_new_collection", "window_poster", "fitting_room")
 SCREENS = ("home", "search", "offers", "loyalty_card", "wishlist", "store_locator")

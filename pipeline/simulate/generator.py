@@ -262,6 +262,9 @@ class _Journey:
         if collect:
             props["store_id"] = self.run.stores[store].store_id
         self._emit(ts, src, "order_completed", ids, off, ctx, props)
+        if r() < 0.3:  # the thank-you page or screen asks for feedback
+            kind, answer = w.feedback(self.rng)
+            self._emit(ts + 30_000 + int(r() * 60_000), src, kind, ids, off, ctx, answer)
         buyer = {"user_id": c.account} if "user_id" in ids else {"email": c.email_address}
         at = self._later(ts, 1, 2) if collect else self._later(ts, 4, 12)
         if at is None or ts >= self.run.end:
@@ -292,6 +295,10 @@ class _Journey:
         if r() < 0.005:
             t += 2_000 + int(r() * 10_000)
             self._consent(t, "app", ids(), off, ctx(), "app_settings")
+        elif r() < 0.015:  # the in-app feedback prompt
+            t += 2_000 + int(r() * 10_000)
+            kind, answer = w.feedback(self.rng)
+            self._emit(t, "app", kind, ids(), off, ctx(), answer)
         if c.user_id and not c.app_logged_in and r() < 0.7:
             t += 10_000 + int(r() * 30_000)
             c.app_logged_in = True
@@ -400,6 +407,9 @@ class _Journey:
             props["coupon_code"] = c.coupons.pop()
             props["revenue"] = round(w.total(items) * 0.9, 2)
         self._emit(ts, "pos", "purchase", ids, off, here, props)
+        if r() < 0.06:  # the tablet at the till
+            kind, answer = w.feedback(self.rng, staff)
+            self._emit(ts + 20_000, "pos", kind, ids, off, here, {**here, **answer})
         back = self._later(ts, 2, 10)
         if back is not None and ts < self.run.end and r() < 0.05:
             self._schedule(back, _RETURN, (store_index, "transaction_id", txn, props["revenue"], ids))

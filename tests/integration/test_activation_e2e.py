@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.activation.decide import in_holdout
+from pipeline.activation.decide import decision_id_for, in_holdout
 from pipeline.config import Settings
 from tests.conftest import at, o2o, query, story_event
 
@@ -96,7 +96,7 @@ def stories() -> list[dict[str, Any]]:
     ]
     for name, returned in (("keeper", False), ("returner", True)):
         ids = {"loyalty_id": name}
-        sale = {"transaction_id": f"t-{name}", "revenue": 25, "currency": "EUR"}
+        sale = {"transaction_id": f"t-{name}", "revenue": 25, "currency": "EUR", "staff_id": "sam"}
         events.append(
             story_event(
                 f"buy-{name}",
@@ -123,6 +123,11 @@ def stories() -> list[dict[str, Any]]:
             )
         # the person's next visit, a day later, carries event time past the 2 h delay
         events.append(story_event(f"next-{name}", "web", "page_view", at(days=1), ids))
+    # the keeper answers the rating request: the review quotes the decision that asked for it
+    asked = decision_id_for("rating_after_purchase", "buy-keeper")
+    review = {"rating": 4, "text": "kind staff, write to me at keeper@example.com", "decision_id": asked}
+    events.append(story_event("rev-keeper", "web", "review", at(days=1, minutes=5), {"loyalty_id": "keeper"},
+                              properties=review))  # fmt: skip
     # a cart shopper who withdraws marketing consent before walking past the store
     ids = {"user_id": "private"}
     events += [
@@ -196,6 +201,16 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
     assert by_trigger["buy-keeper"][3:5] == ("sent", "") and by_trigger["buy-keeper"][6] == "rate s3"
     assert by_trigger["buy-returner"][3:5] == ("suppressed", "cancelled")
     assert by_trigger["p-in"][3:5] == ("suppressed", "consent")
+    # the review lands in the feedback views under the rule that asked for it, at the store and
+    # with the staff member of the purchase before it; its text without the e-mail address
+    feedback = query(settings, "SELECT event_id, rating, store_id, staff_id, rule, position(text, 'keeper@') "
+                     "FROM {db}.feedback")  # fmt: skip
+    assert feedback == [("rev-keeper", 4, "s3", "sam", "rating_after_purchase", 0)]
+    scores = query(settings, "SELECT dimension, value, reviews, avg_rating FROM {db}.feedback_scores "
+                   "ORDER BY dimension, value")  # fmt: skip
+    assert scores == [("o2o_label", "offline_only", 1, 4.0), ("preceding_channel", "store", 1, 4.0),
+                      ("rule", "rating_after_purchase", 1, 4.0), ("staff_id", "sam", 1, 4.0),
+                      ("store", "s3", 1, 4.0)]  # fmt: skip
     # the consent table: the first statements, then the withdrawal, under the person's id
     consent = query(
         settings,

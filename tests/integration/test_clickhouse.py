@@ -246,6 +246,85 @@ def test_activation_lift_compares_messaged_and_held_out_persons(migrated: ClickH
 
 
 @pytest.mark.integration
+def test_feedback_views_compare_by_store_channel_label_fulfilment_staff_and_rule(
+    migrated: ClickHouse,
+) -> None:
+    hour, day = 3_600_000, 86_400_000
+
+    def event(
+        eid: str, person: str, etype: str, at: int, session: str = "", **props: object
+    ) -> dict[str, object]:
+        return {"event_id": eid, "person_id": person, "source": "web", "type": etype, "occurred_at": at,
+                "received_at": at, "session_id": session, "properties": orjson.dumps(props).decode(),
+                "store_id": "", "version": 1}  # fmt: skip
+
+    _insert(migrated, "events_store", [
+        event("o1", "p1", "order_completed", T0, "s1", fulfillment="click_and_collect"),
+        {**event("pick", "p1", "click_and_collect_pickup", T0 + day, "s2", staff_id="anna"),
+         "source": "pos", "store_id": "st1"},
+        event("n1", "p1", "nps_response", T0 + 2 * day, "s3", score=9, decision_id="d1", comment="great"),
+        {**event("r2", "p2", "review", T0 + 3 * hour, "s4", rating=2, staff_id="bob", text="slow"),
+         "source": "pos", "store_id": "st2"},
+        event("o3", "p3", "order_completed", T0, "s5", fulfillment="delivery"),
+        event("n3", "p3", "nps_response", T0 + day, "s5", score=3),
+        event("n4", "p3", "nps_response", T0 + day + 1, "s5", score=8),
+        event("anon", "", "review", T0, "", rating=5),  # without analytics consent: no person
+    ])  # fmt: skip
+    # every row names every column: _insert takes the columns of the first row
+    session = {"kind": "digital", "version": 1}
+    _insert(migrated, "sessions_store", [
+        {**session, "session_id": "s1", "person_id": "p1", "channel": "paid_search",
+         "started_at": T0 - 60_000},
+        {**session, "session_id": "s2", "person_id": "p1", "channel": "store", "started_at": T0 + day,
+         "kind": "store_visit"},
+        {**session, "session_id": "s3", "person_id": "p1", "channel": "email",
+         "started_at": T0 + 2 * day - 1},
+        {**session, "session_id": "s4", "person_id": "p2", "channel": "store", "started_at": T0 + 3 * hour,
+         "kind": "store_visit"},
+        {**session, "session_id": "s5", "person_id": "p3", "channel": "direct", "started_at": T0 - 60_000},
+    ])  # fmt: skip
+    sale = {"kind": "order", "version": 1}
+    _insert(migrated, "conversions_store", [
+        {**sale, "conversion_id": "c1", "event_id": "o1", "person_id": "p1", "occurred_at": T0,
+         "o2o_label": "online_to_offline"},
+        {**sale, "conversion_id": "c3", "event_id": "o3", "person_id": "p3", "occurred_at": T0,
+         "o2o_label": "online_only"},
+    ])  # fmt: skip
+    _insert(
+        migrated,
+        "activations_store",
+        [{"decision_id": "d1", "rule": "rating_request", "person_id": "p1", "outcome": "sent", "version": 1}],
+    )
+    rows = migrated.query(migrated.sql(
+        "SELECT event_id, kind, store_id, rating, score, nps_group, text, staff_id, preceding_channel, "
+        "o2o_label, fulfilment, rule FROM {db}.feedback ORDER BY event_id"
+    )).rows  # fmt: skip
+    assert rows == [
+        ("n1", "nps_response", "st1", None, 9.0, "promoter", "great", "anna", "store", "online_to_offline",
+         "click_and_collect", "rating_request"),
+        ("n3", "nps_response", "", None, 3.0, "detractor", "", "", "", "online_only", "delivery", ""),
+        ("n4", "nps_response", "", None, 8.0, "passive", "", "", "", "online_only", "delivery", ""),
+        ("r2", "review", "st2", 2, None, "", "slow", "bob", "", "", "", ""),
+    ]  # fmt: skip
+    scores = migrated.query(migrated.sql(
+        "SELECT dimension, value, responses, nps_responses, nps, reviews, avg_rating "
+        "FROM {db}.feedback_scores ORDER BY dimension, value"
+    )).rows  # fmt: skip
+    assert scores == [
+        ("fulfilment", "click_and_collect", 1, 1, 100.0, 0, None),
+        ("fulfilment", "delivery", 2, 2, -50.0, 0, None),
+        ("o2o_label", "online_only", 2, 2, -50.0, 0, None),
+        ("o2o_label", "online_to_offline", 1, 1, 100.0, 0, None),
+        ("preceding_channel", "store", 1, 1, 100.0, 0, None),
+        ("rule", "rating_request", 1, 1, 100.0, 0, None),
+        ("staff_id", "anna", 1, 1, 100.0, 0, None),
+        ("staff_id", "bob", 1, 0, None, 1, 2.0),
+        ("store", "st1", 1, 1, 100.0, 0, None),
+        ("store", "st2", 1, 0, None, 1, 2.0),
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
 def test_readonly_queries_cannot_write(migrated: ClickHouse) -> None:
     insert = migrated.sql("INSERT INTO {db}.dead_letters_store (dead_letter_id, version) VALUES ('d1', 1)")
     with pytest.raises(QueryError, match="refused: only") as caught:

@@ -210,7 +210,7 @@ def test_a_session_begun_without_marketing_consent_is_no_touch_for_a_later_conve
     assert path == ["direct", "paid_search"]  # the email session, begun while withdrawn, is left out
 
 
-def test_segment_consent_calls_become_consent_updated() -> None:
+def test_segment_consent_and_review_calls_become_contract_events() -> None:
     prefs = {"categoryPreferences": {"Advertising": False, "Personalization": True, "Analytics": True}}
     track = {"type": "track", "event": "Segment Consent Preference Updated", "messageId": "m1",
              "anonymousId": "a1", "context": {"consent": prefs}}  # fmt: skip
@@ -222,5 +222,9 @@ def test_segment_consent_calls_become_consent_updated() -> None:
                 "context": {"consent": {"analytics": True}}}  # fmt: skip
     event = map_message(identify, "app", "2026-12-03T10:00:00Z")
     assert (event["type"], event["consent"]) == ("consent_updated", {"analytics": True, "marketing": True})
+    review = {"type": "track", "event": "Product Reviewed", "messageId": "m4", "anonymousId": "a1",
+              "properties": {"rating": 4, "review_body": "fits well", "product_id": "K1"}}  # fmt: skip
+    event = map_message(review, "web", "2026-12-03T10:00:00Z")
+    assert (event["type"], event["properties"]["text"]) == ("review", "fits well")
     plain = {"type": "identify", "messageId": "m3", "userId": "u1", "traits": {"email": "a@b.c"}}
     assert map_message(plain, "app", "2026-12-03T10:00:00Z")["type"] == "login"

@@ -17,6 +17,7 @@ from pipeline.ingest.normalize import (
     redact_pii,
     to_e164,
 )
+from pipeline.ingest.schemas import default_registry
 
 NOW = 1_790_000_000_000  # 2026-09-21
 
@@ -126,6 +127,23 @@ def test_pii_in_properties_is_hashed_and_dead_letters_are_redacted() -> None:
     redacted = redact_pii(b'{"ids": {"email": "bob@shop.example", "phone": "+49 170 1234567"', "s")
     assert b"bob@" not in redacted and b"1234567" not in redacted
     assert redact_pii(b"nothing personal", "s") == b"nothing personal"
+
+
+def test_feedback_free_text_is_redacted_and_consent_updated_needs_a_purpose() -> None:
+    review = event(type="review", properties={"rating": 2, "text": "call me: bob@shop.example", "sku": "K1"})
+    out = normalizer().normalise(orjson.dumps(review), NOW)
+    text = out["properties"]["text"]
+    assert "bob@" not in text and "sha256:" in text and out["properties"]["rating"] == 2
+    checked = EventNormalizer(salt="s", max_bytes=10_000, max_future_ms=0, max_age_ms=10**12,
+                              registry=default_registry())  # fmt: skip
+    with pytest.raises(InvalidEvent, match=r"rating.*5"):
+        checked.normalise(orjson.dumps(event(type="review", properties={"rating": 6})), NOW)
+    assert reason_of(event(type="consent_updated")) == "schema_violation"
+    assert reason_of(event(type="consent_updated", consent={"other": True})) == "schema_violation"
+    stated = normalizer().normalise(
+        orjson.dumps(event(type="consent_updated", consent={"marketing": False})), NOW
+    )
+    assert stated["consent"] == {"marketing": False}
 
 
 def test_e164() -> None:
