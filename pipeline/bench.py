@@ -17,6 +17,7 @@ import resource
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import psutil
@@ -31,6 +32,9 @@ from pipeline.config import Settings
 STACK_TIMEOUT_S = 300.0
 #: asked every tick while the pipeline runs: (seconds, offsets, progress, task) -> stop it now?
 StopCheck = Callable[[float, OffsetSampler, Progress, TaskID], bool]
+
+
+EXAMPLE_ACTIVATION_RULES = Path(__file__).resolve().parents[1] / "deploy" / "activation-rules.toml"
 
 
 def bench_settings(base: Settings) -> Settings:
@@ -217,6 +221,13 @@ def stage_timeline(e2e: EndToEnd) -> list[list[str]]:
     help="(--live, --flood) How long to send (--flood: each phase).",
 )
 @click.option(
+    "--activation",
+    is_flag=True,
+    help="(--live) Also run the activation stage (O2O_ACTIVATION_RULES, else the example "
+    "deploy/activation-rules.toml) and print the seconds from sending an event until the decision it "
+    "triggered is on `activations`.",
+)
+@click.option(
     "--bound",
     type=click.FloatRange(0.5),
     default=10.0,
@@ -236,6 +247,7 @@ def bench(
     flood: bool,
     rate: int,
     seconds: float,
+    activation: bool,
     bound: float,
 ) -> None:
     """Measure steady-state throughput and where the time, CPU and bytes go; or freshness (--live).
@@ -247,7 +259,8 @@ def bench(
 
     Live: `run all` runs while events are sent at --rate for --seconds with
     occurred_at = now; prints p50/p95/p99 from send until visible in
-    ClickHouse `events`, `conversions` and `attribution`.
+    ClickHouse `events`, `conversions` and `attribution`; with --activation,
+    also until the decision an event triggered is on `activations`.
 
     Flood: a collector with its default limits serves a valid client alone,
     then while a second process floods it from other loopback addresses.
@@ -269,6 +282,8 @@ def bench(
     elif live:
         from pipeline.bench_live import run_live
 
+        if activation and settings.activation_rules is None:
+            settings = settings.model_copy(update={"activation_rules": EXAMPLE_ACTIVATION_RULES})
         run_live(runner, settings, rate, seconds, bound, seed, stack_limit)
     else:
         from pipeline.bench_throughput import run_throughput

@@ -8,8 +8,10 @@ from sending an event until it is visible in ClickHouse ``events``, its
 conversion in ``conversions`` and its credits in ``attribution``, over the
 events sent in the steady part (10% to 90% of the sending time); where that
 time goes, hop by hop, from the Kafka timestamps of the messages that carried
-each event; the CPU seconds per process and the records and bytes per sent
-event on every topic.
+each event; with the activation stage running (``--activation``), the time
+from send until the decision an event triggered is on ``activations``; the
+CPU seconds per process and the records and bytes per sent event on every
+topic.
 """
 
 from __future__ import annotations
@@ -81,8 +83,12 @@ def run_live(
         raise StepFailed(f"live bench {probe.error}")
     _print_live(probe, control, e2e, settings, rate, bound)
     points = [settings.topic(name) for name, _label in HOPS[1:-1]]
-    census = runner.run("read every topic back", topic_census, settings, [], 10.0, points)
+    decisions = settings.topic(topics.ACTIVATIONS)
+    stamped = [*points, decisions] if "activation" in settings.stages else points
+    census = runner.run("read every topic back", topic_census, settings, [], 10.0, stamped)
     _print_hops(probe, census.stamps, points)
+    if "activation" in settings.stages:
+        _print_decisions(probe, census.stamps.get(decisions, {}))
     sent = max(len(probe.sent), 1)
     cpu_table(
         "CPU seconds per process (live run: start-up, sending, shutdown)",
@@ -194,6 +200,34 @@ def _print_hops(probe: LiveProbe, stamps: dict[str, dict[str, int]], points: lis
             "holds the wait before the stage read it, its batch and reordering, and the commit of the "
             "batch before; visible: the first `inserted_at` of its row in `events`; events without "
             "analytics consent go from ingest straight to `rows.events`"
+        ),
+    )
+
+
+def _print_decisions(probe: LiveProbe, decided: dict[str, int]) -> None:
+    """Seconds from sending an event until the decision it triggered is on ``activations``."""
+    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
+    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    sent = {event_id: at for event_id, at, _c, _credits in probe.sent}
+    steady = [decided[e] / 1000 - at for e, at in sent.items() if e in decided and lo <= at <= hi]
+    everything = sum(1 for e in decided if e in sent)
+    table(
+        "live: seconds from send until the decision is on `activations`",
+        ["decisions", "p50", "p95", "p99", "max", "all sent"],
+        [
+            [
+                f"{len(steady):,}",
+                _p(steady, 50),
+                _p(steady, 95),
+                _p(steady, 99),
+                _p(steady, 100),
+                f"{everything:,} of {len(sent):,} events triggered a decision",
+            ]
+        ],
+        note=(
+            "over the events sent in the steady part that triggered a rule: the Kafka timestamp of the "
+            "decision (sent, held out or suppressed) minus the event's send time; delayed decisions "
+            "(a rule's delay_minutes) are left out"
         ),
     )
 

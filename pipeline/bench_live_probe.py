@@ -245,8 +245,13 @@ def stage_lag(settings: Settings) -> dict[str, int]:
         "journeys": [settings.topic(topics.IDENTIFIED)],
         "attribution": [settings.topic(topics.JOURNEYS)],
         "sink": topics.row_topics(settings),
+        "activation": [settings.topic(topics.IDENTIFIED)],
     }
-    return {stage: group_lag(settings, settings.group(stage), names) for stage, names in inputs.items()}
+    return {
+        stage: group_lag(settings, settings.group(stage), inputs[stage])
+        for stage in inputs
+        if stage in settings.stages
+    }
 
 
 def groups_ready(settings: Settings, admin: Any) -> bool:

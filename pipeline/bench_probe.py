@@ -219,7 +219,8 @@ def topic_census(
     topics; other topics (raw, compacted, changelogs, faust's internals) hold
     one record per message. ``running_for`` topics also get running record
     totals by offset. ``stamps_for`` topics also get, for every record with
-    an ``event_id``, the timestamp of the first message that carried it. A
+    an ``event_id``, the timestamp of the first message that carried it (for
+    an activation decision that was not delayed: its ``trigger_event_id``). A
     partition that yields nothing for ``idle_s`` seconds ends the read early
     (``complete`` False).
     """
@@ -295,7 +296,11 @@ def _stamp(into: dict[str, int], at_ms: int, records: list[dict[str, Any]] | Non
         except orjson.JSONDecodeError:
             return
     for record in records:
-        event_id = record.get("event_id") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            continue
+        event_id = record.get("event_id")
+        if event_id is None and record.get("decided_at", 0) == record.get("triggered_at", 1):
+            event_id = record.get("trigger_event_id")  # an activation decision made at its trigger
         if isinstance(event_id, str):
             into.setdefault(event_id, at_ms)
 

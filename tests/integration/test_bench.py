@@ -71,7 +71,18 @@ def test_bench_throughput_prints_every_section(settings: Settings) -> None:
 
 
 def test_bench_live_prints_percentiles(settings: Settings) -> None:
-    args = ["--live", "--rate", "200", "--seconds", "4", "--bound", "10", "--step-timeout", "150"]
+    args = [
+        "--live",
+        "--activation",
+        "--rate",
+        "200",
+        "--seconds",
+        "4",
+        "--bound",
+        "10",
+        "--step-timeout",
+        "150",
+    ]
     proc = o2o(settings, "bench", *args, timeout=300)
     print(proc.stdout)
     assert "did not finish within" not in proc.stderr
@@ -80,8 +91,16 @@ def test_bench_live_prints_percentiles(settings: Settings) -> None:
     assert re.search(rf"^{NUMBER} events in {NUMBER} s", _value(sending, "sent"))
     lag = _value(sending, "messages not yet committed when sending ended, by stage")
     assert re.fullmatch(
-        rf"ingest {NUMBER}, identity {NUMBER}, journeys {NUMBER}, attribution {NUMBER}, sink {NUMBER}", lag
+        rf"ingest {NUMBER}, identity {NUMBER}, journeys {NUMBER}, attribution {NUMBER}, sink {NUMBER}, "
+        rf"activation {NUMBER}",
+        lag,
     )
+    # --activation: the example rules run, and decisions made at their trigger are timed
+    decisions = sections["live: seconds from send until the decision is on `activations`"]
+    row = next(line for line in decisions if re.match(rf"^{NUMBER} ", line))
+    counted, *quantiles, rest = row.split(None, 5)
+    assert int(counted.replace(",", "")) > 0, decisions
+    assert all(re.fullmatch(NUMBER, q) for q in quantiles) and "events triggered a decision" in rest
     visible = sections["live: seconds from send until visible in ClickHouse"]
     rows = {
         line.split(" (")[0]: line for line in visible if line.startswith(("events", "conversions", "credits"))
