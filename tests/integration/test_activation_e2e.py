@@ -273,3 +273,27 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
         ("online", n, ""),
         ("store", n, "EUR 50"),
     ]
+
+    # the coupons come back: a day later each messaged shopper orders online with theirs, but the
+    # first one's code is used at a till by a card nobody linked to them (identity cannot tell)
+    redeeming = []
+    shopper = {by_trigger[f"in{k}"][9]: f"shopper{k}" for k in range(6)}  # decision -> user id
+    for i, row in enumerate(sorted(sent)):
+        if i:
+            order = {"order_id": f"R{i}", "revenue": 30, "currency": "EUR", "coupon_code": row[5]}
+            buyer = {"user_id": shopper[row[9]]}
+            redeeming.append(story_event(f"redeem{i}", "web", "order_completed", at(days=2), buyer,
+                                         consent=YES, properties=order))  # fmt: skip
+        else:
+            till = {"transaction_id": "R0", "revenue": 30, "currency": "EUR", "coupon_code": row[5]}
+            card = {"payment_token": "tok-anon"}
+            redeeming.append(story_event("redeem0", "pos", "purchase", at(days=2), card,
+                                         context={"store_id": "s1"}, properties=till))  # fmt: skip
+    more = tmp_path / "redeeming.jsonl"
+    more.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in redeeming))
+    o2o(settings, "produce", "--file", str(more))
+    o2o(settings, "run", "all", "--drain")
+    redeemed = query(settings, "SELECT coupon, redeemed_event_id, same_person, revenue "
+                     "FROM {db}.activation_redemptions ORDER BY redeemed_event_id")  # fmt: skip
+    codes = [row[5] for row in sorted(sent)]
+    assert redeemed == [(code, f"redeem{i}", int(i > 0), 30.0) for i, code in enumerate(codes)]
