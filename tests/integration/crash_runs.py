@@ -195,13 +195,19 @@ def stage_offsets(settings: Settings, stage: str) -> tuple[int, int]:
 
 
 def expect_same(
-    settings: Settings, expected: dict[str, list[tuple[object, ...]]], drain: bool = True
+    settings: Settings,
+    expected: dict[str, list[tuple[object, ...]]],
+    drain: bool = True,
+    merge_steps_may_differ: bool = False,
 ) -> None:
-    """After a final undisturbed drain (unless the last run was one), every view equals ``expected``."""
+    """After a final undisturbed drain (unless the last run was one), every view equals ``expected``.
+
+    ``merge_steps_may_differ``: see :func:`tests.integration.views.differences`.
+    """
     if drain:
         o2o(settings, "run", "all", "--drain", timeout=300)
     actual = snapshot(settings)
-    diffs = differences(expected, actual)
+    diffs = differences(expected, actual, merge_steps_may_differ)
     if diffs:
         report = settings.state_dir / "view-differences.txt"
         report.parent.mkdir(parents=True, exist_ok=True)

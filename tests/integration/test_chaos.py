@@ -122,7 +122,10 @@ def test_random_kills_of_any_stage(
     for stage, committed, end in kills:
         record_kill(settings, "chaos", stage, committed, end)
     assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
-    expect_same(settings, undisturbed)
+    # the whole stack restarts while input keeps coming, so identity may resolve an event after
+    # newer ones and the merge history take a step more or fewer: seen once in a loaded full run
+    # (one merge step missing, every other view equal)
+    expect_same(settings, undisturbed, merge_steps_may_differ=True)
 
 
 def _pending(offsets: _Offsets) -> bool:

@@ -304,6 +304,26 @@ def test_a_withdrawal_stops_messages_at_once_and_a_grant_restarts_them() -> None
     assert [r["outcome"] for r in stage.send(enter("g4", "p", NOON + 6 * HOUR))] == ["sent"]
 
 
+def test_a_withdrawal_before_a_delayed_request_is_due_suppresses_it() -> None:
+    rating = {
+        "name": "rating",
+        "trigger": {"source": "pos", "type": "purchase"},
+        "delay_minutes": 120,
+        "action": {"channel": "email", "template": "rate {store_id}"},
+    }
+    stage = Stage(rules_of(rating), partitions=1)
+    buy = {"context": {"store_id": "s1"}, "properties": {"revenue": 30, "transaction_id": "t"}}
+    stage.send(granted("c1", "a", NOON - HOUR), granted("c2", "b", NOON - HOUR))
+    stage.send(ev("b1", "a", NOON, "pos", "purchase", **buy), ev("b2", "b", NOON, "pos", "purchase", **buy))
+    # an hour later a withdraws marketing consent (as identity passes a consent_updated on)
+    stage.send(ev("off", "a", NOON + HOUR, "web", "consent_updated", consent={"marketing": False}))
+    stage.send(ev("x", "z", NOON + 121 * MIN, "web", "page_view"))
+    assert {(r["person_id"], r["outcome"], r["reason"]) for r in stage.rows} == {
+        ("a", "suppressed", "consent"),
+        ("b", "sent", ""),
+    }
+
+
 def test_a_merged_persons_history_goes_to_the_survivor() -> None:
     cart = rule("cart", conditions={"cart_open_days": 7})
     stage = Stage(rules_of(cart))
