@@ -102,8 +102,7 @@ def _print_live(
     probe: LiveProbe, control: LiveControl, e2e: EndToEnd, settings: Settings, rate: int, bound: float
 ) -> None:
     sent = len(probe.sent)
-    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
-    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    send_s, lo, hi = _steady(probe)
     query_ms = [s * 1000 for s in probe.query_s]
     path = "the sink's query server" if settings.embedded_clickhouse else "the ClickHouse server"
     section(
@@ -181,8 +180,7 @@ def _print_live(
 
 def _print_hops(probe: LiveProbe, stamps: dict[str, dict[str, int]], points: list[str]) -> None:
     """Where the time from send to visible in ``events`` goes: one row per hop."""
-    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
-    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    _send_s, lo, hi = _steady(probe)
     sent = {event_id: at for event_id, at, _c, _credits in probe.sent if lo <= at <= hi}
     passed = [{event_id: ms / 1000 for event_id, ms in stamps.get(point, {}).items()} for point in points]
     chain = [sent, *passed, probe.visible_at]
@@ -206,8 +204,7 @@ def _print_hops(probe: LiveProbe, stamps: dict[str, dict[str, int]], points: lis
 
 def _print_decisions(probe: LiveProbe, decided: dict[str, int]) -> None:
     """Seconds from sending an event until the decision it triggered is on ``activations``."""
-    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
-    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    _send_s, lo, hi = _steady(probe)
     sent = {event_id: at for event_id, at, _c, _credits in probe.sent}
     steady = [decided[e] / 1000 - at for e, at in sent.items() if e in decided and lo <= at <= hi]
     everything = sum(1 for e in decided if e in sent)
@@ -230,6 +227,13 @@ def _print_decisions(probe: LiveProbe, decided: dict[str, int]) -> None:
             "(a rule's delay_minutes) are left out"
         ),
     )
+
+
+def _steady(probe: LiveProbe) -> tuple[float, float, float]:
+    """How long sending took, and the send times that bound its steady part."""
+    send_s = max((probe.send_end or time.time()) - probe.send_start, 1e-9)
+    lo, hi = (probe.send_start + f * send_s for f in STEADY)
+    return send_s, lo, hi
 
 
 def _point(name: str) -> str:

@@ -299,8 +299,8 @@ def _stamp(into: dict[str, int], at_ms: int, records: list[dict[str, Any]] | Non
         if not isinstance(record, dict):
             continue
         event_id = record.get("event_id")
-        if event_id is None and record.get("decided_at", 0) == record.get("triggered_at", 1):
-            event_id = record.get("trigger_event_id")  # an activation decision made at its trigger
+        if "trigger_event_id" in record and record.get("decided_at") == record.get("triggered_at"):
+            event_id = record["trigger_event_id"]  # an activation decision made at its trigger
         if isinstance(event_id, str):
             into.setdefault(event_id, at_ms)
 

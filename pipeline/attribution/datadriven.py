@@ -205,11 +205,11 @@ def removal_effects(paths: Iterable[PathCount], order: int = 1) -> dict[str, flo
         total = math.fsum(row.values())
         probabilities.append({target: count / total for target, count in row.items()})
     base = _conversion_probability(probabilities, frozenset())
+    channels = sorted({channel for state in index for channel in state})
+    if base <= 0:  # conversions too few to measure (it underflows): no channel is told apart
+        return dict.fromkeys(channels, 1.0)
     effects = {}
-    for channel in sorted({channel for state in index for channel in state}):
-        if base <= 0:  # conversions too few to measure (it underflows): no channel is told apart
-            effects[channel] = 1.0
-            continue
+    for channel in channels:
         removed = frozenset(i for state, i in index.items() if channel in state)
         without = _conversion_probability(probabilities, removed)
         effects[channel] = min(1.0, max(0.0, 1.0 - without / base))

@@ -47,9 +47,7 @@ def flag_at(changes: list[list[Any]], at: int) -> bool | None:
 
 
 def with_statement(changes: list[list[Any]], at: int, flag: bool) -> list[list[Any]]:
-    """The changes after a statement of ``flag`` at ``at`` (unchanged when it changes nothing)."""
-    if flag_at(changes, at) == flag:
-        return changes
+    """The changes after a statement of ``flag`` at ``at``."""
     out = [list(c) for c in changes if c[0] != at]
     bisect.insort(out, [at, flag], key=lambda change: change[0])
     return normalised(out)

@@ -361,8 +361,3 @@ def _identity_row(key: str, person: str, first_seen: int, version: int) -> dict[
         "first_seen": first_seen,
         "version": version,
     }
-
-
-def is_identified(record: dict[str, Any]) -> bool:
-    """True when a person holds at least one strong identifier (login, loyalty card, email, phone)."""
-    return any(key.partition(":")[0] in STRONG_ID_TYPES for key in record.get("ids", ()))

@@ -9,11 +9,11 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import BUILT_IN_CONSENT
-from pipeline.identity.consent import ConsentLedger
+from pipeline.identity.consent import ConsentLedger, stated
 from pipeline.identity.erasure import carries
 from pipeline.identity.graph import IdentityGraph
 from pipeline.identity.reorder import DurableReorder
-from pipeline.journeys.sessions import event_row
+from pipeline.journeys.sessions import unlinked_event_row
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import CONSENT_UPDATED, strongest_id
@@ -178,6 +178,8 @@ class IdentityHandler:
         no session or attribution; statements it carries still count.
         """
         assert self.graph is not None and self.consent is not None
+        if stated(event).get("analytics") is True:  # type: ignore[arg-type]
+            return True  # its own flag grants it: no need to know whose it is
         person = self.graph.person_of(event)  # type: ignore[arg-type]
         if self.consent.allows(person, event, "analytics"):  # type: ignore[arg-type]
             return True
@@ -186,8 +188,7 @@ class IdentityHandler:
             for row in self.consent.note(person, event):  # type: ignore[arg-type]
                 out.append((CONSENT.topic, row["consent_id"], row))
         if self.keep_without_consent:
-            unlinked = {**event, "person_id": ""}
-            out.append((EVENTS.topic, event["event_id"], event_row(unlinked, "")))  # type: ignore[arg-type]
+            out.append((EVENTS.topic, event["event_id"], unlinked_event_row(event)))  # type: ignore[arg-type]
         return False
 
     def tick(self) -> list[Emission]:

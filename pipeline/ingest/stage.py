@@ -16,12 +16,12 @@ from pipeline.identity.erasure import Suppressions, carries
 from pipeline.ingest.normalize import Deduplicator, EventNormalizer, redact_key, redact_pii
 from pipeline.ingest.progress import ProgressMarks
 from pipeline.ingest.schemas import default_registry
-from pipeline.journeys.sessions import event_row
+from pipeline.journeys.sessions import unlinked_event_row
 from pipeline.kafka import topics
 from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
-from pipeline.model.contract import CONSENT_UPDATED, Event, strongest_id
+from pipeline.model.contract import CONSENT_UPDATED, strongest_id
 from pipeline.model.rows import EVENTS
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class IngestHandler:
                 # (without person or session) only if the settings say so.
                 self.counts["no_analytics_consent"] += 1
                 if self.keep_without_consent:
-                    unlinked: Event = {**event, "person_id": ""}
-                    valid.append((self.events_topic, event["event_id"], event_row(unlinked, "")))
+                    valid.append((self.events_topic, event["event_id"], unlinked_event_row(event)))
                 continue
             self.counts["valid"] += 1
             strongest = strongest_id(event["ids"])

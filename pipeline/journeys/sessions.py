@@ -251,6 +251,11 @@ def event_row(
     }
 
 
+def unlinked_event_row(event: Event) -> dict[str, Any]:
+    """The row of an event used without analytics consent: stored with no person and no session."""
+    return event_row({**event, "person_id": ""}, "")
+
+
 def conversion_record(event: Event, kind: str, session: dict[str, Any] | None) -> dict[str, Any]:
     """What attribution needs to know of a conversion (``session`` None: placed in none)."""
     props = event.get("properties") or {}

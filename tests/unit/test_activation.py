@@ -35,6 +35,22 @@ def rule(name: str = "r", channel: str = "push", **extra: Any) -> dict[str, Any]
     }
 
 
+def rating(
+    delay_minutes: int = 120, channel: str = "email", template: str = "rate {store_id}", **extra: Any
+) -> dict[str, Any]:
+    """A request sent ``delay_minutes`` after a till purchase."""
+    return {
+        "name": "rating",
+        "trigger": {"source": "pos", "type": "purchase"},
+        "delay_minutes": delay_minutes,
+        "action": {"channel": channel, "template": template},
+        **extra,
+    }
+
+
+BUY = {"context": {"store_id": "s1"}, "properties": {"revenue": 30, "transaction_id": "t"}}
+
+
 def ev(eid: str, person: str, at: int, source: str, etype: str, **extra: Any) -> dict[str, Any]:
     return {"event_id": eid, "person_id": person, "source": source, "type": etype, "occurred_at": at, **extra}
 
@@ -249,19 +265,11 @@ def test_a_click_and_collect_arrival_alerts_staff_until_the_pickup() -> None:
 
 
 def test_a_delayed_rating_request_waits_for_event_time_and_a_return_cancels_it() -> None:
-    rating = {
-        "name": "rating",
-        "trigger": {"source": "pos", "type": "purchase"},
-        "delay_minutes": 120,
-        "cancel_if": ["return"],
-        "action": {"channel": "email", "template": "rate {store_id}"},
-    }
-    stage = Stage(rules_of(rating))
-    buy = {"context": {"store_id": "s1"}, "properties": {"revenue": 30, "transaction_id": "t"}}
+    stage = Stage(rules_of(rating(cancel_if=["return"])))
     stage.send(granted("c1", "a", NOON - HOUR), granted("c2", "b", NOON - HOUR))
     assert (
         stage.send(
-            ev("b1", "a", NOON, "pos", "purchase", **buy), ev("b2", "b", NOON, "pos", "purchase", **buy)
+            ev("b1", "a", NOON, "pos", "purchase", **BUY), ev("b2", "b", NOON, "pos", "purchase", **BUY)
         )
         == []
     )
@@ -278,13 +286,7 @@ def test_a_delayed_rating_request_waits_for_event_time_and_a_return_cancels_it()
 
 
 def test_an_idle_partition_moves_its_event_time_on_with_the_clock() -> None:
-    rating = {
-        "name": "rating",
-        "trigger": {"source": "pos", "type": "purchase"},
-        "delay_minutes": 1,
-        "action": {"channel": "staff_alert", "template": "thank"},
-    }
-    stage = Stage(rules_of(rating), partitions=1)
+    stage = Stage(rules_of(rating(1, "staff_alert", "thank")), partitions=1)
     stage.send(ev("b", "a", NOON, "pos", "purchase", properties={"revenue": 1}))
     assert stage.tick() == []
     stage.now = SETTINGS.idle_partition_seconds + 61
@@ -305,16 +307,9 @@ def test_a_withdrawal_stops_messages_at_once_and_a_grant_restarts_them() -> None
 
 
 def test_a_withdrawal_before_a_delayed_request_is_due_suppresses_it() -> None:
-    rating = {
-        "name": "rating",
-        "trigger": {"source": "pos", "type": "purchase"},
-        "delay_minutes": 120,
-        "action": {"channel": "email", "template": "rate {store_id}"},
-    }
-    stage = Stage(rules_of(rating), partitions=1)
-    buy = {"context": {"store_id": "s1"}, "properties": {"revenue": 30, "transaction_id": "t"}}
+    stage = Stage(rules_of(rating()), partitions=1)
     stage.send(granted("c1", "a", NOON - HOUR), granted("c2", "b", NOON - HOUR))
-    stage.send(ev("b1", "a", NOON, "pos", "purchase", **buy), ev("b2", "b", NOON, "pos", "purchase", **buy))
+    stage.send(ev("b1", "a", NOON, "pos", "purchase", **BUY), ev("b2", "b", NOON, "pos", "purchase", **BUY))
     # an hour later a withdraws marketing consent (as identity passes a consent_updated on)
     stage.send(ev("off", "a", NOON + HOUR, "web", "consent_updated", consent={"marketing": False}))
     stage.send(ev("x", "z", NOON + 121 * MIN, "web", "page_view"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.identity.graph import IdentityGraph, is_identified, person_id_for
+from pipeline.identity.graph import IdentityGraph, person_id_for
 
 
 def ev(at: int, **ids: str) -> dict[str, Any]:
@@ -90,12 +90,14 @@ def test_same_input_same_ids_regardless_of_order_of_unrelated_events() -> None:
     assert r1[-1] == r2[-1]
 
 
-def test_identified_needs_a_strong_identifier() -> None:
+def test_identified_needs_a_strong_identifier_seen_by_then() -> None:
     g = graph()
     p = g.resolve(ev(1, anonymous_id="a")).person_id
-    assert not is_identified(g.persons[p])
-    g.resolve(ev(2, anonymous_id="a", email="hash"))
-    assert is_identified(g.persons[p])
+    assert not g.identified_at(p, 1)
+    g.resolve(ev(5, anonymous_id="a", email="hash"))
+    assert g.identified_at(p, 5) and not g.identified_at(p, 4)
+    g.resolve(ev(3, email="hash"))  # an earlier sighting of the e-mail: identified from then on
+    assert g.identified_at(p, 3) and not g.identified_at(p, 2)
 
 
 def test_event_goes_to_the_person_of_its_strongest_identifier_on_conflict() -> None:
