@@ -33,7 +33,7 @@ def test_kills_at_every_point_of_the_stateful_stages(
         "attribution:after_outputs:1",
         "journeys:during_restore:1",
         "identity:after_state:1",
-        "attribution:before_ack:2",
+        "attribution:before_ack:1",
         # the slice with merges in it (the simulator's seed 11: slices 1 and 6 of 7)
         "journeys:mid_handover:1",
         "journeys:mid_flush:1",
