@@ -259,6 +259,16 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(0, ge=0, le=65530, description="0: off; stage n serves /metrics on port + n")
     metrics_host: str = Field("127.0.0.1", description="address of the stages' /metrics")
+    lag_check_seconds: float = Field(
+        30.0, ge=1, le=3600, description="how often a running stage measures its own consumer lag"
+    )
+    lag_alert_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="alert when a stage's oldest unacknowledged record is older than this share of "
+        "its topic's retention",
+    )
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 

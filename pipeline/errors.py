@@ -61,3 +61,7 @@ class StackError(FatalError):
 
 class MigrationError(FatalError):
     """A ClickHouse migration failed or the recorded history disagrees with the files."""
+
+
+class DrainInterrupted(FatalError):
+    """A drain was stopped (a signal) before it finished: nothing is marked drained, the exit is non-zero."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
@@ -40,14 +40,19 @@ class CountsCollector(Collector):
 
 
 def serve_metrics(
-    settings: Settings, stage: str, sources: Mapping[str, Callable[[], Mapping[str, int]]]
+    settings: Settings,
+    stage: str,
+    sources: Mapping[str, Callable[[], Mapping[str, int]]],
+    collectors: Sequence[Collector] = (),
 ) -> int | None:
-    """Serve this stage's counters when a metrics port is configured; returns the port."""
+    """Serve the counters and ``collectors`` when a metrics port is configured; returns the port."""
     if not settings.metrics_port:
         return None
     port = settings.metrics_port + STAGES.index(stage)
     registry = CollectorRegistry()
     registry.register(CountsCollector(stage, sources))
+    for collector in collectors:
+        registry.register(collector)
     start_http_server(port, addr=settings.metrics_host, registry=registry)
     log.info("%s: metrics on http://%s:%d/metrics", stage, settings.metrics_host, port)
     return port

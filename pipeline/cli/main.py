@@ -244,9 +244,9 @@ def report(
 
 def full_cli() -> click.Group:
     """The root group with every command registered (safe to call more than once)."""
-    from pipeline.cli import activations, attribution, collector, data, demo, dlq, privacy
+    from pipeline.cli import activations, attribution, collector, data, demo, dlq, privacy, status
 
-    for module in (attribution, privacy, data, demo, collector, dlq, activations):
+    for module in (attribution, privacy, data, demo, collector, dlq, activations, status):
         module.register(cli)
     return cli
 

@@ -124,21 +124,26 @@ def committed_offsets(
     admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout).topics
     partitions = [(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
-    return _committed(settings, group, partitions, timeout)
+    return group_offsets(settings, group, partitions, timeout)
 
 
-_COORDINATOR_BUSY = frozenset(
+COORDINATOR_BUSY = frozenset(
     {
         KafkaError.NOT_COORDINATOR,
         KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
         KafkaError.COORDINATOR_NOT_AVAILABLE,
     }
 )
+"""Errors of a group coordinator that is loading or moving: worth asking again."""
 
 
-def _committed(
+def group_offsets(
     settings: Settings, group: str, partitions: Iterable[tuple[str, int]], timeout: float
 ) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed on these partitions (missing: none).
+
+    Retried while the group's coordinator is loading or moving.
+    """
     wanted = [TopicPartition(t, p) for t, p in partitions]
     if not wanted:
         return {}
@@ -154,7 +159,7 @@ def _committed(
             except KafkaException as exc:
                 # a coordinator still loading or moving answers with a retriable error
                 err = exc.args[0]
-                if not (err.retriable() or err.code() in _COORDINATOR_BUSY) or time.monotonic() > deadline:
+                if not (err.retriable() or err.code() in COORDINATOR_BUSY) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
     finally:
@@ -165,7 +170,7 @@ def _committed(
 def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
     """Messages in ``topics`` not yet committed by ``group``."""
     ends = end_offsets(settings, topics)
-    done = _committed(settings, group, ends, timeout=10.0)  # the partitions end_offsets found
+    done = group_offsets(settings, group, ends, timeout=10.0)  # the partitions end_offsets found
     return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
 
 

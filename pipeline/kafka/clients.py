@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
@@ -29,6 +31,11 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     }
     conf.update(extra)
     return conf
+
+
+def process_client_id(settings: Settings, stage: str) -> str:
+    """The Kafka client id of a stage's process (``<group>-<host>-<pid>``), as ``o2o status`` lists it."""
+    return f"{settings.group(stage)}-{socket.gethostname()}-{os.getpid()}"
 
 
 def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:

@@ -151,3 +151,17 @@ def raw_topics(settings: Settings) -> list[str]:
 def row_topics(settings: Settings) -> list[str]:
     """Full names of the topics the sink reads."""
     return [settings.topic(table.topic) for table in ROW_TABLES]
+
+
+def stage_topics(settings: Settings, stage: str) -> list[str]:
+    """Full names of every topic ``stage`` consumes (its consumer group commits offsets on these)."""
+    if stage == "ingest":
+        return raw_topics(settings)
+    if stage == "sink":
+        return row_topics(settings)
+    names = [stage_input(settings, stage)]
+    if stage == "identity" and settings.identity_workers > 1:
+        names.append(VALID)  # forwarded to the sequence topic by every identity process
+    if stage == "activation":
+        names.append(ACTIVATION_HANDOFFS)
+    return [settings.topic(name) for name in names]

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
-from pipeline.errors import RetryableError
-from pipeline.kafka.admin import admin_client, partition_offsets
-from pipeline.kafka.clients import make_consumer
+from pipeline.errors import DrainInterrupted, RetryableError
+from pipeline.kafka.admin import COORDINATOR_BUSY, admin_client, group_offsets, partition_offsets
+from pipeline.kafka.clients import make_consumer, process_client_id
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.faults import FaultPlan
 
@@ -50,6 +50,23 @@ class BatchHandler(Protocol):
         """Release resources."""
 
 
+COMMIT_RETRY_SECONDS = 60.0
+"""How long a commit is retried through retriable errors before the process stops."""
+
+LEFT_GROUP = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError._MAX_POLL_EXCEEDED,
+    }
+)
+"""Commit errors meaning this process no longer owns the partitions it worked on."""
+
+
 @dataclass
 class LoopStats:
     """Counters of one run of a loop."""
@@ -59,6 +76,9 @@ class LoopStats:
     commits: int = 0
     retries: int = 0
     seconds: float = 0.0
+    lost_to_retention: int = 0
+    commits_refused: int = 0
+    drained: bool = False
 
 
 class ConfluentStageLoop:
@@ -88,6 +108,7 @@ class ConfluentStageLoop:
         self._stop = False
         extra: dict[str, Any] = {"enable.partition.eof": True} if report_ends else {}
         extra.update(consumer_options or {})
+        extra.setdefault("client.id", process_client_id(settings, stage))
         self._consumer: Consumer = make_consumer(settings, settings.group(stage), **extra)
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.faults = FaultPlan(stage, settings.fault_at)
@@ -109,7 +130,9 @@ class ConfluentStageLoop:
     def run(self) -> LoopStats:
         """Consume, handle and commit until stopped (or drained in drain mode)."""
         start = time.monotonic()
-        self._consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         log.info("%s: consuming %s", self.stage, ", ".join(self.topics))
         try:
             while not self._stop:
@@ -126,18 +149,48 @@ class ConfluentStageLoop:
                 if self._uncommitted and (self.handler.due() or not batch):
                     self._checkpoint()
                 if not batch and self.drain is not None and self._drained():
+                    self.stats.drained = True
                     break
             self._checkpoint()
         finally:
             self.handler.close()
             self._consumer.close()
             self.stats.seconds = time.monotonic() - start
-        if self.drain is not None:
-            self.drain.mark_done()
         log.info(
             "%s: stopped after %d messages in %.1f s", self.stage, self.stats.consumed, self.stats.seconds
         )
+        if self.drain is not None:
+            if not self.stats.drained:
+                raise DrainInterrupted(f"{self.stage}: stopped before it drained")
+            self.drain.mark_done()
         return self.stats
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Say so when retention deleted records this group never acknowledged.
+
+        The consumer then starts at the log's first offset (``auto.offset.reset``):
+        without this check the hole would pass unnoticed.
+        """
+        if not partitions:
+            return
+        owned = [(tp.topic, tp.partition) for tp in partitions]
+        try:
+            committed = group_offsets(self.settings, self.settings.group(self.stage), owned, timeout=10)
+            starts = partition_offsets(self._admin_client(), list(committed), earliest=True)
+        except KafkaException as exc:
+            log.warning("%s: could not compare committed offsets with the logs' start: %s", self.stage, exc)
+            return
+        for key, offset in sorted(committed.items()):
+            if offset < starts[key]:
+                self.stats.lost_to_retention += starts[key] - offset
+                log.error("%s: offsets %d to %d of %s[%d] were deleted by retention before this stage "
+                          "acknowledged them; they are lost to it", self.stage, offset, starts[key] - 1,
+                          *key)  # fmt: skip
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = admin_client(self.settings)
+        return self._admin
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.handler.revoked([(p.topic, p.partition) for p in partitions])
@@ -158,9 +211,39 @@ class ConfluentStageLoop:
         if self._uncommitted:
             self.faults.reach("after_insert")
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if self._commit(offsets):
+                self.stats.commits += 1
             self._uncommitted.clear()
-            self.stats.commits += 1
+
+    def _commit(self, offsets: list[TopicPartition]) -> bool:
+        """Commit, retrying while the coordinator is busy; False when this process left the group.
+
+        A process that spent longer than ``max.poll.interval.ms`` on one step
+        (the sink waiting for ClickHouse) is out of the group, and the broker
+        refuses its commit. Its outputs are durable already; the partitions'
+        next owner reads those records again, as after a crash, and the
+        stages downstream and the sink take repeats as the same rows.
+        """
+        delay = 0.2
+        deadline = time.monotonic() + COMMIT_RETRY_SECONDS
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                return True
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in LEFT_GROUP:
+                    self.stats.commits_refused += 1
+                    log.warning("%s: commit refused (%s): this process was out of its group while it "
+                                "worked; the partitions' next owner reads those records again",
+                                self.stage, err.str())  # fmt: skip
+                    return False
+                if not (err.retriable() or err.code() in COORDINATOR_BUSY) or time.monotonic() > deadline:
+                    raise
+                self.stats.retries += 1
+                log.warning("%s: commit failed (%s); retrying in %.1f s", self.stage, err.str(), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _drained(self) -> bool:
         assert self.drain is not None
@@ -176,11 +259,10 @@ class ConfluentStageLoop:
         unknown = [TopicPartition(t, p) for (t, p), offset in positions.items() if offset < 0]
         for tp in self._consumer.committed(unknown, timeout=10) if unknown else []:
             positions[(tp.topic, tp.partition)] = tp.offset
-        if self._admin is None:
-            self._admin = admin_client(self.settings)
+        admin = self._admin_client()
         untouched = [key for key, offset in positions.items() if offset < 0]
-        positions.update(partition_offsets(self._admin, untouched, earliest=True) if untouched else {})
-        ends = partition_offsets(self._admin, positions)
+        positions.update(partition_offsets(admin, untouched, earliest=True) if untouched else {})
+        ends = partition_offsets(admin, positions)
         return all(positions[key] >= end for key, end in ends.items()) and not self._uncommitted
 
     def _is_error(self, message: Message) -> bool:

@@ -24,7 +24,9 @@ from typing import Any, NoReturn
 import faust
 
 from pipeline.config import Settings
+from pipeline.errors import DrainInterrupted
 from pipeline.kafka.admin import group_lag, partition_counts
+from pipeline.kafka.clients import process_client_id
 from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
@@ -125,6 +127,7 @@ class FaustStage:
             broker_session_timeout=settings.group_session_timeout_seconds,
             broker_heartbeat_interval=settings.group_session_timeout_seconds / 3,
             stream_buffer_maxsize=8192,
+            broker_client_id=process_client_id(settings, self.stage),
         )
         partitions = self.source_partitions
         for name in (*self.handler.table_names, epoch_table(self.stage)):
@@ -345,3 +348,5 @@ class FaustStage:
         except SystemExit as exc:
             if exc.code not in (0, None):
                 raise
+        if self.drain is not None and not self._finished:
+            raise DrainInterrupted(f"{self.stage}: stopped before it drained")

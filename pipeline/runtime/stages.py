@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.config import STAGES, Settings, default_salt_warning
-from pipeline.errors import ConfigError, FatalError, RetryableError
+from pipeline.errors import ConfigError, DrainInterrupted, FatalError, RetryableError
 from pipeline.kafka import topics
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
+from pipeline.runtime.lag_watch import LagCollector, LagWatch
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from pipeline.clickhouse.client import ClickHouse
     from pipeline.model.handler import StatefulHandler
 
@@ -38,6 +41,9 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
     gate = DrainGate(settings, stage, after) if drain else None
     from pipeline.metrics import counter_of, serve_metrics
 
+    watch = LagWatch(settings, stage).start()
+    lag_gauges = [LagCollector(watch)]
+
     if stage == "ingest":
         from pipeline.ingest.stage import IngestHandler
 
@@ -49,11 +55,11 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         loop = ConfluentStageLoop(
             settings, stage, raw, ingest, gate, report_ends=True, consumer_options=RAW_FETCH
         )
-        serve_metrics(settings, stage, {"": counter_of(ingest.counts)})
+        serve_metrics(settings, stage, {"": counter_of(ingest.counts)}, lag_gauges)
         loop.install_signal_handlers()
         loop.run()
     elif stage == "sink":
-        _run_sink(settings, gate)
+        _run_sink(settings, gate, lag_gauges)
     elif stage in ("identity", "journeys", "attribution", "activation"):
         from pipeline.runtime.faust_stage import FaustStage
 
@@ -69,7 +75,7 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         counts = getattr(handler, "counts", None)
         if counts is not None:
             sources[f"{stage}_stage" if stage in sources else stage] = counter_of(counts)
-        serve_metrics(settings, stage, sources)
+        serve_metrics(settings, stage, sources, lag_gauges)
         faust_stage.run()
     else:
         raise FatalError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -116,13 +122,15 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
     return AttributionHandler(settings, FittedModelFeed(settings))
 
 
-def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
+def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[Collector]) -> None:
     from pipeline.clickhouse.query_server import QueryServer, endpoint_file
     from pipeline.sink.stage import SinkHandler
 
     stop = _StopFlag()
     ch = _connect_with_retry(settings, stop)
     if ch is None:
+        if gate is not None:
+            raise DrainInterrupted("sink: stopped before it drained")
         return
     with ch:
         server = QueryServer(ch, endpoint_file(settings)) if settings.embedded_clickhouse else None
@@ -135,7 +143,7 @@ def _run_sink(settings: Settings, gate: DrainGate | None) -> None:
             loop = ConfluentStageLoop(
                 settings, "sink", handler.topics, handler, gate, batch_size=5000, poll_seconds=0.2
             )
-            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)})
+            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)}, collectors)
             loop.install_signal_handlers()
             if stop.stopped:  # a SIGTERM while connecting or starting: honour it
                 loop.stop()
@@ -244,9 +252,14 @@ def run_all(
     except KeyboardInterrupt:
         stop_all()
         _wait(children)
+        if drain:
+            clear_markers(settings, stages)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stopping and drain:
+        clear_markers(settings, stages)  # a stage that drained before the signal must not count as done
+        raise DrainInterrupted("stopped by a signal before the drain finished; nothing is marked drained")
 
 
 def _wait(children: Sequence[ChildStage], timeout: float = 30.0) -> None:

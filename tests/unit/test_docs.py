@@ -19,8 +19,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from pipeline.cli.main import full_cli
 from pipeline.collector.metrics import CollectorMetrics
 from pipeline.config import OTHER_VARIABLES, STAGES, Settings
+from pipeline.kafka.lag import PartitionLag, StageLag
 from pipeline.kafka.topics import TOPICS
 from pipeline.metrics import CountsCollector
+from pipeline.runtime.lag_watch import LagCollector, LagWatch
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -105,7 +107,7 @@ def test_no_doc_names_a_setting_that_does_not_exist() -> None:
 # -- metrics ----------------------------------------------------------------------
 
 METRIC = re.compile(
-    r"\bo2o_[a-z0-9_]+?(?:_total|_seconds|_bytes|_count|_sum|_bucket|_created)\b(?:\{[^}`]*\})?"
+    r"\bo2o_[a-z0-9_]+?(?:_total|_seconds|_bytes|_count|_sum|_bucket|_created|_records|_alert)\b(?:\{[^}`]*\})?"
 )
 
 
@@ -119,7 +121,15 @@ def exported_metrics() -> dict[str, set[str]]:
     labels = {wrapper.describe()[0].name: set(wrapper._labelnames) for wrapper in wrappers}
     for family in CountsCollector("ingest", {"": lambda: {"valid": 1}}).collect():
         labels[family.name] = set(family.samples[0].labels)
-    families = [*collector.registry.collect(), *CountsCollector("ingest", {}).collect()]
+    watch = LagWatch(Settings(), "ingest")
+    watch.latest = StageLag("ingest", "group", (PartitionLag("topic", 0, 0, 1, None),))
+    for family in LagCollector(watch).collect():
+        labels[family.name] = set(family.samples[0].labels)
+    families = [
+        *collector.registry.collect(),
+        *CountsCollector("ingest", {}).collect(),
+        *LagCollector(watch).collect(),
+    ]
     return {
         family.name + suffix: labels[family.name]
         for family in families
@@ -173,6 +183,8 @@ def test_every_metric_in_the_docs_is_exported() -> None:
 def test_the_metric_check_sees_a_wrong_name() -> None:
     assert "o2o_collector_requests_total" in exported_metrics()
     assert "o2o_journeys_very_late_events_total" not in exported_metrics()
+    assert "o2o_stage_lag_alert" in exported_metrics() and "o2o_stage_lag_records" in exported_metrics()
+    assert METRIC.findall('`o2o_stage_lag_records{stage="sink"}`') == ['o2o_stage_lag_records{stage="sink"}']
     assert METRIC.findall('counted (`o2o_stage_records_total{outcome="x"}`)') == [
         'o2o_stage_records_total{outcome="x"}'
     ]
