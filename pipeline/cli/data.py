@@ -1,4 +1,4 @@
-"""``o2o simulate`` and ``o2o produce``: events into the raw topics."""
+"""``o2o simulate``, ``o2o produce`` and ``o2o replay``: events into the raw topics."""
 
 from __future__ import annotations
 
@@ -79,7 +79,50 @@ def produce(ctx: click.Context, path: Path) -> None:
     console.print(f"produced {n} events from {path}")
 
 
+@click.command()
+@click.option(
+    "--from-prefix",
+    required=True,
+    metavar="PREFIX",
+    help="Topic prefix whose raw topics to copy (the old deployment's O2O_TOPIC_PREFIX, dot included).",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["web", "app", "geofence", "pos"]),
+    help="Only this source's raw topic (repeatable; default: all four).",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Once copied, keep copying what producers still send there, until Ctrl-C or SIGTERM.",
+)
+@click.pass_context
+@handle_errors
+def replay(ctx: click.Context, from_prefix: str, sources: tuple[str, ...], follow: bool) -> None:
+    """Copy the raw topics of --from-prefix into this prefix's, message for message.
+
+    Run it against a new O2O_TOPIC_PREFIX and O2O_CLICKHOUSE_DATABASE (after
+    `o2o init`), then run the pipeline there: every output is rebuilt with
+    today's code and settings, for example after a bug fix or to change the
+    partition count (docs/operations.md#replaying-the-raw-topics). Keys,
+    values, headers and timestamps are kept.
+    """
+    from pipeline.kafka.raw_copy import copy_raw, raw_backlog
+
+    settings = settings_of(ctx)
+    with progress_bar() as bar:
+        task = bar.add_task("copying", total=raw_backlog(settings, from_prefix, sources))
+        copied = copy_raw(settings, from_prefix, sources, follow, on_copied=lambda k: bar.advance(task, k))
+    by_source = ", ".join(f"{source} {n}" for source, n in sorted(copied.items())) or "nothing"
+    console.print(
+        f"copied {sum(copied.values())} messages from {from_prefix} to {settings.topic_prefix}: {by_source}"
+    )
+
+
 def register(group: click.Group) -> None:
     """Add these commands to the root group."""
     group.add_command(simulate)
     group.add_command(produce)
+    group.add_command(replay)

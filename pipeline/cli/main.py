@@ -94,16 +94,26 @@ def stack_down(ctx: click.Context, purge: bool) -> None:
 
 
 @cli.command()
+@click.option(
+    "--add-partitions",
+    is_flag=True,
+    help="Give existing topics the partitions O2O_PARTITIONS declares. Without it, init refuses: "
+    "adding partitions moves keys and splits the stateful stages' state.",
+)
 @click.pass_context
 @handle_errors
-def init(ctx: click.Context) -> None:
-    """Create or update every topic and apply the ClickHouse migrations (idempotent)."""
+def init(ctx: click.Context, add_partitions: bool) -> None:
+    """Create or update every topic and apply the ClickHouse migrations (idempotent).
+
+    Existing topics keep their partition count unless --add-partitions
+    (docs/operations.md#changing-the-partition-count).
+    """
     from pipeline.clickhouse.client import connect
     from pipeline.clickhouse.migrations import apply_migrations
     from pipeline.kafka.admin import ensure_topics
 
     settings = settings_of(ctx)
-    result = ensure_topics(settings)
+    result = ensure_topics(settings, add_partitions=add_partitions)
     changed = {k: v for k, v in result.items() if v != "ok"}
     console.print(f"topics: {len(result)} declared, {len(changed)} created or updated")
     with connect(settings) as ch:

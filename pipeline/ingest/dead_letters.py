@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from typing import Any, Protocol
 
 from pipeline.clickhouse.format import sql_string
 from pipeline.config import Settings
-from pipeline.errors import KafkaUnavailable
 from pipeline.kafka.topics import DLQ, raw_topics
 
 log = logging.getLogger(__name__)
@@ -246,66 +243,16 @@ def list_dead_letters(
 def read_dead_letters(settings: Settings, timeout: float = 30.0) -> Iterator[DeadLetter]:
     """Every message of the dead-letter topic, from the low watermark to the end offsets at start.
 
-    Uses a fresh consumer group that is never committed and assigns the
-    partitions itself, so it disturbs no running consumer. Raises
-    :class:`~pipeline.errors.KafkaUnavailable` if the topic is missing or no
-    progress is made for ``timeout`` seconds.
+    Read by :func:`pipeline.kafka.reader.read_topics`, which disturbs no
+    running consumer. Raises :class:`~pipeline.errors.KafkaUnavailable` if
+    the topic is missing or no progress is made for ``timeout`` seconds.
     """
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    from pipeline.kafka.reader import read_topics
 
-    from pipeline.kafka.clients import make_consumer
-
-    topic = settings.topic(DLQ)
-    group = f"{settings.consumer_group_prefix}dlq-replay-{uuid.uuid4().hex[:12]}"
-    consumer = make_consumer(settings, group, **{"enable.partition.eof": False})
-    try:
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
-        if topic not in metadata.topics:
-            raise KafkaUnavailable(f"the dead-letter topic {topic} does not exist (run `o2o init`)")
-        ends: dict[int, int] = {}
-        starts: list[Any] = []
-        for partition in sorted(metadata.topics[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            if high > low:
-                ends[partition] = high
-                starts.append(TopicPartition(topic, partition, low))
-        if not ends:
-            return
-        consumer.assign(starts)
-        last_progress = time.monotonic()
-        while ends:
-            messages = consumer.consume(500, 0.5)
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaUnavailable(f"reading {topic}: {error}")
-                partition, offset = message.partition(), message.offset()
-                end = ends.get(partition) if partition is not None else None
-                if partition is None or offset is None or end is None or offset >= end:
-                    continue
-                yield DeadLetter.from_parts(
-                    message.value(), message.key(), message.headers(), partition, offset
-                )
-                if offset + 1 >= end:
-                    del ends[partition]
-            if messages:
-                last_progress = time.monotonic()
-                continue
-            # gaps (deleted or control records) can hide the last offsets: ask for positions
-            for tp in consumer.position([TopicPartition(topic, p) for p in list(ends)]):
-                if tp.offset >= ends.get(tp.partition, 0):
-                    ends.pop(tp.partition, None)
-            if ends and time.monotonic() - last_progress > timeout:
-                raise KafkaUnavailable(
-                    f"no progress reading {topic} for {timeout:g} s; partitions left: {sorted(ends)}"
-                )
-    finally:
-        consumer.close()
+    for message in read_topics(settings, [settings.topic(DLQ)], "dlq-replay", timeout):
+        yield DeadLetter.from_parts(
+            message.value(), message.key(), message.headers(), message.partition() or 0, message.offset() or 0
+        )
 
 
 @dataclass

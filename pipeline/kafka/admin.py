@@ -20,7 +20,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from pipeline.config import Settings
-from pipeline.errors import KafkaUnavailable
+from pipeline.errors import ConfigError, KafkaUnavailable
+from pipeline.kafka.layout import PROCEDURE, growth
 from pipeline.kafka.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,30 @@ def admin_client(settings: Settings) -> AdminClient:
     )
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
-    """Create missing topics, add partitions and update configs of existing ones.
+def ensure_topics(settings: Settings, timeout: float = 30.0, add_partitions: bool = False) -> dict[str, str]:
+    """Create missing topics and update configs of existing ones; with ``add_partitions``, grow them.
 
-    Idempotent; returns what happened per topic (``created``, ``updated``, ``ok``).
+    Idempotent; returns what happened per topic (``created``, ``updated``,
+    ``ok``). An existing topic with fewer partitions than declared is refused
+    (ConfigError) unless ``add_partitions``: adding partitions moves keys and
+    splits the stateful stages' state (:mod:`pipeline.kafka.layout`).
     """
     admin = admin_client(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    grown = growth(settings, {name: len(t.partitions) for name, t in existing.items()})
+    if grown and not add_partitions:
+        names = sorted(grown)
+        listed = ", ".join(f"{n} ({grown[n][0]} -> {grown[n][1]})" for n in names[:5])
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise ConfigError(
+            f"{len(names)} existing topics have fewer partitions than declared: {listed}{more}. "
+            "Adding partitions moves keys to other partitions and splits the stateful stages' state. "
+            f"Set O2O_PARTITIONS (and O2O_IDENTITY_WORKERS) as they were, or replay into a new topic "
+            f"prefix ({PROCEDURE}); `o2o init --add-partitions` adds them anyway"
+        )
     result: dict[str, str] = {}
     to_create = []
     for name, partitions, config in topic_specs(settings):
@@ -205,7 +220,11 @@ def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> N
         time.sleep(0.2)
 
 
-def partition_counts(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
-    """Partitions of every existing topic under the configured prefix, by full name."""
+def partition_counts(settings: Settings, timeout: float = 10.0, every: bool = False) -> dict[str, int]:
+    """Partitions of every existing topic under the configured prefix (``every``: all), by full name."""
     metadata = admin_client(settings).list_topics(timeout=timeout).topics
-    return {name: len(t.partitions) for name, t in metadata.items() if name.startswith(settings.topic_prefix)}
+    return {
+        name: len(t.partitions)
+        for name, t in metadata.items()
+        if every or name.startswith(settings.topic_prefix)
+    }

@@ -28,6 +28,7 @@ from pipeline.errors import DrainInterrupted
 from pipeline.kafka.admin import group_lag, partition_counts
 from pipeline.kafka.clients import process_client_id
 from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
+from pipeline.kafka.layout import check_layout
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
 from pipeline.private_files import private_dir
@@ -95,8 +96,10 @@ class FaustStage:
         self.epochs: dict[int, int] = {}  # owned source partition -> the epoch it runs under here
         # keyed by the name without prefix, as handlers emit them
         prefix = settings.topic_prefix
+        counts = partition_counts(settings, every=True)
+        check_layout(settings, stage, counts)
         self._partitions = {
-            name.removeprefix(prefix): count for name, count in partition_counts(settings).items()
+            name.removeprefix(prefix): count for name, count in counts.items() if name.startswith(prefix)
         }
         self.faults = FaultPlan(stage, settings.fault_at)
         self.writer = DurableWriter(settings, stage, self._partitions, self.faults)

@@ -18,6 +18,7 @@ from pipeline.kafka import topics
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
 from pipeline.runtime.lag_watch import LagCollector, LagWatch
+from pipeline.stop_flag import StopFlag
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -126,7 +127,7 @@ def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[C
     from pipeline.clickhouse.query_server import QueryServer, endpoint_file
     from pipeline.sink.stage import SinkHandler
 
-    stop = _StopFlag()
+    stop = StopFlag()
     ch = _connect_with_retry(settings, stop)
     if ch is None:
         if gate is not None:
@@ -153,19 +154,7 @@ def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[C
                 server.stop()
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT while the sink waits for ClickHouse."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, *_args: object) -> None:
-        self.stopped = True
-
-
-def _connect_with_retry(settings: Settings, stop: _StopFlag) -> ClickHouse | None:
+def _connect_with_retry(settings: Settings, stop: StopFlag) -> ClickHouse | None:
     """Connect and migrate, retrying with backoff while ClickHouse is unavailable (None: stopped)."""
     from pipeline.clickhouse.client import connect
     from pipeline.clickhouse.migrations import apply_migrations

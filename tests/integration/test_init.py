@@ -1,11 +1,15 @@
-"""`o2o init` on topics that exist: it adds partitions and puts changed topic configs back."""
+"""`o2o init` on topics that exist, and stages whose state no longer lines up with their input.
+
+Init adds partitions only when told to and puts changed topic configs back;
+a stateful stage whose changelogs and input differ in partitions refuses to start.
+"""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 from pipeline.config import Settings
 from pipeline.kafka import topics
@@ -34,7 +38,7 @@ def retention_ms(settings: Settings, name: str, expect: str) -> str:
         time.sleep(0.1)
 
 
-def test_init_adds_partitions_and_updates_topic_configs(settings: Settings) -> None:
+def test_init_adds_partitions_only_when_told_and_updates_topic_configs(settings: Settings) -> None:
     o2o(settings, "init")
     assert partition_counts(settings)[settings.topic(topics.VALID)] == 2
     admin = admin_client(settings)
@@ -46,7 +50,11 @@ def test_init_adds_partitions_and_updates_topic_configs(settings: Settings) -> N
     assert retention_ms(settings, topics.DLQ, "60000") == "60000"
 
     more = settings.model_copy(update={"partitions": 3})
-    ran = o2o(more, "init")
+    refused = o2o(more, "init", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "existing topics have fewer partitions than declared" in " ".join(refused.stderr.split())
+    assert partition_counts(settings)[settings.topic(topics.VALID)] == 2  # nothing grown
+    ran = o2o(more, "init", "--add-partitions")
     counts = partition_counts(settings)
     specs = topics.topic_specs(more)  # changelog topics included
     assert {name: counts[name] for name, _p, _c in specs} == {name: p for name, p, _c in specs}
@@ -56,3 +64,24 @@ def test_init_adds_partitions_and_updates_topic_configs(settings: Settings) -> N
     assert retention_ms(settings, topics.DLQ, str(30 * DAY_MS)) == str(
         30 * DAY_MS
     )  # the declared value again
+
+
+def test_a_stage_whose_state_does_not_line_up_with_its_input_refuses_to_start(settings: Settings) -> None:
+    o2o(settings, "init")  # identity reads events.valid; its changelogs have its 2 partitions
+    sequenced = settings.model_copy(update={"identity_workers": 2})
+    ran = o2o(sequenced, "run", "identity", "--drain", check=False, timeout=120)
+    said = " ".join(ran.stderr.split())
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert "identity: its state does not line up with its input partitions" in said
+    assert f"{settings.group('identity')}-identity_ids-changelog has 2 partitions, the input " in said
+    assert "if O2O_IDENTITY_WORKERS was 1 before (now 2), set it back" in said
+
+    admin = admin_client(settings)  # partitions added behind the pipeline's back
+    grown = admin.create_partitions([NewPartitions(settings.topic(topics.IDENTIFIED), 3)])
+    for future in grown.values():
+        future.result(timeout=30)
+    ran = o2o(settings, "run", "journeys", "--drain", check=False, timeout=120)
+    said = " ".join(ran.stderr.split())
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert f"the input {settings.topic(topics.IDENTIFIED)} has 3" in said
+    assert "O2O_IDENTITY_WORKERS" not in said
