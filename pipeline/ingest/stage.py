@@ -22,6 +22,7 @@ from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
 from pipeline.kafka.envelopes import pack
 from pipeline.model.contract import CONSENT_UPDATED, strongest_id
+from pipeline.model.limits import record_bytes
 from pipeline.model.rows import EVENTS
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class IngestHandler:
             raise FatalError(f"topic {self.valid_topic} does not exist; run `o2o init`")
         self.partitions = {topic: counts[topic] for topic in (self.valid_topic, settings.topic(EVENTS.topic))}
         self.dlq_topic = settings.topic(topics.DLQ)
+        self.dead_letter_room = record_bytes(settings)
         self.marks = ProgressMarks()
         self._durable_at = time.monotonic()
         self._source_of = {settings.topic(name): source for source, name in topics.RAW_TOPICS.items()}
@@ -84,11 +86,17 @@ class IngestHandler:
                     raise InvalidEvent("suppressed", "$.ids: an identifier of a person erased by o2o forget")
             except InvalidEvent as exc:
                 self.counts[f"dead_letter.{exc.reason}"] += 1
+                payload = redact_pii(raw, self.settings.salt, self.settings.phone_region)
+                detail = exc.detail
+                if len(payload) > self.dead_letter_room:  # no room left for the headers otherwise
+                    detail += (
+                        f"; stored truncated to its first {self.dead_letter_room} of {len(payload)} bytes"
+                    )
+                    payload = payload[: self.dead_letter_room]
                 headers = dead_letter_headers(
-                    exc.reason, exc.detail, message.topic() or "", message.partition() or 0,
+                    exc.reason, detail, message.topic() or "", message.partition() or 0,
                     message.offset() or 0, received,
                 )  # fmt: skip
-                payload = redact_pii(raw, self.settings.salt, self.settings.phone_region)
                 dlq_key = message.key()
                 if dlq_key is not None:
                     dlq_key = redact_key(dlq_key, self.settings.salt, self.settings.phone_region)

@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from pipeline.config import Settings
 from pipeline.errors import DeliveryFailed
+from pipeline.model.limits import message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 500000,
         "queue.buffering.max.kbytes": 512 * 1024,
+        "message.max.bytes": message_bytes(settings),
     }
     conf.update(extra)
     return conf

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import Settings
 from pipeline.model.contract import SOURCES
+from pipeline.model.limits import message_bytes
 from pipeline.model.rows import ROW_TABLES
 
 DAY_MS = 24 * 3600 * 1000
@@ -127,19 +128,21 @@ def stage_input(settings: Settings, stage: str) -> str:
 def changelog_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(full name, partitions, config) of the faust changelog topic of every state table."""
     specs = []
+    size = {"max.message.bytes": str(message_bytes(settings))}
     for stage, tables in STATE_TABLES.items():
         partitions = 1 if stage_input(settings, stage) == SEQUENCE else settings.partitions
         for table in (*tables, epoch_table(stage)):
-            specs.append(
-                (f"{settings.group(stage)}-{table}-changelog", partitions, {"cleanup.policy": "compact"})
-            )
+            config = {"cleanup.policy": "compact", **size}
+            specs.append((f"{settings.group(stage)}-{table}-changelog", partitions, config))
     return specs
 
 
 def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(full name, partitions, config) of every topic for these settings, changelogs included."""
+    size = {"max.message.bytes": str(message_bytes(settings))}
     return [
-        (settings.topic(spec.name), spec.partitions or settings.partitions, spec.config()) for spec in TOPICS
+        (settings.topic(spec.name), spec.partitions or settings.partitions, {**spec.config(), **size})
+        for spec in TOPICS
     ] + changelog_specs(settings)
 
 

@@ -31,6 +31,7 @@ from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.layout import check_layout
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
+from pipeline.model.limits import message_bytes
 from pipeline.private_files import private_dir
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
@@ -131,6 +132,7 @@ class FaustStage:
             broker_heartbeat_interval=settings.group_session_timeout_seconds / 3,
             stream_buffer_maxsize=8192,
             broker_client_id=process_client_id(settings, self.stage),
+            consumer_max_fetch_size=message_bytes(settings),  # one whole message of any allowed size
         )
         partitions = self.source_partitions
         for name in (*self.handler.table_names, epoch_table(self.stage)):

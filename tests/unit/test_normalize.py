@@ -8,6 +8,7 @@ from datetime import datetime
 import orjson
 import pytest
 
+from pipeline.config import load_settings
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.normalize import (
     Deduplicator,
@@ -18,6 +19,9 @@ from pipeline.ingest.normalize import (
     to_e164,
 )
 from pipeline.ingest.schemas import default_registry
+from pipeline.kafka import topics
+from pipeline.kafka.clients import producer_config
+from pipeline.model.limits import KAFKA_DEFAULT_MESSAGE_BYTES, message_bytes, record_bytes
 
 NOW = 1_790_000_000_000  # 2026-09-21
 
@@ -87,6 +91,44 @@ def test_bad_events_get_a_typed_reason(doc: object, reason: str) -> None:
 
 def test_too_large() -> None:
     assert reason_of(orjson.dumps(event(properties={"blob": "x" * 20_000}))) == "too_large"
+
+
+def test_an_event_whose_normalised_record_is_over_the_record_limit_is_too_large() -> None:
+    raw = orjson.dumps(event(ids={"anonymous_id": "a1", "email": "a@x.io", "phone": "+33612345678"}))
+    size = len(orjson.dumps(normalizer().normalise(raw, NOW)))
+    assert size > len(raw)  # hashed identifiers, receipt time, device time: a record grows
+
+    def limited(limit: int) -> EventNormalizer:
+        return EventNormalizer(salt="test-salt", max_bytes=10_000, max_future_ms=23 * 3600_000,
+                               max_age_ms=10 * 86400_000, max_record_bytes=limit)  # fmt: skip
+
+    assert len(orjson.dumps(limited(size).normalise(raw, NOW))) == size
+    with pytest.raises(InvalidEvent) as info:
+        limited(size - 1).normalise(raw, NOW)
+    assert info.value.reason == "too_large"
+    assert info.value.detail == f"normalised to {size} bytes, over the {size - 1} a record may have"
+
+
+def test_an_event_near_the_default_limit_is_normalised_and_redacted_whole() -> None:
+    """A 1 MB property without an "@": the e-mail pattern was tried from each of its characters."""
+    blob = "x" * 999_000
+    raw = orjson.dumps(event(properties={"blob": blob, "contact": "bob@example.com"}))
+    wide = EventNormalizer(salt="test-salt", max_bytes=1_000_000, max_future_ms=23 * 3600_000,
+                           max_age_ms=10 * 86400_000)  # fmt: skip
+    properties = wide.normalise(raw, NOW)["properties"]
+    assert properties["blob"] == blob and properties["contact"].startswith("sha256:")
+    assert b"bob@example.com" not in redact_pii(raw, "test-salt")
+
+
+def test_the_size_limits_line_up() -> None:
+    settings = load_settings(max_event_bytes=1_000_000)
+    assert record_bytes(settings) >= 2 * settings.max_event_bytes
+    assert message_bytes(settings) > record_bytes(settings)
+    small = load_settings(max_event_bytes=2048)
+    assert message_bytes(small) == KAFKA_DEFAULT_MESSAGE_BYTES  # never below Kafka's default
+    specs = topics.topic_specs(settings)
+    assert {config["max.message.bytes"] for _name, _p, config in specs} == {str(message_bytes(settings))}
+    assert producer_config(settings)["message.max.bytes"] == message_bytes(settings)
 
 
 def test_blocked_values_are_dropped_but_real_ones_kept() -> None:
