@@ -216,9 +216,10 @@ class EventNormalizer:
         if event["type"] == CONSENT_UPDATED and not any(p in (consent or {}) for p in PURPOSES):
             purposes = ", ".join(PURPOSES)
             raise InvalidEvent("schema_violation", f"$.consent: consent_updated needs one of {purposes}")
-        # Only a large event can normalise past the record limit (pipeline/model/limits.py):
-        # the others are not serialised once more to be measured.
-        if self.max_record_bytes and len(raw) * 4 > self.max_record_bytes:
+        # Every record is measured (pipeline/model/limits.py): hashing makes a short
+        # e-mail or URL parameter twelve or more times longer, so a mid-size raw
+        # event full of them can normalise past the limit.
+        if self.max_record_bytes:
             size = len(orjson.dumps(event))
             if size > self.max_record_bytes:
                 raise InvalidEvent(

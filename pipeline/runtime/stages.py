@@ -241,12 +241,12 @@ def run_all(
     except KeyboardInterrupt:
         stop_all()
         _wait(children)
-        if drain:
-            clear_markers(settings, stages)
-        raise
+        if not drain:
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if stopping and drain:
+    finished = all(child.process.returncode == 0 for child in children)
+    if stopping and drain and not finished:
         clear_markers(settings, stages)  # a stage that drained before the signal must not count as done
         raise DrainInterrupted("stopped by a signal before the drain finished; nothing is marked drained")
 
