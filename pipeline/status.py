@@ -182,15 +182,12 @@ def _recent_count(admin: AdminClient, topic: str, known: dict[str, Any], now: fl
 
 def _clickhouse(settings: Settings) -> ClickHouseStatus:
     from pipeline.clickhouse.query_server import query_any
+    from pipeline.sink.metrics import merges_query, parts_query
 
     db = settings.clickhouse_database
     try:
-        _cols, parts = query_any(
-            settings,
-            f"SELECT table, count(), sum(rows) FROM system.parts WHERE database = '{db}' AND active "
-            "GROUP BY table ORDER BY table",
-        )
-        _cols, merges = query_any(settings, f"SELECT count() FROM system.merges WHERE database = '{db}'")
+        _cols, parts = query_any(settings, parts_query(db))
+        _cols, merges = query_any(settings, merges_query(db))
         _cols, recent = query_any(
             settings,
             f"SELECT count(), countIf(late = 1), "

@@ -139,12 +139,15 @@ def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[C
             server.start()
         try:
             from pipeline.metrics import counter_of, serve_metrics
+            from pipeline.sink.metrics import ClickHouseCollector, insert_histogram, insert_observer
 
-            handler = SinkHandler(settings, ch)
+            inserts = insert_histogram()
+            handler = SinkHandler(settings, ch, insert_observer(inserts))
             loop = ConfluentStageLoop(
                 settings, "sink", handler.topics, handler, gate, batch_size=5000, poll_seconds=0.2
             )
-            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)}, collectors)
+            sink_collectors = [*collectors, inserts, ClickHouseCollector(ch)]
+            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)}, sink_collectors)
             loop.install_signal_handlers()
             if stop.stopped:  # a SIGTERM while connecting or starting: honour it
                 loop.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Message
@@ -20,11 +20,16 @@ log = logging.getLogger(__name__)
 class SinkHandler:
     """Buffers row messages and writes them to ClickHouse in batches."""
 
-    def __init__(self, settings: Settings, inserter: Inserter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inserter: Inserter,
+        observe: Callable[[str, float], None] = lambda _table, _seconds: None,
+    ) -> None:
         self.tables = {settings.topic(table.topic): table for table in ROW_TABLES}
         faults = FaultPlan("sink", settings.fault_at)
         rows, seconds = settings.sink_batch_rows, settings.sink_flush_seconds
-        self.batcher = RowBatcher(inserter, rows, seconds, lambda: faults.reach("mid_insert"))
+        self.batcher = RowBatcher(inserter, rows, seconds, lambda: faults.reach("mid_insert"), observe)
         self.suppressions = Suppressions(settings, "sink-suppressions").load()
 
     @property

@@ -50,9 +50,11 @@ class RowBatcher:
         batch_rows: int,
         flush_seconds: float,
         after_table: Callable[[], None] = lambda: None,
+        observe: Callable[[str, float], None] = lambda _table, _seconds: None,
     ) -> None:
         self.inserter = inserter
         self.after_table = after_table  # called after each table's insert (a fault-injection point)
+        self.observe = observe  # told each insert's storage table and seconds (the sink's metrics)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.buffers: dict[RowTable, list[list[Any]]] = {}
@@ -102,12 +104,14 @@ class RowBatcher:
         """Insert every buffered table; a table leaves the buffer only once inserted."""
         for table in list(self.buffers):
             rows = self.buffers[table]
+            started = time.monotonic()
             try:
                 self.inserter.insert(table.storage, rows, list(table.columns))
             except PipelineError:
                 raise
             except Exception as exc:
                 raise ClickHouseUnavailable(f"insert into {table.storage} failed: {exc}") from exc
+            self.observe(table.storage, time.monotonic() - started)
             self.written[table.name] += len(rows)
             self.pending -= len(rows)
             del self.buffers[table]

@@ -23,6 +23,7 @@ from pipeline.kafka.lag import PartitionLag, StageLag
 from pipeline.kafka.topics import TOPICS
 from pipeline.metrics import CountsCollector
 from pipeline.runtime.lag_watch import LagCollector, LagWatch
+from pipeline.sink.metrics import CLICKHOUSE_GAUGES, insert_histogram
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -125,16 +126,20 @@ def exported_metrics() -> dict[str, set[str]]:
     watch.latest = StageLag("ingest", "group", (PartitionLag("topic", 0, 0, 1, None),))
     for family in LagCollector(watch).collect():
         labels[family.name] = set(family.samples[0].labels)
+    inserts = insert_histogram()
+    labels[inserts.describe()[0].name] = set(inserts._labelnames)
     families = [
         *collector.registry.collect(),
         *CountsCollector("ingest", {}).collect(),
         *LagCollector(watch).collect(),
+        *inserts.collect(),
     ]
-    return {
+    exported = {
         family.name + suffix: labels[family.name]
         for family in families
         for suffix in SAMPLE_SUFFIXES[family.type]
     }
+    return exported | {name: set(names) for name, names in CLICKHOUSE_GAUGES.items()}
 
 
 def counted_keys(*packages: str) -> set[str]:
