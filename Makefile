@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint unit integration bench clean
+.PHONY: install demo test lint unit integration bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -37,6 +37,12 @@ test: lint ## everything CI runs
 
 bench: install ## throughput and memory against a bare confluent-kafka passthrough
 	$(BIN)/o2o bench --events 100000
+
+# The README's dashboard picture: the demo's pages, drawn by headless Chromium (Debian's chromium).
+screenshots: install ## docs/dashboard.png from a small demo
+	$(BIN)/o2o demo --customers 400 --days 14
+	chromium --headless=new --no-sandbox --hide-scrollbars --window-size=1100,1250 \
+		--screenshot=docs/dashboard.png file://$(CURDIR)/.state/dashboard.html
 
 clean:
 	-$(BIN)/o2o stack down

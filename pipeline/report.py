@@ -25,7 +25,7 @@ from datetime import date
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from pipeline.clickhouse.format import sql_string
+from pipeline.clickhouse.format import day_range, sql_string
 from pipeline.config import Settings
 
 TITLES: dict[str, str] = {
@@ -98,12 +98,7 @@ class ReportOptions:
 
     def day_filter(self, day: str) -> str:
         """SQL condition on the day expression ``day`` (``1`` when there are no bounds)."""
-        conditions = []
-        if self.since is not None:
-            conditions.append(f"{day} >= toDate('{self.since.isoformat()}')")
-        if self.until is not None:
-            conditions.append(f"{day} <= toDate('{self.until.isoformat()}')")
-        return " AND ".join(conditions) or "1"
+        return day_range(day, self.since, self.until)
 
     def model_filter(self) -> str:
         """SQL condition on ``model`` (``1`` for every model)."""

@@ -56,6 +56,8 @@ def demo(ctx: click.Context, customers: int, days: int, seed: int, keep: bool) -
     ClickHouse database) unless --keep.
     """
     from pipeline.clickhouse.format import render
+    from pipeline.dashboard.build import render_file
+    from pipeline.dashboard.filters import Filters
     from pipeline.producer import send_events
     from pipeline.report import build_report
     from pipeline.simulate import count_estimate, simulate
@@ -72,9 +74,14 @@ def demo(ctx: click.Context, customers: int, days: int, seed: int, keep: bool) -
     for title, (columns, rows) in build_report(settings).items():
         click.echo(f"\n{title}")
         click.echo(render(columns, rows, "table"))
+    page = settings.state_dir / "dashboard.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(render_file(settings, Filters(settings.models[0])))
     elapsed = time.monotonic() - started
+    console.print(f"\ndashboard (every page, one file): {page.resolve().as_uri()}", soft_wrap=True)
     console.print(
-        f"\ndemo finished in {elapsed:.0f} s; try: o2o sql 'SELECT * FROM {{db}}.sessions LIMIT 5', "
+        f"demo finished in {elapsed:.0f} s; try: o2o dashboard (the same pages served, with filters), "
+        f"o2o sql 'SELECT * FROM {{db}}.sessions LIMIT 5', "
         "or o2o attribution fit --report (Markov and Shapley on the demo's paths)"
     )
 

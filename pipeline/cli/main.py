@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import date
+from pathlib import Path
 
 import click
 
 from pipeline.cli.common import console, handle_errors, settings_of
-from pipeline.config import STAGES
+from pipeline.config import STAGES, Settings
 
 log = logging.getLogger("pipeline")
 
@@ -184,10 +186,16 @@ def sql(ctx: click.Context, query: str, fmt: str) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "tsv", "json"]),
+    type=click.Choice(["table", "tsv", "json", "html"]),
     default="table",
     show_default=True,
-    help="table: titled tables; tsv: a '# <table>' line before each; json: one object, table -> rows.",
+    help="table: titled tables; tsv: a '# <table>' line before each; json: one object, table -> rows; "
+    "html: every page of the dashboard in one self-contained file (needs --out).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to this file instead of printing (required with --format html).",
 )
 @click.pass_context
 @handle_errors
@@ -198,6 +206,7 @@ def report(
     until: str | None,
     only: tuple[str, ...],
     fmt: str,
+    out: str | None,
 ) -> None:
     """Every attribution model side by side per channel, and the online-to-offline split.
 
@@ -248,15 +257,41 @@ def report(
     first, last = days["--since"], days["--until"]
     if first is not None and last is not None and first > last:
         raise click.BadParameter("--since is after --until", param_hint="--since")
+    settings = settings_of(ctx)
+    if fmt == "html":
+        if only:
+            raise click.BadParameter("--format html writes every page; leave out --only", param_hint="--only")
+        _write_html(settings, models, first, last, out)
+        return
     options = ReportOptions(models=models, since=first, until=last)
-    click.echo(render_report(build_tables(settings_of(ctx), options, only), fmt))
+    text = render_report(build_tables(settings, options, only), fmt)
+    if out is None:
+        click.echo(text)
+    else:
+        Path(out).write_text(text + "\n")
+        console.print(f"report written to {out}")
+
+
+def _write_html(settings: Settings, models: tuple[str, ...], first: date | None, last: date | None,
+                out: str | None) -> None:  # fmt: skip
+    """The dashboard's pages in one file, for the first --model (else the first configured one)."""
+    from pipeline.dashboard.build import render_file
+    from pipeline.dashboard.filters import Filters
+
+    if out is None:
+        raise click.UsageError("--format html needs --out FILE")
+    if len(models) > 1:
+        raise click.BadParameter("--format html shows one model: give --model once", param_hint="--model")
+    filters = Filters(models[0] if models else settings.models[0], first, last)
+    Path(out).write_text(render_file(settings, filters))
+    console.print(f"dashboard written to {Path(out).resolve()}")
 
 
 def full_cli() -> click.Group:
     """The root group with every command registered (safe to call more than once)."""
-    from pipeline.cli import activations, attribution, collector, data, demo, dlq, privacy, status
+    from pipeline.cli import activations, attribution, collector, dashboard, data, demo, dlq, privacy, status
 
-    for module in (attribution, privacy, data, demo, collector, dlq, activations, status):
+    for module in (attribution, privacy, data, demo, collector, dlq, activations, status, dashboard):
         module.register(cli)
     return cli
 

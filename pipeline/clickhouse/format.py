@@ -53,6 +53,16 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def day_range(day: str, since: dt.date | None, until: dt.date | None) -> str:
+    """SQL condition: the Date expression ``day`` is within since..until, inclusive (``1``: no bounds)."""
+    conditions = []
+    if since is not None:
+        conditions.append(f"{day} >= toDate('{since.isoformat()}')")
+    if until is not None:
+        conditions.append(f"{day} <= toDate('{until.isoformat()}')")
+    return " AND ".join(conditions) or "1"
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as str/int/float/bool/None/list/dict: datetimes to ISO text, Decimal to float, ..."""
     if value is None or isinstance(value, (str, bool, float)):

@@ -352,11 +352,16 @@ def query_any(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, 
     live query server of the folder is used, else the folder is opened here and
     closed afterwards.
     """
-    sql = sql.replace("{db}", settings.clickhouse_database)
+    return query_many(settings, [sql])[0]
+
+
+def query_many(settings: Settings, sqls: Sequence[str]) -> list[tuple[list[str], list[tuple[Any, ...]]]]:
+    """:func:`query_any` for several queries, opening ClickHouse (or the chDB folder) once for all."""
+    statements = [sql.replace("{db}", settings.clickhouse_database) for sql in sqls]
     endpoint = live_endpoint(settings)
     if endpoint is not None:
         log.debug("querying through the query server of pid %s", endpoint["pid"])
-        return query_endpoint(endpoint, sql)
+        return [query_endpoint(endpoint, sql) for sql in statements]
     try:
         ch = connect(settings)
     except ClickHouseUnavailable as exc:
@@ -369,6 +374,9 @@ def query_any(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, 
             f"(no live query server in {endpoint_file(settings)}); wait for it, stop it, "
             "or run it with its query server"
         ) from exc
+    answers = []
     with ch:
-        result = ch.query(sql, readonly=True)
-    return result.column_names, jsonable_rows(result.rows)
+        for sql in statements:
+            result = ch.query(sql, readonly=True)
+            answers.append((result.column_names, jsonable_rows(result.rows)))
+    return answers

@@ -40,6 +40,8 @@ def test_demo_starts_afresh_runs_every_stage_and_prints_the_report(
     letters = query(settings, "SELECT count() FROM {db}.dead_letters")[0][0]
     assert stored[1] == 0 and stored[0] + letters == sent > 0
     assert "broker already running" in demo.stderr
+    page = re.search(r"dashboard \(every page, one file\): file://(\S+)", demo.stderr)
+    assert page and "Sales online and in store" in Path(page.group(1)).read_text()
     assert re.search(r"reset: deleted \d+ topics", demo.stderr)
     for title in ("Credited revenue per channel, by model", "Conversions per O2O label", "Totals"):
         assert title in demo.stdout

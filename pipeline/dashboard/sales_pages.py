@@ -1,0 +1,251 @@
+"""The sales pages of the dashboard: overview, attribution, stores.
+
+Each page is :class:`~pipeline.dashboard.model.Section` queries on the
+analysts' views (``{db}`` for the database). Revenue is never added across
+currencies: every query that sums revenue groups by ``currency``, and charts
+draw one panel per currency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.clickhouse.format import sql_string
+from pipeline.dashboard.filters import Filters
+from pipeline.dashboard.model import Chart, Column, Page, Section
+
+IN_STORE = "c.source IN ('pos', 'geofence')"
+"""SQL: the conversion ``c`` is a sale in a store (the others are web and app orders)."""
+
+PATHS_SHOWN = 12
+
+
+def _conversions(f: Filters, alias: str = "c") -> str:
+    return f"{f.days(f'{alias}.occurred_at')} AND {f.equals(f'{alias}.store_id', 'store')}"
+
+
+def overview(f: Filters) -> Page:
+    """Revenue online and in store, the O2O split under the chosen model, the trend by day."""
+    world = f"if({IN_STORE}, 'in store', 'online')"
+    return Page(
+        "overview",
+        "Overview",
+        "Revenue online and in store, and how each side led to the other's sales.",
+        (
+            Section(
+                "sales",
+                "Sales online and in store",
+                f"""SELECT {world} AS world, c.currency AS currency, count() AS conversions,
+                       sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers
+                FROM {{db}}.conversions AS c WHERE {_conversions(f)}
+                GROUP BY world, currency ORDER BY currency, world""",
+                (
+                    Column("world", "Sold"),
+                    Column("currency", "Currency"),
+                    Column("conversions", "Sales", "int"),
+                    Column("revenue", "Revenue", "money"),
+                    Column("customers", "Customers", "int"),
+                ),
+                Chart("bars", ("world",), ("revenue",), panels="currency"),
+                filters=("since", "until", "store"),
+            ),
+            Section(
+                "o2o_split",
+                f"O2O split: credited revenue by sale and touch ({f.model})",
+                f"""SELECT {world} AS sale, if(a.channel = 'store', 'store visit', 'online touch') AS touch,
+                       c.currency AS currency, sum(a.credit) AS credited_sales,
+                       sum(a.revenue_credit) AS credited_revenue,
+                       100 * credited_revenue
+                           / sum(credited_revenue) OVER (PARTITION BY sale, currency) AS share
+                FROM {{db}}.attribution AS a INNER JOIN {{db}}.conversions AS c
+                    ON c.conversion_id = a.conversion_id
+                WHERE a.model = {sql_string(f.model)} AND {_conversions(f)}
+                GROUP BY sale, touch, currency ORDER BY currency, sale, touch""",
+                (
+                    Column("sale", "Sale"),
+                    Column("touch", "Credited touch"),
+                    Column("currency", "Currency"),
+                    Column("credited_sales", "Credited sales", "number"),
+                    Column("credited_revenue", "Credited revenue", "money"),
+                    Column("share", "Share of the sale's revenue", "pct"),
+                ),
+                Chart("bars", ("sale", "touch"), ("credited_revenue",), panels="currency"),
+                note="An in-store sale credited to an online touch is online's influence on the store, and "
+                "an online order credited to a store visit the store's influence online.",
+                filters=("since", "until", "store", "model"),
+            ),
+            Section(
+                "trend",
+                "Revenue by day",
+                f"""SELECT toDate(c.occurred_at) AS day, c.currency AS currency,
+                       sumIf(c.revenue, NOT {IN_STORE}) AS online, sumIf(c.revenue, {IN_STORE}) AS in_store
+                FROM {{db}}.conversions AS c WHERE {_conversions(f)}
+                GROUP BY day, currency ORDER BY currency, day""",
+                (
+                    Column("day", "Day", "day"),
+                    Column("currency", "Currency"),
+                    Column("online", "Online", "money"),
+                    Column("in_store", "In store", "money"),
+                ),
+                Chart("lines", ("day",), ("online", "in_store"), panels="currency"),
+                filters=("since", "until", "store"),
+            ),
+        ),
+    )
+
+
+def attribution(f: Filters, models: Sequence[str]) -> Page:
+    """Every model side by side per channel, the data-driven models' weights, the common paths."""
+    per_model = ", ".join(f"sumIf(a.revenue_credit, a.model = {sql_string(m)}) AS `{m}`" for m in models)
+    return Page(
+        "attribution",
+        "Attribution",
+        "Credited revenue under every model, and the paths that lead to sales.",
+        (
+            Section(
+                "by_model",
+                "Credited revenue per channel, every model",
+                f"""SELECT a.channel AS channel, c.currency AS currency, {per_model}
+                FROM {{db}}.attribution AS a INNER JOIN {{db}}.conversions AS c
+                    ON c.conversion_id = a.conversion_id
+                WHERE {_conversions(f)} AND {f.equals("a.channel", "channel")}
+                GROUP BY channel, currency ORDER BY currency, `{models[0]}` DESC, channel""",
+                (
+                    Column("channel", "Channel"),
+                    Column("currency", "Currency"),
+                    *(Column(m, m, "money") for m in models),
+                ),
+                Chart("bars", ("channel",), tuple(models), panels="currency"),
+                filters=("since", "until", "store", "channel"),
+            ),
+            Section(
+                "weights",
+                "Channel weights of the latest Markov and Shapley fits",
+                """SELECT kind, channel, weight, model_version, fitted_at
+               FROM {db}.attribution_model_weights WHERE latest ORDER BY kind, weight DESC, channel""",
+                (
+                    Column("kind", "Model"),
+                    Column("channel", "Channel"),
+                    Column("weight", "Weight", "number"),
+                    Column("model_version", "Fit"),
+                    Column("fitted_at", "Fitted at"),
+                ),
+                Chart("bars", ("channel",), ("weight",), panels="kind"),
+                note="Fits come from `o2o attribution fit`; none yet means the rule models only.",
+                filters=(),
+            ),
+            Section(
+                "paths",
+                f"The {PATHS_SHOWN} most common paths to a sale",
+                f"""SELECT p.path AS path, if({IN_STORE}, 'purchase in store', 'order online') AS sale,
+                       c.o2o_label AS o2o_label, c.currency AS currency,
+                       count() AS conversions, sum(c.revenue) AS revenue
+                FROM {{db}}.conversion_paths AS p INNER JOIN {{db}}.conversions AS c
+                    ON c.conversion_id = p.conversion_id
+                WHERE {_conversions(f)}
+                GROUP BY path, sale, o2o_label, currency ORDER BY conversions DESC, path
+                    LIMIT {PATHS_SHOWN}""",
+                (
+                    Column("path", "Touches"),
+                    Column("sale", "Sale"),
+                    Column("o2o_label", "O2O label"),
+                    Column("currency", "Currency"),
+                    Column("conversions", "Sales", "int"),
+                    Column("revenue", "Revenue", "money"),
+                ),
+                Chart("flow", ("path",), ("conversions",), end="sale"),
+                filters=("since", "until", "store"),
+            ),
+        ),
+    )
+
+
+def stores(f: Filters, models: Sequence[str]) -> Page:
+    """Per store: visits to purchase, first and returning visitors, sales, online influence, staff."""
+    per_model = ", ".join(f"sumIf(a.revenue_credit, a.model = {sql_string(m)}) AS `{m}`" for m in models)
+    return Page(
+        "stores",
+        "Stores",
+        "What each store sells, converts and influences online.",
+        (
+            Section(
+                "visits",
+                "Store visits to purchase",
+                f"""SELECT store_id, count() AS visits, countIf(conversions > 0) AS visits_with_purchase,
+                       100 * visits_with_purchase / visits AS conversion_rate,
+                       countIf(nth = 1) AS first_visits, countIf(nth > 1) AS returning_visits
+                FROM (
+                    SELECT store_id, started_at, conversions,
+                           row_number() OVER (PARTITION BY person_id, store_id ORDER BY started_at) AS nth
+                    FROM {{db}}.sessions WHERE kind = 'store_visit' AND store_id != ''
+                )
+                WHERE {f.days("started_at")} AND {f.equals("store_id", "store")}
+                GROUP BY store_id ORDER BY visits DESC, store_id""",
+                (
+                    Column("store_id", "Store"),
+                    Column("visits", "Visits", "int"),
+                    Column("visits_with_purchase", "With a purchase", "int"),
+                    Column("conversion_rate", "Conversion", "pct"),
+                    Column("first_visits", "First visits", "int"),
+                    Column("returning_visits", "Returning", "int"),
+                ),
+                Chart("bars", ("store_id",), ("visits", "visits_with_purchase")),
+                note="Visits are geofence and till sessions; "
+                "a first visit is a person's first to that store.",
+                filters=("since", "until", "store"),
+            ),
+            Section(
+                "store_sales",
+                "Sales in store",
+                f"""SELECT c.store_id AS store_id, c.currency AS currency, count() AS sales,
+                       sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers
+                FROM {{db}}.conversions AS c WHERE {IN_STORE} AND {_conversions(f)}
+                GROUP BY store_id, currency ORDER BY currency, revenue DESC, store_id""",
+                (
+                    Column("store_id", "Store"),
+                    Column("currency", "Currency"),
+                    Column("sales", "Sales", "int"),
+                    Column("revenue", "Revenue", "money"),
+                    Column("customers", "Customers", "int"),
+                ),
+                Chart("bars", ("store_id",), ("revenue",), panels="currency"),
+                filters=("since", "until", "store"),
+            ),
+            Section(
+                "influence",
+                "Online sales a store influenced: revenue credited to its visits, every model",
+                f"""SELECT s.store_id AS store_id, c.currency AS currency,
+                       uniqExact(c.conversion_id) AS online_orders, {per_model}
+                FROM {{db}}.attribution AS a
+                INNER JOIN {{db}}.sessions AS s ON s.session_id = a.session_id
+                INNER JOIN {{db}}.conversions AS c ON c.conversion_id = a.conversion_id
+                WHERE a.channel = 'store' AND NOT {IN_STORE} AND {f.days("c.occurred_at")}
+                      AND {f.equals("s.store_id", "store")}
+                GROUP BY store_id, currency ORDER BY currency, online_orders DESC, store_id""",
+                (
+                    Column("store_id", "Store"),
+                    Column("currency", "Currency"),
+                    Column("online_orders", "Online orders after a visit", "int"),
+                    *(Column(m, m, "money") for m in models),
+                ),
+                Chart("bars", ("store_id",), tuple(models), panels="currency"),
+                filters=("since", "until", "store"),
+            ),
+            Section(
+                "staff",
+                "Sales by staff member",
+                f"""SELECT c.store_id AS store_id, c.staff_id AS staff_id, c.currency AS currency,
+                       count() AS sales, sum(c.revenue) AS revenue
+                FROM {{db}}.conversions AS c WHERE c.staff_id != '' AND {_conversions(f)}
+                GROUP BY store_id, staff_id, currency ORDER BY currency, revenue DESC, staff_id""",
+                (
+                    Column("store_id", "Store"),
+                    Column("staff_id", "Staff"),
+                    Column("currency", "Currency"),
+                    Column("sales", "Sales", "int"),
+                    Column("revenue", "Revenue", "money"),
+                ),
+                filters=("since", "until", "store"),
+            ),
+        ),
+    )
