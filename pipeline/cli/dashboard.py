@@ -24,7 +24,8 @@ def dashboard(ctx: click.Context, host: str, port: int) -> None:
     \b
     Pages: /            overview: revenue online and in store, the O2O split, by day
            /attribution every model per channel, data-driven weights, top paths
-           /stores      visits to purchase, sales, online influence, staff
+           /stores      visits to purchase, sales, online influence, click and
+                        collect, coupons, staff
            /journeys    path length and days to convert per O2O label
            /quality     dead letters, very late events, identity conflicts
            /activation  decisions, suppressions by guard, lift against the holdout

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pipeline.dashboard.filters import Filters
 from pipeline.dashboard.journey_pages import activation, journeys, quality
 from pipeline.dashboard.model import Page
-from pipeline.dashboard.sales_pages import attribution, overview, stores
+from pipeline.dashboard.sales_pages import attribution, overview
+from pipeline.dashboard.store_pages import stores
 
 SLUGS = ("overview", "attribution", "stores", "journeys", "quality", "activation")
 """Page paths, in navigation order (``/`` is the overview)."""

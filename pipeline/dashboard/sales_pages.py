@@ -1,4 +1,4 @@
-"""The sales pages of the dashboard: overview, attribution, stores.
+"""The sales pages of the dashboard: overview and attribution.
 
 Each page is :class:`~pipeline.dashboard.model.Section` queries on the
 analysts' views (``{db}`` for the database). Revenue is never added across
@@ -154,97 +154,6 @@ def attribution(f: Filters, models: Sequence[str]) -> Page:
                     Column("revenue", "Revenue", "money"),
                 ),
                 Chart("flow", ("path",), ("conversions",), end="sale"),
-                filters=("since", "until", "store"),
-            ),
-        ),
-    )
-
-
-def stores(f: Filters, models: Sequence[str]) -> Page:
-    """Per store: visits to purchase, first and returning visitors, sales, online influence, staff."""
-    per_model = ", ".join(f"sumIf(a.revenue_credit, a.model = {sql_string(m)}) AS `{m}`" for m in models)
-    return Page(
-        "stores",
-        "Stores",
-        "What each store sells, converts and influences online.",
-        (
-            Section(
-                "visits",
-                "Store visits to purchase",
-                f"""SELECT store_id, count() AS visits, countIf(conversions > 0) AS visits_with_purchase,
-                       100 * visits_with_purchase / visits AS conversion_rate,
-                       countIf(nth = 1) AS first_visits, countIf(nth > 1) AS returning_visits
-                FROM (
-                    SELECT store_id, started_at, conversions,
-                           row_number() OVER (PARTITION BY person_id, store_id ORDER BY started_at) AS nth
-                    FROM {{db}}.sessions WHERE kind = 'store_visit' AND store_id != ''
-                )
-                WHERE {f.days("started_at")} AND {f.equals("store_id", "store")}
-                GROUP BY store_id ORDER BY visits DESC, store_id""",
-                (
-                    Column("store_id", "Store"),
-                    Column("visits", "Visits", "int"),
-                    Column("visits_with_purchase", "With a purchase", "int"),
-                    Column("conversion_rate", "Conversion", "pct"),
-                    Column("first_visits", "First visits", "int"),
-                    Column("returning_visits", "Returning", "int"),
-                ),
-                Chart("bars", ("store_id",), ("visits", "visits_with_purchase")),
-                note="Visits are geofence and till sessions; "
-                "a first visit is a person's first to that store.",
-                filters=("since", "until", "store"),
-            ),
-            Section(
-                "store_sales",
-                "Sales in store",
-                f"""SELECT c.store_id AS store_id, c.currency AS currency, count() AS sales,
-                       sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers
-                FROM {{db}}.conversions AS c WHERE {IN_STORE} AND {_conversions(f)}
-                GROUP BY store_id, currency ORDER BY currency, revenue DESC, store_id""",
-                (
-                    Column("store_id", "Store"),
-                    Column("currency", "Currency"),
-                    Column("sales", "Sales", "int"),
-                    Column("revenue", "Revenue", "money"),
-                    Column("customers", "Customers", "int"),
-                ),
-                Chart("bars", ("store_id",), ("revenue",), panels="currency"),
-                filters=("since", "until", "store"),
-            ),
-            Section(
-                "influence",
-                "Online sales a store influenced: revenue credited to its visits, every model",
-                f"""SELECT s.store_id AS store_id, c.currency AS currency,
-                       uniqExact(c.conversion_id) AS online_orders, {per_model}
-                FROM {{db}}.attribution AS a
-                INNER JOIN {{db}}.sessions AS s ON s.session_id = a.session_id
-                INNER JOIN {{db}}.conversions AS c ON c.conversion_id = a.conversion_id
-                WHERE a.channel = 'store' AND NOT {IN_STORE} AND {f.days("c.occurred_at")}
-                      AND {f.equals("s.store_id", "store")}
-                GROUP BY store_id, currency ORDER BY currency, online_orders DESC, store_id""",
-                (
-                    Column("store_id", "Store"),
-                    Column("currency", "Currency"),
-                    Column("online_orders", "Online orders after a visit", "int"),
-                    *(Column(m, m, "money") for m in models),
-                ),
-                Chart("bars", ("store_id",), tuple(models), panels="currency"),
-                filters=("since", "until", "store"),
-            ),
-            Section(
-                "staff",
-                "Sales by staff member",
-                f"""SELECT c.store_id AS store_id, c.staff_id AS staff_id, c.currency AS currency,
-                       count() AS sales, sum(c.revenue) AS revenue
-                FROM {{db}}.conversions AS c WHERE c.staff_id != '' AND {_conversions(f)}
-                GROUP BY store_id, staff_id, currency ORDER BY currency, revenue DESC, staff_id""",
-                (
-                    Column("store_id", "Store"),
-                    Column("staff_id", "Staff"),
-                    Column("currency", "Currency"),
-                    Column("sales", "Sales", "int"),
-                    Column("revenue", "Revenue", "money"),
-                ),
                 filters=("since", "until", "store"),
             ),
         ),

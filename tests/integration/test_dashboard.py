@@ -55,13 +55,31 @@ EVENTS: list[dict[str, Any] | bytes] = [
        context={"page": {"url": "https://shop.example/us"}}),
     ev("d2", "web", "order_completed", at(days=1, minutes=10), {"anonymous_id": "cd", "user_id": "dave"},
        properties={"order_id": "od", "revenue": 30.0, "currency": "USD", "fulfillment": "delivery"}),
+    # Erin orders 200 EUR online to collect in s1; Anna hands it over a day later and sells 25 EUR on top.
+    ev("e1", "app", "order_completed", at(days=4), {"device_id": "de", "user_id": "erin"},
+       properties={"order_id": "oe", "revenue": 200.0, "currency": "EUR",
+                   "fulfillment": "click_and_collect"}),
+    ev("e2", "pos", "click_and_collect_pickup", at(days=5), {"user_id": "erin"},
+       properties={"order_id": "oe", "store_id": "s1", "upsell_revenue": 25.0, "currency": "EUR",
+                   "staff_id": "anna"}),
+    # Frank's click-and-collect order is never picked up.
+    ev("f1", "web", "order_completed", at(days=4), {"anonymous_id": "cf", "user_id": "frank"},
+       properties={"order_id": "of", "revenue": 50.0, "currency": "EUR", "fulfillment": "click_and_collect"}),
+    # Gina claims a coupon in the app and redeems it with Ben at s1's till a day later; Bob returns 10 EUR.
+    ev("g1", "app", "coupon_claimed", at(days=5), {"device_id": "dg"}, properties={"coupon_code": "CODE1"}),
+    ev("g2", "pos", "purchase", at(days=6), {"loyalty_id": "LG"},
+       properties={"transaction_id": "tg", "store_id": "s1", "revenue": 80.0, "currency": "EUR",
+                   "staff_id": "ben", "coupon_code": "CODE1"}),
+    ev("b4", "pos", "return", at(days=6, hours=2), {"loyalty_id": "LB"},
+       properties={"transaction_id": "tb", "store_id": "s1", "revenue": 10.0, "currency": "EUR",
+                   "staff_id": "anna"}),
     b"{not json",
 ]  # fmt: skip
 
 # The overview's "Sales online and in store" table, as shown.
 SALES = [
-    ["in store", "EUR", "1", "€60.00", "1"],
-    ["online", "EUR", "1", "€1,090.00", "1"],
+    ["in store", "EUR", "3", "€165.00", "3"],  # Bob 60, Erin's upsell 25, Gina 80
+    ["online", "EUR", "3", "€1,340.00", "3"],  # Carol 1,090, Erin 200, Frank 50
     ["online", "USD", "1", "$30.00", "1"],
 ]
 
@@ -115,9 +133,49 @@ def test_the_html_file_is_self_contained_and_shows_the_story(story: Settings, tm
     numeric = ' class="num"'
     for row in SALES:
         assert "".join(f"<td{numeric if i > 1 else ''}>{cell}</td>" for i, cell in enumerate(row)) in text
-    # the O2O split under linear: the in-store sale half online touch, half store visit
-    assert '<td>in store</td><td>online touch</td><td>EUR</td><td class="num">0.50</td>' in text
+    # the O2O split under linear, as ClickHouse credits it
+    ((online_credit,),) = query(story, """
+        SELECT sum(a.credit) FROM {db}.attribution AS a INNER JOIN {db}.conversions AS c USING (conversion_id)
+        WHERE a.model = 'linear' AND c.source = 'pos' AND a.channel != 'store'""")  # fmt: skip
+    assert 0 < online_credit < 3
+    assert (
+        f'<td>in store</td><td>online touch</td><td>EUR</td><td class="num">{online_credit:.2f}</td>' in text
+    )
     assert "malformed_json" in text and "<svg" in text
+
+
+def test_the_kpi_views_are_exact_on_the_story(story: Settings) -> None:
+    assert query(story, """
+        SELECT order_id, picked_up, store_id, pickup_staff_id, upsell_revenue, hours_to_pickup,
+               days_waiting >= 7
+        FROM {db}.click_and_collect ORDER BY order_id""") == [
+        ("oe", 1, "s1", "anna", 25.0, 24.0, 0),
+        ("of", 0, "", "", 0.0, None, 1),
+    ]  # fmt: skip
+    assert query(story, """
+        SELECT coupon_code, redeemed, redeemed_source, redeemed_store_id, revenue, currency, hours_to_redeem
+        FROM {db}.coupons""") == [("CODE1", 1, "pos", "s1", 80.0, "EUR", 24.0)]  # fmt: skip
+    assert query(story, """
+        SELECT store_id, staff_id, currency, sum(sales), sum(sales_revenue), sum(pickups), sum(upsells),
+               sum(upsell_revenue), sum(returns), sum(returned_revenue)
+        FROM {db}.staff_performance GROUP BY store_id, staff_id, currency ORDER BY staff_id""") == [
+        ("s1", "anna", "EUR", 1, 60.0, 1, 1, 25.0, 1, 10.0),
+        ("s1", "ben", "EUR", 1, 80.0, 0, 0, 0.0, 0, 0.0),
+    ]  # fmt: skip
+    assert query(story, """
+        SELECT store_id, model, currency, online_orders, credited_revenue FROM {db}.store_influence
+        WHERE model IN ('first_touch', 'last_touch') ORDER BY store_id, model""") == [
+        ("s2", "first_touch", "EUR", 1, 1090.0),
+        ("s2", "last_touch", "EUR", 1, 0.0),
+    ]  # fmt: skip
+    visits = query(story, """
+        SELECT store_id, count(), countIf(conversions > 0), uniqExact(person_id) FROM {db}.sessions
+        WHERE kind = 'store_visit' GROUP BY store_id ORDER BY store_id""")  # fmt: skip
+    daily = query(story, """
+        SELECT store_id, sum(visits), sum(visits_with_purchase), sum(first_visits)
+        FROM {db}.store_visits_daily GROUP BY store_id ORDER BY store_id""")  # fmt: skip
+    assert daily == visits
+    assert daily[1] == ("s2", 1, 0, 1) and daily[0][0] == "s1" and daily[0][2] == 3  # Bob, Erin, Gina bought
 
 
 @pytest.fixture
@@ -174,10 +232,28 @@ def test_every_page_in_a_real_browser(story: Settings, dashboard: str, browser: 
     assert expected == [(1, 0)]
     assert visits == [["s2", "1", "0", "0.0 %", "1", "0"]]
     influence = table_rows(browser, "influence")
-    assert influence and influence[0][:3] == ["s2", "EUR", "1"]  # Carol's app order after her visit
-    assert table_rows(browser, "store_sales") == []  # s1's sale is filtered out
+    assert influence[0][:4] == [
+        "s2",
+        "EUR",
+        "1",
+        "€1,090.00",
+    ]  # Carol's app order after her visit, first touch
+    assert table_rows(browser, "store_sales") == []  # s1's sales are filtered out
     browser.get(dashboard + "stores?store=s1")
-    assert table_rows(browser, "staff") == [["s1", "anna", "EUR", "1", "€60.00"]]
+    assert table_rows(browser, "click_and_collect") == [
+        ["s1", "EUR", "1", "1", "100.0 %", "24.00", "0", "1", "€25.00", "100.0 %"]
+    ]
+    ((channel,),) = query(story, """SELECT s.channel FROM {db}.events AS e INNER JOIN {db}.sessions AS s
+                                    ON s.session_id = e.session_id WHERE e.event_id = 'g1'""")  # fmt: skip
+    assert table_rows(browser, "coupons") == [[channel, "s1", "EUR", "1", "1", "100.0 %", "€80.00", "24.00"]]
+    online = dict(query(story, """
+        SELECT c.staff_id, sumIf(a.revenue_credit, a.channel != 'store') FROM {db}.attribution AS a
+        INNER JOIN {db}.conversions AS c USING (conversion_id)
+        WHERE a.model = 'first_touch' AND c.staff_id != '' GROUP BY c.staff_id"""))  # fmt: skip
+    assert table_rows(browser, "staff") == [
+        ["s1", "ben", "EUR", "1", "€80.00", "0", "0", "€0.00", "0", "€0.00", money(online["ben"], "EUR")],
+        ["s1", "anna", "EUR", "1", "€60.00", "1", "1", "€25.00", "1", "€10.00", money(online["anna"], "EUR")],
+    ]
 
     # the filters travel with the navigation; the keyboard reaches the skip link first
     browser.get(stores)

@@ -19,7 +19,7 @@ from pipeline.config import Settings
 from pipeline.producer import send_events
 from pipeline.stack.kafka_net import port_is_free
 from tests.conftest import at, o2o, start_o2o, stop_o2o, story_event
-from tests.unit.test_monitoring import dashboard_metrics
+from tests.unit.test_monitoring_files import dashboard_metrics
 
 pytestmark = pytest.mark.integration
 
