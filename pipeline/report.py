@@ -3,8 +3,8 @@
 All credit tables come from one query on the ``o2o_split`` view (migration
 0009), so they agree with each other and with what analysts query:
 
-* per channel, by model: credited revenue, credited revenue net of returns,
-  credited conversions;
+* per channel (and currency, for amounts), by model: credited revenue,
+  credited revenue net of returns, credited conversions;
 * the O2O split, by model: credited revenue of in-store sales (conversion
   source ``pos``/``geofence``) and of online orders (``web``/``app``), split
   by the world of the credited touch (a store visit, channel ``store``, or a
@@ -12,8 +12,9 @@ All credit tables come from one query on the ``o2o_split`` view (migration
 * in-store revenue credited to each online channel, by model.
 
 Then conversions per O2O label (from ``conversions``, model-independent),
-totals and dead letters. :func:`build_tables` runs the queries; the rest is
-pure and unit-tested.
+totals and dead letters. Amounts are never added across currencies: every
+table with revenue has a ``currency`` column. :func:`build_tables` runs the
+queries; the rest is pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -46,8 +47,15 @@ CREDIT_TABLES = frozenset(list(TITLES)[:6])
 """The tables built from the ``o2o_split`` view."""
 
 QUERY_COLUMNS: dict[str, tuple[str, ...]] = {
-    "o2o_labels": ("o2o_label", "conversions", "revenue", "avg_path_length", "avg_days_to_convert"),
-    "totals": ("conversions", "revenue", "customers", "unattributed"),
+    "o2o_labels": (
+        "o2o_label",
+        "currency",
+        "conversions",
+        "revenue",
+        "avg_path_length",
+        "avg_days_to_convert",
+    ),
+    "totals": ("currency", "conversions", "revenue", "customers", "unattributed"),
     "dead_letters": ("reason", "n"),
     "activation_lift": (
         "rule",
@@ -77,7 +85,7 @@ Table = tuple[list[str], list[list[Any]]]
 
 
 class SplitRow(NamedTuple):
-    """One row of the split query: credits of one model, conversion world, touch world and channel."""
+    """One row of the split query: credits of one model, conversion world, touch world, channel, currency."""
 
     model: str
     conversion_world: str
@@ -86,6 +94,7 @@ class SplitRow(NamedTuple):
     conversions: float
     revenue: float
     net_revenue: float
+    currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,12 +123,14 @@ def report_queries(db: str, options: ReportOptions | None = None) -> dict[str, s
     return {
         "split": f"""
             SELECT model, conversion_world, touch_world, channel,
-                   sum(conversions) AS conversions, sum(revenue) AS revenue, sum(net_revenue) AS net_revenue
+                   sum(conversions) AS conversions, sum(revenue) AS revenue, sum(net_revenue) AS net_revenue,
+                   currency
             FROM {db}.o2o_split
             WHERE {opts.day_filter("day")} AND {opts.model_filter()}
-            GROUP BY model, conversion_world, touch_world, channel""",
+            GROUP BY model, conversion_world, touch_world, channel, currency""",
         "o2o_labels": f"""
-            SELECT c.o2o_label AS o2o_label, count() AS conversions, sum(c.revenue) AS revenue,
+            SELECT c.o2o_label AS o2o_label, c.currency AS currency, count() AS conversions,
+                   sum(c.revenue) AS revenue,
                    avg(c.path_length) AS avg_path_length,
                    avgIf(toUnixTimestamp64Milli(c.occurred_at) - toUnixTimestamp64Milli(f.first_touch_at),
                          f.conversion_id != '') / 86400000 AS avg_days_to_convert
@@ -129,11 +140,11 @@ def report_queries(db: str, options: ReportOptions | None = None) -> dict[str, s
                 FROM {db}.attribution GROUP BY conversion_id
             ) AS f ON f.conversion_id = c.conversion_id
             WHERE {conversion_days}
-            GROUP BY o2o_label ORDER BY conversions DESC, o2o_label""",
+            GROUP BY o2o_label, currency ORDER BY conversions DESC, o2o_label, currency""",
         "totals": f"""
-            SELECT count() AS conversions, sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers,
-                   countIf(c.path_length = 0) AS unattributed
-            FROM {db}.conversions AS c WHERE {conversion_days}""",
+            SELECT c.currency AS currency, count() AS conversions, sum(c.revenue) AS revenue,
+                   uniqExact(c.person_id) AS customers, countIf(c.path_length = 0) AS unattributed
+            FROM {db}.conversions AS c WHERE {conversion_days} GROUP BY currency ORDER BY currency""",
         "dead_letters": f"""
             SELECT reason, count() AS n FROM {db}.dead_letters
             WHERE {opts.day_filter("toDate(received_at)")} GROUP BY reason ORDER BY n DESC, reason""",
@@ -167,7 +178,16 @@ def _round(value: float, digits: int) -> float:
 def split_rows(rows: Iterable[Sequence[Any]]) -> list[SplitRow]:
     """Rows of the ``split`` query as :class:`SplitRow` (None and NaN measures as 0)."""
     return [
-        SplitRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), _number(r[4]), _number(r[5]), _number(r[6]))
+        SplitRow(
+            str(r[0]),
+            str(r[1]),
+            str(r[2]),
+            str(r[3]),
+            _number(r[4]),
+            _number(r[5]),
+            _number(r[6]),
+            str(r[7]) if len(r) > 7 else "",
+        )
         for r in rows
     ]
 
@@ -193,13 +213,32 @@ def aggregate(
     return cells
 
 
+def _parts(key: Any) -> tuple[Any, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
+
 def pivot(
-    cells: dict[str, dict[str, float]], models: Sequence[str], digits: int, label: str = "channel"
+    cells: dict[Any, dict[str, float]],
+    models: Sequence[str],
+    digits: int,
+    labels: Sequence[str] = ("channel",),
 ) -> Table:
-    """{row label: {model: value}} as a table, one column per model, biggest row total first."""
-    order = sorted(cells, key=lambda name: (-sum(cells[name].get(m, 0.0) for m in models), name))
-    rows = [[name, *(_round(cells[name].get(m, 0.0), digits) for m in models)] for name in order]
-    return [label, *models], rows
+    """{row key: {model: value}} as a table, one column per model.
+
+    A key is a name or a tuple (name, currency, ...) filling the ``labels``
+    columns; rows go by the key's later parts (the currency), then biggest
+    total first, then name.
+    """
+
+    def order(key: Any) -> tuple[Any, ...]:
+        parts = _parts(key)
+        return (parts[1:], -sum(cells[key].get(m, 0.0) for m in models), parts[0])
+
+    rows = [
+        [*_parts(k), *(_round(cells[k].get(m, 0.0), digits) for m in models)]
+        for k in sorted(cells, key=order)
+    ]
+    return [*labels, *models], rows
 
 
 def channel_tables(rows: Sequence[SplitRow], models: Sequence[str]) -> dict[str, Table]:
@@ -209,13 +248,15 @@ def channel_tables(rows: Sequence[SplitRow], models: Sequence[str]) -> dict[str,
     ``instore_by_channel``: revenue of in-store sales credited to online channels.
     """
     by_channel = attrgetter("channel")
+    money = attrgetter("channel", "currency")
+    labels = ("channel", "currency")
     instore = [r for r in rows if (r.conversion_world, r.touch_world) == ("offline", "online")]
     return {
-        "revenue": pivot(aggregate(rows, by_channel, lambda r: r.revenue), models, REVENUE_DIGITS),
-        "net_revenue": pivot(aggregate(rows, by_channel, lambda r: r.net_revenue), models, REVENUE_DIGITS),
+        "revenue": pivot(aggregate(rows, money, lambda r: r.revenue), models, REVENUE_DIGITS, labels),
+        "net_revenue": pivot(aggregate(rows, money, lambda r: r.net_revenue), models, REVENUE_DIGITS, labels),
         "conversions": pivot(aggregate(rows, by_channel, lambda r: r.conversions), models, CREDIT_DIGITS),
         "instore_by_channel": pivot(
-            aggregate(instore, by_channel, lambda r: r.revenue), models, REVENUE_DIGITS
+            aggregate(instore, money, lambda r: r.revenue), models, REVENUE_DIGITS, labels
         ),
     }
 
@@ -223,30 +264,27 @@ def channel_tables(rows: Sequence[SplitRow], models: Sequence[str]) -> dict[str,
 def split_tables(rows: Sequence[SplitRow], models: Sequence[str]) -> dict[str, Table]:
     """The O2O split by model: credited revenue (``o2o_split``) and its share in % (``o2o_split_share``).
 
-    One row per (conversion_world, touch_world) of :data:`SPLIT_ORDER`, zeros
-    included. A share is of the credited revenue of the row's conversion world
-    under that model (the two rows of a world add up to 100); None when that
-    world has no credited revenue.
+    Per currency (``""`` when there are no credits at all), one row per
+    (conversion_world, touch_world) of :data:`SPLIT_ORDER`, zeros included. A
+    share is of the credited revenue of the row's conversion world in that
+    currency under that model (the two rows of a world add up to 100); None
+    when that world has no credited revenue.
     """
-    cells = aggregate(rows, lambda r: (r.conversion_world, r.touch_world), lambda r: r.revenue)
-    world_totals = aggregate(rows, lambda r: r.conversion_world, lambda r: r.revenue)
-    columns = ["conversion_world", "touch_world", *models]
+    cells = aggregate(rows, lambda r: (r.conversion_world, r.touch_world, r.currency), lambda r: r.revenue)
+    world_totals = aggregate(rows, lambda r: (r.conversion_world, r.currency), lambda r: r.revenue)
+    columns = ["conversion_world", "touch_world", "currency", *models]
     amounts: list[list[Any]] = []
     shares: list[list[Any]] = []
-    for world, touch in SPLIT_ORDER:
-        values = [cells.get((world, touch), {}).get(m, 0.0) for m in models]
-        totals = [world_totals.get(world, {}).get(m, 0.0) for m in models]
-        amounts.append([world, touch, *(_round(v, REVENUE_DIGITS) for v in values)])
-        shares.append(
-            [
-                world,
-                touch,
-                *(
-                    _round(100.0 * v / t, SHARE_DIGITS) if t > 0 else None
-                    for v, t in zip(values, totals, strict=True)
-                ),
+    for currency in sorted({r.currency for r in rows}) or [""]:
+        for world, touch in SPLIT_ORDER:
+            values = [cells.get((world, touch, currency), {}).get(m, 0.0) for m in models]
+            totals = [world_totals.get((world, currency), {}).get(m, 0.0) for m in models]
+            amounts.append([world, touch, currency, *(_round(v, REVENUE_DIGITS) for v in values)])
+            percents = [
+                _round(100.0 * v / t, SHARE_DIGITS) if t > 0 else None
+                for v, t in zip(values, totals, strict=True)
             ]
-        )
+            shares.append([world, touch, currency, *percents])
     return {"o2o_split": (columns, amounts), "o2o_split_share": (list(columns), shares)}
 
 

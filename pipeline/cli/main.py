@@ -227,6 +227,8 @@ def report(
       totals              conversions, revenue, customers, unattributed conversions
       dead_letters        rejected messages by reason
 
+    Amounts are per currency (a currency column), never added across
+    currencies; credited conversions are counts and add up.
     Credit tables read the `o2o_split` view; conversions with nothing to credit
     are only in o2o_labels and totals. --since/--until select conversions by
     their UTC day (returns follow their conversion; dead letters go by the day

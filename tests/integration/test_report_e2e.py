@@ -114,12 +114,14 @@ def test_report_shows_the_o2o_split_of_a_known_story(settings: Settings, tmp_pat
     assert by_channel(document["instore_by_channel"], "last_touch") == {"paid_search": 0.0}
     assert by_channel(document["instore_by_channel"], "linear") == {"paid_search": 30.0}
     assert document["o2o_labels"] == [
-        {"o2o_label": "offline_to_online", "conversions": 1, "revenue": 90.0,
+        {"o2o_label": "offline_to_online", "currency": "EUR", "conversions": 1, "revenue": 90.0,
          "avg_path_length": 2.0, "avg_days_to_convert": 1.0},
-        {"o2o_label": "online_to_offline", "conversions": 1, "revenue": 60.0,
+        {"o2o_label": "online_to_offline", "currency": "EUR", "conversions": 1, "revenue": 60.0,
          "avg_path_length": 2.0, "avg_days_to_convert": 1.04},
     ]  # fmt: skip
-    assert document["totals"] == [{"conversions": 2, "revenue": 150.0, "customers": 2, "unattributed": 0}]
+    assert document["totals"] == [
+        {"currency": "EUR", "conversions": 2, "revenue": 150.0, "customers": 2, "unattributed": 0}
+    ]
 
     # Only Carol's online order (Nov 4) is on or after Nov 3; only the models asked for.
     later = orjson.loads(
@@ -128,13 +130,16 @@ def test_report_shows_the_o2o_split_of_a_known_story(settings: Settings, tmp_pat
             "--model", "linear", "--model", "first_touch", "--only", "o2o_split", "--only", "totals",
         ).stdout
     )  # fmt: skip
+    eur = {"currency": "EUR"}
     assert later["o2o_split"] == [
-        {"conversion_world": "offline", "touch_world": "online", "linear": 0.0, "first_touch": 0.0},
-        {"conversion_world": "offline", "touch_world": "store", "linear": 0.0, "first_touch": 0.0},
-        {"conversion_world": "online", "touch_world": "store", "linear": 45.0, "first_touch": 90.0},
-        {"conversion_world": "online", "touch_world": "online", "linear": 45.0, "first_touch": 0.0},
+        {"conversion_world": "offline", "touch_world": "online", **eur, "linear": 0.0, "first_touch": 0.0},
+        {"conversion_world": "offline", "touch_world": "store", **eur, "linear": 0.0, "first_touch": 0.0},
+        {"conversion_world": "online", "touch_world": "store", **eur, "linear": 45.0, "first_touch": 90.0},
+        {"conversion_world": "online", "touch_world": "online", **eur, "linear": 45.0, "first_touch": 0.0},
     ]
-    assert later["totals"] == [{"conversions": 1, "revenue": 90.0, "customers": 1, "unattributed": 0}]
+    assert later["totals"] == [
+        {"currency": "EUR", "conversions": 1, "revenue": 90.0, "customers": 1, "unattributed": 0}
+    ]
 
     table = o2o(settings, "report", "--only", "o2o_split").stdout
     assert table.startswith("O2O split: credited revenue by conversion world and touch world, by model\n")

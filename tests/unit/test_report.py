@@ -31,14 +31,14 @@ MODELS = ["first_touch", "linear"]
 # An in-store sale of 50 after a paid search session and the visit itself, with
 # a return of 20; an online order of 80 after a store visit and a direct session.
 ROWS = [
-    SplitRow("first_touch", "offline", "online", "paid_search", 1.0, 50.0, 30.0),
-    SplitRow("first_touch", "offline", "store", "store", 0.0, 0.0, 0.0),
-    SplitRow("first_touch", "online", "store", "store", 1.0, 80.0, 80.0),
-    SplitRow("first_touch", "online", "online", "direct", 0.0, 0.0, 0.0),
-    SplitRow("linear", "offline", "online", "paid_search", 0.5, 25.0, 15.0),
-    SplitRow("linear", "offline", "store", "store", 0.5, 25.0, 15.0),
-    SplitRow("linear", "online", "store", "store", 0.5, 40.0, 40.0),
-    SplitRow("linear", "online", "online", "direct", 0.5, 40.0, 40.0),
+    SplitRow("first_touch", "offline", "online", "paid_search", 1.0, 50.0, 30.0, "EUR"),
+    SplitRow("first_touch", "offline", "store", "store", 0.0, 0.0, 0.0, "EUR"),
+    SplitRow("first_touch", "online", "store", "store", 1.0, 80.0, 80.0, "EUR"),
+    SplitRow("first_touch", "online", "online", "direct", 0.0, 0.0, 0.0, "EUR"),
+    SplitRow("linear", "offline", "online", "paid_search", 0.5, 25.0, 15.0, "EUR"),
+    SplitRow("linear", "offline", "store", "store", 0.5, 25.0, 15.0, "EUR"),
+    SplitRow("linear", "online", "store", "store", 0.5, 40.0, 40.0, "EUR"),
+    SplitRow("linear", "online", "online", "direct", 0.5, 40.0, 40.0, "EUR"),
 ]
 
 
@@ -104,33 +104,52 @@ def test_pivot_orders_by_total_then_name_rounds_and_fills_zeros() -> None:
 def test_channel_tables_put_every_model_side_by_side() -> None:
     tables = channel_tables(ROWS, MODELS)
     assert tables["revenue"] == (
-        ["channel", *MODELS],
-        [["store", 80.0, 65.0], ["paid_search", 50.0, 25.0], ["direct", 0.0, 40.0]],
+        ["channel", "currency", *MODELS],
+        [["store", "EUR", 80.0, 65.0], ["paid_search", "EUR", 50.0, 25.0], ["direct", "EUR", 0.0, 40.0]],
     )
     assert tables["net_revenue"][1] == [
-        ["store", 80.0, 55.0],
-        ["paid_search", 30.0, 15.0],
-        ["direct", 0.0, 40.0],
+        ["store", "EUR", 80.0, 55.0],
+        ["paid_search", "EUR", 30.0, 15.0],
+        ["direct", "EUR", 0.0, 40.0],
     ]
     assert tables["conversions"][1] == [["store", 1.0, 1.0], ["paid_search", 1.0, 0.5], ["direct", 0.0, 0.5]]
-    assert tables["instore_by_channel"][1] == [["paid_search", 50.0, 25.0]]
+    assert tables["instore_by_channel"][1] == [["paid_search", "EUR", 50.0, 25.0]]
+
+
+def test_amounts_are_never_added_across_currencies() -> None:
+    usd = [SplitRow("linear", "offline", "online", "paid_search", 1.0, 30.0, 30.0, "USD")]
+    tables = {**channel_tables([*ROWS, *usd], MODELS), **split_tables([*ROWS, *usd], MODELS)}
+    assert tables["revenue"][1] == [
+        ["store", "EUR", 80.0, 65.0],
+        ["paid_search", "EUR", 50.0, 25.0],
+        ["direct", "EUR", 0.0, 40.0],
+        ["paid_search", "USD", 0.0, 30.0],
+    ]
+    assert tables["conversions"][1][0] == ["paid_search", 1.0, 1.5]  # counts add up across currencies
+    assert [row[:3] for row in tables["o2o_split"][1]][4:] == [
+        ["offline", "online", "USD"], ["offline", "store", "USD"],
+        ["online", "store", "USD"], ["online", "online", "USD"],
+    ]  # fmt: skip
+    assert tables["o2o_split"][1][4][3:] == [0.0, 30.0]
+    assert tables["o2o_split_share"][1][4][3:] == [None, 100.0]  # of the USD in-store sales only
+    assert tables["o2o_split_share"][1][0][3:] == [100.0, 50.0]
 
 
 def test_split_tables_give_amounts_and_shares_per_conversion_world() -> None:
     tables = split_tables(ROWS, MODELS)
     columns, amounts = tables["o2o_split"]
-    assert columns == ["conversion_world", "touch_world", *MODELS]
+    assert columns == ["conversion_world", "touch_world", "currency", *MODELS]
     assert amounts == [
-        ["offline", "online", 50.0, 25.0],
-        ["offline", "store", 0.0, 25.0],
-        ["online", "store", 80.0, 40.0],
-        ["online", "online", 0.0, 40.0],
+        ["offline", "online", "EUR", 50.0, 25.0],
+        ["offline", "store", "EUR", 0.0, 25.0],
+        ["online", "store", "EUR", 80.0, 40.0],
+        ["online", "online", "EUR", 0.0, 40.0],
     ]
     assert tables["o2o_split_share"][1] == [
-        ["offline", "online", 100.0, 50.0],
-        ["offline", "store", 0.0, 50.0],
-        ["online", "store", 100.0, 50.0],
-        ["online", "online", 0.0, 50.0],
+        ["offline", "online", "EUR", 100.0, 50.0],
+        ["offline", "store", "EUR", 0.0, 50.0],
+        ["online", "store", "EUR", 100.0, 50.0],
+        ["online", "online", "EUR", 0.0, 50.0],
     ]
 
 
@@ -141,10 +160,10 @@ def test_split_share_is_none_without_credited_revenue_and_thirds_round() -> None
     ]
     shares = split_tables(rows, ["linear", "first_touch"])["o2o_split_share"][1]
     assert shares == [
-        ["offline", "online", 33.3, None],
-        ["offline", "store", 66.7, None],
-        ["online", "store", None, None],
-        ["online", "online", None, None],
+        ["offline", "online", "", 33.3, None],
+        ["offline", "store", "", 66.7, None],
+        ["online", "store", "", None, None],
+        ["online", "online", "", None, None],
     ]
 
 
@@ -180,11 +199,14 @@ def test_json_is_one_object_of_tables() -> None:
     assert document["o2o_split"][0] == {
         "conversion_world": "offline",
         "touch_world": "online",
+        "currency": "EUR",
         "first_touch": 50.0,
         "linear": 25.0,
     }
     assert document["totals"] == [{"conversions": 2, "revenue": 130.0}]
-    assert document["instore_by_channel"] == [{"channel": "paid_search", "first_touch": 50.0, "linear": 25.0}]
+    assert document["instore_by_channel"] == [
+        {"channel": "paid_search", "currency": "EUR", "first_touch": 50.0, "linear": 25.0}
+    ]
     assert orjson.loads(render_report({}, "json")) == {}
 
 
@@ -192,8 +214,8 @@ def test_tsv_heads_each_table_with_its_key() -> None:
     text = render_report(split_tables(ROWS, MODELS), "tsv")
     blocks = text.split("\n\n")
     assert [b.splitlines()[0] for b in blocks] == ["# o2o_split", "# o2o_split_share"]
-    assert blocks[0].splitlines()[1] == "conversion_world\ttouch_world\tfirst_touch\tlinear"
-    assert blocks[0].splitlines()[2] == "offline\tonline\t50.0\t25.0"
+    assert blocks[0].splitlines()[1] == "conversion_world\ttouch_world\tcurrency\tfirst_touch\tlinear"
+    assert blocks[0].splitlines()[2] == "offline\tonline\tEUR\t50.0\t25.0"
 
 
 def test_table_format_titles_each_table() -> None:
