@@ -172,7 +172,9 @@ class ProcessSampler:
                     pss += memory.pss
                     self.peak_rss_of[proc.pid] = max(self.peak_rss_of.get(proc.pid, 0), memory.rss)
                     label = self.cpu[proc.pid][0] if proc.pid in self.cpu else "?"
-                    if label == "?":  # just started processes may not show their command line yet
+                    # a process just started may not show its command line yet, or (forked,
+                    # not yet exec'ed) still shows its parent's: look again until it differs
+                    if label == "?" or (proc.pid != self.root.pid and label == self._root_label()):
                         label = stage_label(proc.cmdline())
             except psutil.Error:
                 continue
@@ -186,6 +188,9 @@ class ProcessSampler:
                 self.broker_peak_rss = max(self.broker_peak_rss, self.broker.memory_info().rss)
             except psutil.Error:
                 pass
+
+    def _root_label(self) -> str:
+        return self.cpu[self.root.pid][0] if self.root.pid in self.cpu else "?"
 
     def by_label(self) -> dict[str, tuple[int, float, int]]:
         """(processes, CPU seconds, summed peak RSS of its processes) per label."""
