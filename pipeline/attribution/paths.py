@@ -325,6 +325,7 @@ class PathAttributor:
             "source": conversion["source"], "revenue": conversion["revenue"],
             "currency": conversion["currency"], "order_id": conversion["order_id"],
             "store_id": conversion["store_id"], "staff_id": conversion.get("staff_id", ""),
+            "fulfillment": conversion.get("fulfillment", ""),
             "session_id": conversion["session_id"], "path_length": len(path),
             "o2o_label": o2o_label(conversion["source"], conversion["session_id"], path, store_sessions),
             "first_touch_at": first_touch,

@@ -25,7 +25,7 @@ def _conversions(f: Filters, alias: str = "c") -> str:
 
 
 def overview(f: Filters) -> Page:
-    """Revenue online and in store, the O2O split under the chosen model, the trend by day."""
+    """Revenue online and in store, the O2O split under the chosen model, fulfillment, the trend by day."""
     world = f"if({IN_STORE}, 'in store', 'online')"
     return Page(
         "overview",
@@ -73,6 +73,31 @@ def overview(f: Filters) -> Page:
                 note="An in-store sale credited to an online touch is online's influence on the store, and "
                 "an online order credited to a store visit the store's influence online.",
                 filters=("since", "until", "store", "model"),
+            ),
+            Section(
+                "fulfillment",
+                "Online orders by fulfillment, and those picked up in store",
+                f"""SELECT if(c.fulfillment = '', 'not said', c.fulfillment) AS fulfillment,
+                       c.currency AS currency, count() AS orders, sum(c.revenue) AS revenue,
+                       100 * orders / sum(orders) OVER (PARTITION BY currency) AS share,
+                       sum(k.picked_up) AS picked_up,
+                       100 * picked_up / sum(orders) OVER (PARTITION BY currency) AS picked_up_share
+                FROM {{db}}.conversions AS c
+                LEFT JOIN (SELECT order_id, picked_up FROM {{db}}.click_and_collect) AS k
+                    ON k.order_id = c.order_id AND c.fulfillment = 'click_and_collect'
+                WHERE c.kind = 'order' AND {f.days("c.occurred_at")}
+                GROUP BY fulfillment, currency ORDER BY currency, orders DESC, fulfillment""",
+                (
+                    Column("fulfillment", "Fulfillment"),
+                    Column("currency", "Currency"),
+                    Column("orders", "Orders", "int"),
+                    Column("revenue", "Revenue", "money"),
+                    Column("share", "Share of online orders", "pct"),
+                    Column("picked_up", "Picked up in store", "int"),
+                    Column("picked_up_share", "Picked up, share of online orders", "pct"),
+                ),
+                Chart("bars", ("fulfillment",), ("orders", "picked_up"), panels="currency"),
+                note="Click and collect per store, with time to pickup and upsells: the Stores page.",
             ),
             Section(
                 "trend",

@@ -270,6 +270,7 @@ def conversion_record(event: Event, kind: str, session: dict[str, Any] | None) -
         "order_id": str(props.get("order_id") or props.get("transaction_id") or ""),
         "store_id": (session or {}).get("store_id") or store_of(event),
         "staff_id": str(props.get("staff_id") or ""),
+        "fulfillment": str(props.get("fulfillment") or "") if kind == "order" else "",
         "session_id": (session or {}).get("session_id", ""),
         "session_kind": (session or {}).get("kind", ""),
         "marketing": (event.get("consent") or {}).get("marketing") is not False,

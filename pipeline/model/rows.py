@@ -62,12 +62,12 @@ CONVERSIONS = RowTable(
     "conversions_store",
     (
         "conversion_id", "event_id", "person_id", "occurred_at", "kind", "source", "revenue",
-        "currency", "order_id", "store_id", "staff_id", "session_id", "path_length", "o2o_label",
-        "first_touch_at", "time_to_convert_seconds", "version",
+        "currency", "order_id", "store_id", "staff_id", "fulfillment", "session_id", "path_length",
+        "o2o_label", "first_touch_at", "time_to_convert_seconds", "version",
     ),
     frozenset({"occurred_at", "first_touch_at"}),
     fallbacks=(("first_touch_at", "occurred_at"),),
-    defaults=(("staff_id", ""), ("time_to_convert_seconds", 0.0)),
+    defaults=(("staff_id", ""), ("fulfillment", ""), ("time_to_convert_seconds", 0.0)),
 )  # fmt: skip
 ATTRIBUTION = RowTable(
     "attribution",

@@ -145,6 +145,11 @@ def test_the_html_file_is_self_contained_and_shows_the_story(story: Settings, tm
 
 
 def test_the_kpi_views_are_exact_on_the_story(story: Settings) -> None:
+    online = "SELECT order_id, kind, fulfillment FROM {db}.conversions WHERE source IN ('web', 'app')"
+    assert query(story, online + " ORDER BY order_id") == [
+        ("oc", "order", "delivery"), ("od", "order", "delivery"),
+        ("oe", "order", "click_and_collect"), ("of", "order", "click_and_collect"),
+    ]  # fmt: skip
     assert query(story, """
         SELECT order_id, picked_up, store_id, pickup_staff_id, upsell_revenue, hours_to_pickup,
                days_waiting >= 7
@@ -223,6 +228,11 @@ def test_every_page_in_a_real_browser(story: Settings, dashboard: str, browser: 
     browser.get(dashboard)
     assert table_rows(browser, "sales") == SALES == clickhouse_sales(story)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#sales svg[role=img]")) == 2  # a chart per currency
+    assert table_rows(browser, "fulfillment") == [
+        ["click_and_collect", "EUR", "2", "€250.00", "66.7 %", "1", "33.3 %"],
+        ["delivery", "EUR", "1", "€1,090.00", "33.3 %", "0", "0.0 %"],
+        ["delivery", "USD", "1", "$30.00", "100.0 %", "0", "0.0 %"],
+    ]
 
     stores = dashboard + "stores?store=s2&model=first_touch"
     browser.get(stores)

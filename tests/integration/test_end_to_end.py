@@ -99,8 +99,10 @@ def test_known_story_lands_exactly(settings: Settings, tmp_path: Path) -> None:
     versions = query(settings, "SELECT event_id, version FROM {db}.conversions ORDER BY event_id")
     assert versions == [("e3", 1), ("e6", 2)]
 
-    staff = query(settings, "SELECT event_id, store_id, staff_id FROM {db}.conversions ORDER BY event_id")
-    assert staff == [("e3", "", ""), ("e6", "s1", "anna")]
+    staff = query(
+        settings, "SELECT event_id, store_id, staff_id, fulfillment FROM {db}.conversions ORDER BY event_id"
+    )
+    assert staff == [("e3", "", "", "delivery"), ("e6", "s1", "anna", "")]
 
     credits = query(
         settings,
