@@ -76,7 +76,7 @@ def demo(ctx: click.Context, customers: int, days: int, seed: int, keep: bool) -
         click.echo(render(columns, rows, "table"))
     page = settings.state_dir / "dashboard.html"
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_file(settings, Filters(settings.models[0])))
+    page.write_text(render_file(settings, Filters(settings.models[0])), encoding="utf-8")
     elapsed = time.monotonic() - started
     console.print(f"\ndashboard (every page, one file): {page.resolve().as_uri()}", soft_wrap=True)
     console.print(

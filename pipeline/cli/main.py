@@ -270,7 +270,7 @@ def report(
     if out is None:
         click.echo(text)
     else:
-        Path(out).write_text(text + "\n")
+        Path(out).write_text(text + "\n", encoding="utf-8")
         console.print(f"report written to {out}")
 
 
@@ -285,7 +285,7 @@ def _write_html(settings: Settings, models: tuple[str, ...], first: date | None,
     if len(models) > 1:
         raise click.BadParameter("--format html shows one model: give --model once", param_hint="--model")
     filters = Filters(models[0] if models else settings.models[0], first, last)
-    Path(out).write_text(render_file(settings, filters))
+    Path(out).write_text(render_file(settings, filters), encoding="utf-8")
     console.print(f"dashboard written to {Path(out).resolve()}")
 
 

@@ -22,9 +22,8 @@ from pipeline.dashboard.pages import SLUGS, build_pages
 log = logging.getLogger(__name__)
 
 CHOICES_SQL = (
-    "SELECT DISTINCT store_id FROM {db}.conversions WHERE store_id != '' "
-    "UNION DISTINCT SELECT DISTINCT store_id FROM {db}.sessions WHERE store_id != '' "
-    "ORDER BY store_id LIMIT 500",
+    "SELECT store_id FROM (SELECT store_id FROM {db}.conversions WHERE store_id != '' "
+    "UNION DISTINCT SELECT store_id FROM {db}.sessions WHERE store_id != '') ORDER BY store_id LIMIT 500",
     "SELECT DISTINCT channel FROM {db}.attribution ORDER BY channel LIMIT 200",
 )
 
@@ -53,8 +52,15 @@ def read_page(settings: Settings, page: Page) -> dict[str, Result]:
 
 
 def form_choices(settings: Settings) -> FormChoices:
-    """The filter form's options: configured models, stores and channels present in the data."""
-    stores, channels = query_many(settings, CHOICES_SQL)
+    """The filter form's options: configured models, stores and channels present in the data.
+
+    When they cannot be read, the form offers the models only (the sections say what failed).
+    """
+    try:
+        stores, channels = query_many(settings, CHOICES_SQL)
+    except QueryError as exc:
+        log.warning("dashboard: could not read the stores and channels for the filters: %s", exc)
+        return FormChoices(settings.models)
     return FormChoices(settings.models, [str(r[0]) for r in stores[1]], [str(r[0]) for r in channels[1]])
 
 

@@ -42,11 +42,13 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #e5e7eb; text-align: left; 
 th { background: #f3f4f6; } td.num { text-align: right; }
 figure { margin: 8px 0; } figcaption { font-weight: 600; font-size: 13px; }
 svg.chart { display: block; max-width: 100%; height: auto; margin: 8px 0; font-size: 12px; }
-svg.chart text { fill: #1f2937; } svg.chart text.value { font-weight: 600; }
+svg.chart text:not([fill]) { fill: #1f2937; } svg.chart text.value { font-weight: 600; }
 svg.chart .grid { stroke: #d1d5db; } svg.chart .arrow { stroke: #4b5563; stroke-width: 2; fill: none; }
 """
 
 NUMERIC = frozenset({"int", "number", "money", "pct"})
+FILTER_NAMES = {"since": "days", "model": "model", "store": "store", "channel": "channel"}
+"""A section's filters as the page names them (``until`` goes with ``since``)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ def render_section(section: Section, result: Result) -> str:
     ]
     if section.note:
         parts.append(f'<p class="note">{escape(section.note)}</p>')
+    honoured = [FILTER_NAMES[name] for name in FILTER_NAMES if name in section.filters]
+    parts.append(
+        f'<p class="filters-applied">Filters used: {escape(", ".join(honoured))}</p>'
+        if honoured
+        else '<p class="filters-applied">Not filtered (the same for every filter)</p>'
+    )
     if result.error:
         parts.append(f'<p class="error" role="alert">Could not read this: {escape(result.error)}</p>')
     elif not result.rows:

@@ -28,7 +28,10 @@ def integer(value: Any) -> str:
 def decimal(value: Any, digits: int = 2) -> str:
     """``1234.5`` -> ``1,234.50``."""
     number = _number(value)
-    return "\u2013" if number is None else f"{number + 0.0:,.{digits}f}".replace("-0.00", "0.00")
+    if number is None:
+        return "\u2013"
+    text = f"{number:,.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no "-0.00"
 
 
 def money(value: Any, currency: str) -> str:

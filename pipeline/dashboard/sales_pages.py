@@ -77,18 +77,22 @@ def overview(f: Filters) -> Page:
             Section(
                 "fulfillment",
                 "Online orders by fulfillment, and those picked up in store",
-                f"""SELECT if(c.fulfillment = '', 'not said', c.fulfillment) AS fulfillment,
+                f"""SELECT if(c.fulfillment != '', c.fulfillment, if(e.said = '', 'not said', e.said)) AS way,
                        c.currency AS currency, count() AS orders, sum(c.revenue) AS revenue,
                        100 * orders / sum(orders) OVER (PARTITION BY currency) AS share,
                        sum(k.picked_up) AS picked_up,
                        100 * picked_up / sum(orders) OVER (PARTITION BY currency) AS picked_up_share
                 FROM {{db}}.conversions AS c
                 LEFT JOIN (SELECT order_id, picked_up FROM {{db}}.click_and_collect) AS k
-                    ON k.order_id = c.order_id AND c.fulfillment = 'click_and_collect'
+                    ON k.order_id = c.order_id
+                LEFT JOIN (
+                    SELECT event_id, JSONExtractString(properties, 'fulfillment') AS said
+                    FROM {{db}}.events WHERE type = 'order_completed'
+                ) AS e ON e.event_id = c.event_id
                 WHERE c.kind = 'order' AND {f.days("c.occurred_at")}
-                GROUP BY fulfillment, currency ORDER BY currency, orders DESC, fulfillment""",
+                GROUP BY way, currency ORDER BY currency, orders DESC, way""",
                 (
-                    Column("fulfillment", "Fulfillment"),
+                    Column("way", "Fulfillment"),
                     Column("currency", "Currency"),
                     Column("orders", "Orders", "int"),
                     Column("revenue", "Revenue", "money"),
@@ -96,8 +100,9 @@ def overview(f: Filters) -> Page:
                     Column("picked_up", "Picked up in store", "int"),
                     Column("picked_up_share", "Picked up, share of online orders", "pct"),
                 ),
-                Chart("bars", ("fulfillment",), ("orders", "picked_up"), panels="currency"),
-                note="Click and collect per store, with time to pickup and upsells: the Stores page.",
+                Chart("bars", ("way",), ("orders", "picked_up"), panels="currency"),
+                note="Click and collect per store, with time to pickup and upsells: the Stores page. "
+                "Orders stored before migration 0020 take their fulfillment from the order event.",
             ),
             Section(
                 "trend",
@@ -178,7 +183,7 @@ def attribution(f: Filters, models: Sequence[str]) -> Page:
                     Column("conversions", "Sales", "int"),
                     Column("revenue", "Revenue", "money"),
                 ),
-                Chart("flow", ("path",), ("conversions",), end="sale"),
+                Chart("flow", ("path",), ("conversions",), end="sale", panels="currency"),
                 filters=("since", "until", "store"),
             ),
         ),

@@ -44,6 +44,13 @@ class DashboardServer(ThreadingHTTPServer):
         self.settings = settings
         self.lock = threading.Lock()  # one page at a time: the chDB folder opens once per process
 
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request's ``Host`` names this server (loopback only: DNS rebinding gets nothing)."""
+        host, port = str(self.server_address[0]), self.server_address[1]
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            return True  # listening on another address: its names are not known here
+        return header in {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
     @property
     def url(self) -> str:
         """Where it listens."""
@@ -56,6 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        if not self.server.host_allowed(self.headers.get("Host")):
+            self._error(HTTPStatus.FORBIDDEN, "This dashboard answers requests to its loopback address only.")
+            return
         if url.path == "/healthz":
             self._send(HTTPStatus.OK, "ok", "text/plain; charset=utf-8")
             return

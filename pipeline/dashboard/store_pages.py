@@ -78,7 +78,8 @@ def stores(f: Filters, models: Sequence[str]) -> Page:
                        100 * collected / orders AS collected_pct,
                        quantileIf(0.5)(hours_to_pickup, picked_up = 1) AS median_hours_to_pickup,
                        countIf(picked_up = 0 AND days_waiting >= {NOT_COLLECTED_DAYS}) AS not_collected,
-                       countIf(upsell_revenue > 0) AS upsells, sum(upsell_revenue) AS upsell_total,
+                       countIf(upsell_revenue > 0) AS upsells,
+                       sumIf(upsell_revenue, upsell_currency IN (currency, '')) AS upsell_total,
                        100 * upsells / collected AS attach_rate
                 FROM {{db}}.click_and_collect WHERE {f.days('ordered_at')} AND {store}
                 GROUP BY store_id, currency ORDER BY currency, orders DESC, store_id""",
@@ -88,28 +89,38 @@ def stores(f: Filters, models: Sequence[str]) -> Page:
              Column("not_collected", f"Waiting {NOT_COLLECTED_DAYS}+ days", "int"),
              Column("upsells", "Upsells", "int"), Column("upsell_total", "Upsell revenue", "money"),
              Column("attach_rate", "Attach rate", "pct")),
-            Chart("bars", ("store_id",), ("orders", "collected", "upsells")),
+            Chart("bars", ("store_id",), ("orders", "collected", "upsells"), panels="currency"),
             note="Online orders to collect in store; the upsell is what the customer bought on top at "
             "the pickup, the attach rate the share of pickups with one. The store of an order not "
             "picked up is the one it names, if any.",
             filters=("since", "until", "store"),
         ),
         Section(
-            "coupons", "Coupons by claim channel and redeeming store",
-            f"""SELECT claim_channel, redeemed_store_id AS store_id, currency, count() AS claimed,
-                       sum(redeemed) AS redeemed_count, 100 * redeemed_count / claimed AS redemption_rate,
-                       sum(revenue) AS revenue,
+            "coupons", "Coupons by claim channel",
+            f"""SELECT claim_channel, count() AS claimed, sum(redeemed) AS redeemed_count,
+                       100 * redeemed_count / claimed AS redemption_rate,
                        quantileIf(0.5)(hours_to_redeem, redeemed = 1) AS median_hours_to_redeem
-                FROM {{db}}.coupons WHERE {f.days('claimed_at')} AND {f.equals('redeemed_store_id', 'store')}
-                GROUP BY claim_channel, store_id, currency
-                ORDER BY claimed DESC, claim_channel, store_id""",
-            (Column("claim_channel", "Claimed through"), Column("store_id", "Redeemed in"),
-             Column("currency", "Currency"), Column("claimed", "Claimed", "int"),
+                FROM {{db}}.coupons WHERE {f.days('claimed_at')}
+                GROUP BY claim_channel ORDER BY claimed DESC, claim_channel""",
+            (Column("claim_channel", "Claimed through"), Column("claimed", "Claimed", "int"),
              Column("redeemed_count", "Redeemed", "int"), Column("redemption_rate", "Redemption rate", "pct"),
-             Column("revenue", "Revenue", "money"),
              Column("median_hours_to_redeem", "Hours to redeem (median)", "number")),
-            Chart("bars", ("claim_channel", "store_id"), ("claimed", "redeemed_count")),
-            note="A code not redeemed yet has no store or currency; an online redemption has no store.",
+            Chart("bars", ("claim_channel",), ("claimed", "redeemed_count")),
+            note="Coupons claimed in the chosen days, and how many of them were redeemed since.",
+            filters=("since", "until"),
+        ),
+        Section(
+            "coupon_redemptions", "Coupon redemptions by store",
+            f"""SELECT if(redeemed_store_id = '', 'online', redeemed_store_id) AS store_id, currency,
+                       count() AS redeemed_count, sum(revenue) AS revenue,
+                       quantile(0.5)(hours_to_redeem) AS median_hours_to_redeem
+                FROM {{db}}.coupons
+                WHERE redeemed = 1 AND {f.days('redeemed_at')} AND {f.equals('redeemed_store_id', 'store')}
+                GROUP BY store_id, currency ORDER BY currency, redeemed_count DESC, store_id""",
+            (Column("store_id", "Redeemed in"), Column("currency", "Currency"),
+             Column("redeemed_count", "Redeemed", "int"), Column("revenue", "Revenue", "money"),
+             Column("median_hours_to_redeem", "Hours to redeem (median)", "number")),
+            Chart("bars", ("store_id",), ("revenue",), panels="currency"),
             filters=("since", "until", "store"),
         ),
         Section(

@@ -86,8 +86,9 @@ class ClickHouseCollector(Collector):
             return
         self._read_at = now
         try:
-            parts = self.ch.query(parts_query(self.ch.database)).rows
-            merges = self.ch.query(merges_query(self.ch.database)).rows
+            # the read-only handle: the writer's lock would hold up an insert (and its timing)
+            parts = self.ch.query(parts_query(self.ch.database), readonly=True).rows
+            merges = self.ch.query(merges_query(self.ch.database), readonly=True).rows
         except PipelineError as exc:
             log.warning("sink metrics: could not read ClickHouse parts: %s", exc)
             self._parts, self._merges = [], None

@@ -50,6 +50,7 @@ def test_numbers_for_people() -> None:
     assert money(-0.001, "GBP") == "£0.00"
     assert money(3, "CHF") == "CHF 3.00"
     assert percent(12.345) == "12.3 %"
+    assert percent(-0.01) == "0.0 %" and money(-0.001, "EUR") == "€0.00" and percent(-1.25) == "-1.2 %"
     assert cell("int", 12345.0) == "12,345"
     assert cell("number", float("nan")) == "\u2013"
     assert cell("day", "2026-11-01T00:00:00") == "2026-11-01"
@@ -102,21 +103,22 @@ def test_lines_split_by_a_series_column() -> None:
 
 
 def test_every_page_honours_its_filters_and_shows_every_model() -> None:
-    filters = Filters("linear", date(2026, 11, 1), None, "s1", "email")
+    filters = Filters("w_shaped", date(2026, 11, 1), None, "s1", "email")  # a model outside MODELS
     pages = build_pages(filters, MODELS)
     assert list(pages) == list(SLUGS)
     for page in pages.values():
         for section in page.sections:
-            if "since" in section.filters:
-                assert "toDate('2026-11-01')" in section.sql, section.key
-            if "store" in section.filters:
-                assert "= 's1'" in section.sql, section.key
+            # a section uses exactly the filters it declares (and shows on the page)
+            assert ("since" in section.filters) == ("toDate('2026-11-01')" in section.sql), section.key
+            assert ("store" in section.filters) == ("= 's1'" in section.sql), section.key
+            assert ("channel" in section.filters) == ("= 'email'" in section.sql), section.key
+            assert ("model" in section.filters) == ("= 'w_shaped'" in section.sql), section.key
             if "revenue" in section.sql:
                 assert "currency" in section.sql, section.key  # never summed across currencies
     by_model = pages["attribution"].sections[0]
     assert [c.name for c in by_model.columns][2:] == list(MODELS)
     assert "a.channel = 'email'" in by_model.sql
-    assert "a.model = 'linear'" in pages["overview"].sections[1].sql
+    assert "a.model = 'w_shaped'" in pages["overview"].sections[1].sql
 
 
 def test_html_escapes_data_and_says_when_there_is_nothing() -> None:
@@ -125,5 +127,8 @@ def test_html_escapes_data_and_says_when_there_is_nothing() -> None:
     assert "<script>" not in html and "&lt;script&gt;" in html and '<td class="num">1,200</td>' in html
     assert "No data for these filters." in render_section(section, Result([]))
     assert 'role="alert"' in render_section(section, Result(error="boom"))
+    assert '<p class="filters-applied">Filters used: days</p>' in html
+    unfiltered = Section("w", "Weights", "SELECT 1", section.columns, filters=())
+    assert "Not filtered" in render_section(unfiltered, Result([]))
     page = document("T", "sub", [("/", "Overview", True)], "<p>x</p>")
     assert page.startswith("<!DOCTYPE html>") and "aria-current=page" in page and 'href="#main"' in page
