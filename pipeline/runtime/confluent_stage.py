@@ -192,8 +192,18 @@ class ConfluentStageLoop:
             self._admin = admin_client(self.settings)
         return self._admin
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.handler.revoked([(p.topic, p.partition) for p in partitions])
+    def _on_revoke(self, _consumer: Consumer | None, partitions: list[TopicPartition]) -> None:
+        """Forget the offsets handled on partitions taken away, and tell the handler.
+
+        Their next owner starts from the committed offset and handles those
+        records again (every output is keyed, so repeats are the same rows).
+        Committing them from here after the hand-over could move that owner's
+        committed offset back.
+        """
+        gone = [(p.topic, p.partition) for p in partitions]
+        for key in gone:
+            self._uncommitted.pop(key, None)
+        self.handler.revoked(gone)
 
     def _checkpoint(self) -> None:
         delay = 0.5
@@ -213,7 +223,10 @@ class ConfluentStageLoop:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
             if self._commit(offsets):
                 self.stats.commits += 1
-            self._uncommitted.clear()
+                self._uncommitted.clear()
+            else:  # refused: what this process still owns is committed at the next checkpoint
+                owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+                self._uncommitted = {key: o for key, o in self._uncommitted.items() if key in owned}
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
         """Commit, retrying while the coordinator is busy; False when this process left the group.
@@ -222,7 +235,9 @@ class ConfluentStageLoop:
         (the sink waiting for ClickHouse) is out of the group, and the broker
         refuses its commit. Its outputs are durable already; the partitions'
         next owner reads those records again, as after a crash, and the
-        stages downstream and the sink take repeats as the same rows.
+        stages downstream and the sink take repeats as the same rows. Offsets
+        of partitions this process still owns after the refusal (a commit
+        caught in a cooperative rebalance) stay for the next checkpoint.
         """
         delay = 0.2
         deadline = time.monotonic() + COMMIT_RETRY_SECONDS

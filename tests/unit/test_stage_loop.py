@@ -1,0 +1,50 @@
+"""The confluent-kafka stage loop's offset bookkeeping: what it may commit after a rebalance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from confluent_kafka import Message, TopicPartition
+
+from pipeline.config import load_settings
+from pipeline.runtime.confluent_stage import ConfluentStageLoop
+
+
+class Recorder:
+    """A handler that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.revoked_partitions: list[tuple[str, int]] = []
+
+    def handle(self, messages: Sequence[Message]) -> None:
+        pass
+
+    def due(self) -> bool:
+        return False
+
+    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+        pass
+
+    def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        self.revoked_partitions.extend(partitions)
+
+    def make_durable(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_offsets_of_partitions_taken_away_are_never_committed(tmp_path: Path) -> None:
+    # the consumer is never subscribed: nothing here reaches a broker
+    settings = load_settings(bootstrap_servers="127.0.0.1:9", state_dir=tmp_path)
+    handler = Recorder()
+    loop = ConfluentStageLoop(settings, "sink", ["t"], handler)
+    try:
+        loop._uncommitted = {("t", 0): 5, ("t", 1): 7, ("u", 1): 3}
+        loop._on_revoke(None, [TopicPartition("t", 1), TopicPartition("u", 1)])
+        assert loop._uncommitted == {("t", 0): 5}  # t[1] and u[1] belong to their next owner now
+        assert handler.revoked_partitions == [("t", 1), ("u", 1)]
+    finally:
+        loop._consumer.close()
