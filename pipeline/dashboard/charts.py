@@ -8,6 +8,7 @@ it holds the same numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 from html import escape
 from typing import Any
 
@@ -23,6 +24,8 @@ END_COLOUR = "#1f2937"
 WIDTH = 680
 LABEL_WIDTH = 190
 CHAR_WIDTH = 7.0
+MAX_DAYS = 1100
+"""Line charts fill in the days without rows for ranges up to this long."""
 Series = list[tuple[str, list[float]]]
 Formatter = Callable[[float], str]
 
@@ -99,7 +102,8 @@ def line_chart(title: str, days: Sequence[str], series: Series, fmt: Formatter) 
         body.append(_text(left - 6, y + 4, fmt(peak * fraction), "end"))
     step = max(1, len(days) // 6)
     for i, day in enumerate(days):
-        if i % step == 0 or i == len(days) - 1:
+        last = i == len(days) - 1
+        if last or (i % step == 0 and len(days) - 1 - i >= step / 2):  # no label crowding the last one
             body.append(_text(x_of(i), bottom + 16, day, "middle"))
     for number, (_name, values) in enumerate(series):
         colour = PALETTE[number % len(PALETTE)]
@@ -175,20 +179,45 @@ def draw(
             svgs.append((panel, flow_chart(heading, paths, fmt)))
             continue
         labels = [" · ".join(numbers.cell("text", r.get(c)) for c in chart.label) for r in panel_rows]
-        if chart.kind == "lines" and chart.series:
-            days = list(dict.fromkeys(labels))
-            lines: dict[str, list[float]] = {}
-            for label, row in zip(labels, panel_rows, strict=True):
-                values = lines.setdefault(str(row.get(chart.series)), [0.0] * len(days))
-                values[days.index(label)] += numbers.plain(row.get(chart.values[0]))
-            svgs.append((panel, line_chart(heading, [d[:10] for d in days], list(lines.items()), fmt)))
+        if chart.kind == "lines":
+            svgs.append((panel, line_chart(heading, *_by_day(chart, by_name, labels, panel_rows), fmt)))
             continue
         series = [
             (by_name[v].label if v in by_name else v, [numbers.plain(r.get(v)) for r in panel_rows])
             for v in chart.values
         ]
-        if chart.kind == "lines":
-            svgs.append((panel, line_chart(heading, [label[:10] for label in labels], series, fmt)))
-        else:
-            svgs.append((panel, bar_chart(heading, labels, series, fmt)))
+        svgs.append((panel, bar_chart(heading, labels, series, fmt)))
     return svgs
+
+
+def every_day(days: Sequence[str]) -> list[str]:
+    """The days from the first to the last of ``days`` (ISO dates), none left out.
+
+    A day without rows had nothing (no revenue, no dead letter): drawn as 0,
+    and the x axis stays proportional to time. Labels that are not dates, or
+    a range over :data:`MAX_DAYS`, are kept as they are.
+    """
+    try:
+        parsed = sorted({date.fromisoformat(day[:10]) for day in days})
+    except ValueError:
+        return list(dict.fromkeys(days))
+    if not parsed or (parsed[-1] - parsed[0]).days > MAX_DAYS:
+        return [d.isoformat() for d in parsed]
+    return [(parsed[0] + timedelta(days=n)).isoformat() for n in range((parsed[-1] - parsed[0]).days + 1)]
+
+
+def _by_day(
+    chart: Chart, by_name: dict[str, Column], labels: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> tuple[list[str], Series]:
+    """Every day of the range and one line per series (``chart.series`` values, else value columns)."""
+    days = every_day([label[:10] for label in labels])
+    index = {day: i for i, day in enumerate(days)}
+    lines: dict[str, list[float]] = {}
+    for label, row in zip(labels, rows, strict=True):
+        names = [str(row.get(chart.series))] if chart.series else [by_name[v].label if v in by_name else v
+                                                                     for v in chart.values]  # fmt: skip
+        columns = [chart.values[0]] if chart.series else list(chart.values)
+        for name, column in zip(names, columns, strict=True):
+            values = lines.setdefault(name, [0.0] * len(days))
+            values[index[label[:10]]] += numbers.plain(row.get(column))
+    return days, list(lines.items())

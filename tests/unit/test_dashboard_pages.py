@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from pipeline.dashboard.charts import bar_chart, draw, flow_chart, line_chart
+from pipeline.dashboard.charts import bar_chart, draw, every_day, flow_chart, line_chart
 from pipeline.dashboard.filters import FilterError, Filters
 from pipeline.dashboard.html import Result, document, render_section
 from pipeline.dashboard.model import Chart, Column, Section
@@ -132,3 +132,26 @@ def test_html_escapes_data_and_says_when_there_is_nothing() -> None:
     assert "Not filtered" in render_section(unfiltered, Result([]))
     page = document("T", "sub", [("/", "Overview", True)], "<p>x</p>")
     assert page.startswith("<!DOCTYPE html>") and "aria-current=page" in page and 'href="#main"' in page
+
+
+def test_lines_keep_time_proportional_and_draw_days_without_rows_as_zero() -> None:
+    columns = (
+        Column("day", "Day", "day"),
+        Column("currency", "Currency"),
+        Column("online", "Online", "money"),
+    )
+    rows = [
+        {"day": "2026-11-01", "currency": "EUR", "online": 10.0},
+        {"day": "2026-11-04", "currency": "EUR", "online": 40.0},
+    ]
+    ((_panel, svg),) = draw(
+        "Revenue", Chart("lines", ("day",), ("online",), panels="currency"), columns, rows
+    )
+    circles = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)
+    assert len(circles) == 4  # 1, 2, 3 and 4 November
+    xs = [float(x) for x, _y in circles]
+    assert xs[1] - xs[0] == pytest.approx(xs[3] - xs[2])
+    ys = [float(y) for _x, y in circles]
+    assert ys[1] == ys[2] == max(ys) and ys[0] > ys[3]  # the empty days sit at 0, below 10 and 40
+    assert every_day(["2026-12-30", "2027-01-02"]) == ["2026-12-30", "2026-12-31", "2027-01-01", "2027-01-02"]
+    assert every_day(["b", "a"]) == ["b", "a"]
