@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from pipeline.config import Settings
-from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
 from pipeline.kafka.topics import RAW_TOPICS
 from pipeline.model.contract import ID_PRIORITY
 
@@ -63,7 +63,7 @@ def send_events(
             producer.poll(0)
             if on_sent is not None:
                 on_sent(10000)
-    producer.flush()
+    flush_within(producer, "the events")
     if on_sent is not None:
         on_sent(count % 10000)
     delivery.raise_if_failed()

@@ -22,7 +22,6 @@ import orjson
 
 from pipeline.attribution.datadriven import FittedModel, ModelKind, PathCount, fit_model, paths_from_sessions
 from pipeline.config import Settings
-from pipeline.errors import KafkaUnavailable
 from pipeline.kafka import topics
 
 log = logging.getLogger(__name__)
@@ -94,14 +93,13 @@ def fit_from_row(row: dict[str, Any]) -> FittedModel:
 
 def publish(settings: Settings, fits: Sequence[FittedModel], timeout: float = 30.0) -> None:
     """Send the fits to the models topic (one keyed message per kind) and wait for Kafka."""
-    from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
 
     delivery = DeliveryTracker()
     producer = make_producer(settings, on_delivery=delivery)
     for fit in fits:
         produce(producer, settings.topic(topics.MODELS), orjson.dumps(model_row(fit)), fit.kind.encode())
-    if producer.flush(timeout) > 0:
-        raise KafkaUnavailable(f"Kafka did not acknowledge the fits within {timeout:.0f} s")
+    flush_within(producer, "the fits", timeout)
     delivery.raise_if_failed()
 
 

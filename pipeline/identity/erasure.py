@@ -187,9 +187,8 @@ def execute(
 
 def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None:
     """Suppress the identifiers and persons, and tell the stages to drop them from their state."""
-    from pipeline.errors import KafkaUnavailable
     from pipeline.kafka.admin import partition_counts
-    from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
 
     delivery = DeliveryTracker()
     producer = make_producer(settings, on_delivery=delivery)
@@ -204,8 +203,7 @@ def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None
                 "keys": sorted(erasure.identifiers),
             }  # fmt: skip
             produce(producer, valid, orjson.dumps(record), b"forget", partition=partition)
-    if producer.flush(timeout) > 0:
-        raise KafkaUnavailable(f"Kafka did not acknowledge the erasure within {timeout:.0f} s")
+    flush_within(producer, "the erasure", timeout)
     delivery.raise_if_failed()
 
 

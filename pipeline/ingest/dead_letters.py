@@ -313,8 +313,10 @@ class KafkaSender:
         produce(self.producer, topic, value, key, headers=list(headers), **timestamp)
 
     def finish(self) -> None:
-        """Wait until every message is acknowledged; DeliveryFailed otherwise."""
-        self.producer.flush()
+        """Wait until every message is acknowledged; DeliveryFailed, or KafkaUnavailable after a minute."""
+        from pipeline.kafka.clients import flush_within
+
+        flush_within(self.producer, "the replayed dead letters")
         self.delivery.raise_if_failed()
 
 

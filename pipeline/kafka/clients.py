@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from pipeline.config import Settings
-from pipeline.errors import DeliveryFailed
+from pipeline.errors import DeliveryFailed, KafkaUnavailable
 from pipeline.model.limits import message_bytes
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,24 @@ class DeliveryTracker:
         """
         if self.error is not None:
             raise DeliveryFailed(f"a produced message was not delivered: {self.error}")
+
+
+FLUSH_SECONDS = 60.0
+"""How long a command waits for Kafka to acknowledge what it sent before it gives up."""
+
+
+def flush_within(producer: Producer, what: str, seconds: float = FLUSH_SECONDS) -> None:
+    """Wait until Kafka acknowledged every queued message; KafkaUnavailable after ``seconds``.
+
+    Waits in steps of a second, so Ctrl-C reaches the command while Kafka is
+    away (one unbounded ``flush()`` blocks signals until librdkafka gives up).
+    """
+    deadline = time.monotonic() + seconds
+    while (left := producer.flush(min(1.0, max(deadline - time.monotonic(), 0.0)))) > 0:
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailable(
+                f"Kafka did not acknowledge {left} message(s) of {what} within {seconds:.0f} s"
+            )
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: bytes | None = None, **kw: Any) -> None:

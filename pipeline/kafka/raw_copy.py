@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
-from pipeline.kafka.clients import DeliveryTracker, make_producer, produce
+from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
 from pipeline.kafka.reader import read_topics
 from pipeline.kafka.topics import RAW_TOPICS
 from pipeline.stop_flag import StopFlag
@@ -64,7 +64,7 @@ def copy_raw(
             if on_copied is not None:
                 on_copied(pending)
             pending = 0
-    producer.flush()
+    flush_within(producer, "the copy")
     delivery.raise_if_failed()
     if on_copied is not None and pending:
         on_copied(pending)
