@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from pipeline.config import Settings
+from pipeline.errors import RetryableError
 from pipeline.identity.erasure import Suppressions
 from pipeline.model.rows import ROW_TABLES
 from pipeline.runtime.faults import FaultPlan
@@ -38,14 +39,28 @@ class SinkHandler:
         return list(self.tables)
 
     def handle(self, messages: Sequence[Message]) -> None:
-        """Buffer a batch of row messages."""
+        """Buffer a batch of row messages, inserting each time a whole batch of rows is buffered.
+
+        A batch of messages can hold millions of rows (each message is an
+        envelope of up to thousands): inserting as the rows come keeps the
+        buffer near ``O2O_SINK_BATCH_ROWS``. The offsets are committed only
+        after the whole batch is written (:meth:`make_durable`). When an insert
+        fails here, the rows stay buffered and :meth:`make_durable` retries.
+        """
         self.suppressions.refresh()
         erased = self.suppressions.persons
+        insert_early = True
         for message in messages:
             table = self.tables[message.topic() or ""]
             raw_headers: list[tuple[str, Any]] = list(message.headers() or [])  # type: ignore[arg-type]
             headers = [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw_headers]
             self.batcher.add(table, message.value() or b"", headers, erased)
+            if insert_early and self.batcher.full():
+                try:
+                    self.batcher.write()
+                except RetryableError as exc:
+                    log.warning("sink: %s; keeping the rows for the commit's retries", exc)
+                    insert_early = False
 
     def due(self) -> bool:
         """Write when the batch is full or old enough."""

@@ -94,6 +94,10 @@ class RowBatcher:
         self.buffers.setdefault(table, []).extend(rows)
         self.pending += len(rows)
 
+    def full(self) -> bool:
+        """True when the buffer holds a whole batch of rows."""
+        return self.pending >= self.batch_rows
+
     def due(self) -> bool:
         """True when the buffer is full or its oldest row waited long enough."""
         return self.pending >= self.batch_rows or (

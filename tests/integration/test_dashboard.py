@@ -96,6 +96,7 @@ def story(kafka_bootstrap: str, chdb_folder: Path, tmp_path_factory: pytest.Temp
         state_dir=tmp_path_factory.mktemp("dashboard") / "state",
         partitions=2,
         sink_flush_seconds=0.3,
+        sink_batch_rows=3,  # the sink inserts within a batch of messages: nothing lost or doubled
         group_session_timeout_seconds=TEST_GROUP_SESSION_TIMEOUT,
     )
     events = settings.state_dir.parent / "events.jsonl"
