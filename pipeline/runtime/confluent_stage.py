@@ -169,7 +169,10 @@ class ConfluentStageLoop:
         """Say so when retention deleted records this group never acknowledged.
 
         The consumer then starts at the log's first offset (``auto.offset.reset``):
-        without this check the hole would pass unnoticed.
+        without this check the hole would pass unnoticed. The loss is then
+        acknowledged: the log's first offset is committed with the next
+        checkpoint, so a partition retention emptied does not count as
+        behind (and alerting) for good.
         """
         if not partitions:
             return
@@ -186,6 +189,7 @@ class ConfluentStageLoop:
                 log.error("%s: offsets %d to %d of %s[%d] were deleted by retention before this stage "
                           "acknowledged them; they are lost to it", self.stage, offset, starts[key] - 1,
                           *key)  # fmt: skip
+                self._uncommitted.setdefault(key, starts[key])
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
