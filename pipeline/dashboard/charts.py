@@ -182,10 +182,7 @@ def draw(
         if chart.kind == "lines":
             svgs.append((panel, line_chart(heading, *_by_day(chart, by_name, labels, panel_rows), fmt)))
             continue
-        series = [
-            (by_name[v].label if v in by_name else v, [numbers.plain(r.get(v)) for r in panel_rows])
-            for v in chart.values
-        ]
+        series = [(_label(by_name, v), [numbers.plain(r.get(v)) for r in panel_rows]) for v in chart.values]
         svgs.append((panel, bar_chart(heading, labels, series, fmt)))
     return svgs
 
@@ -214,10 +211,16 @@ def _by_day(
     index = {day: i for i, day in enumerate(days)}
     lines: dict[str, list[float]] = {}
     for label, row in zip(labels, rows, strict=True):
-        names = [str(row.get(chart.series))] if chart.series else [by_name[v].label if v in by_name else v
-                                                                     for v in chart.values]  # fmt: skip
-        columns = [chart.values[0]] if chart.series else list(chart.values)
-        for name, column in zip(names, columns, strict=True):
+        if chart.series:
+            points = [(str(row.get(chart.series)), chart.values[0])]
+        else:
+            points = [(_label(by_name, column), column) for column in chart.values]
+        for name, column in points:
             values = lines.setdefault(name, [0.0] * len(days))
             values[index[label[:10]]] += numbers.plain(row.get(column))
     return days, list(lines.items())
+
+
+def _label(by_name: dict[str, Column], name: str) -> str:
+    """How a value column is called in a legend."""
+    return by_name[name].label if name in by_name else name

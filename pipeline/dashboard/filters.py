@@ -55,15 +55,14 @@ class Filters:
                 raise FilterError(f"{key}={name!r} is not a store id or channel name")
         return cls(model, since, until, names["store"], names["channel"])
 
-    def query(self, **changes: str) -> str:
-        """These filters (with ``changes``) as a URL query string, empty ones left out."""
+    def query(self) -> str:
+        """These filters as a URL query string, empty ones left out."""
         values = {
             "since": self.since.isoformat() if self.since else "",
             "until": self.until.isoformat() if self.until else "",
             "model": self.model,
             "store": self.store,
             "channel": self.channel,
-            **changes,
         }
         text = urlencode({k: v for k, v in values.items() if v})
         return f"?{text}" if text else ""
@@ -71,6 +70,10 @@ class Filters:
     def days(self, column: str) -> str:
         """SQL condition: ``column`` (a DateTime) falls on a day in the range (``1``: no range)."""
         return day_range(f"toDate({column})", self.since, self.until)
+
+    def conversions(self, alias: str = "c") -> str:
+        """SQL condition on the conversions ``alias``: the days of the range and the store."""
+        return f"{self.days(f'{alias}.occurred_at')} AND {self.equals(f'{alias}.store_id', 'store')}"
 
     def equals(self, column: str, key: str) -> str:
         """SQL condition: ``column`` is the ``store`` or ``channel`` filter (``1``: not filtered)."""

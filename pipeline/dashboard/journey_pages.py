@@ -8,7 +8,7 @@ from pipeline.dashboard.model import Chart, Column, Page, Section
 
 def journeys(f: Filters) -> Page:
     """Path length and time to convert per O2O label."""
-    conversions = f"{f.days('c.occurred_at')} AND {f.equals('c.store_id', 'store')}"
+    conversions = f.conversions()
     return Page(
         "journeys",
         "Customers' journeys",

@@ -13,15 +13,9 @@ from collections.abc import Sequence
 from pipeline.clickhouse.format import sql_string
 from pipeline.dashboard.filters import Filters
 from pipeline.dashboard.model import Chart, Column, Page, Section
-
-IN_STORE = "c.source IN ('pos', 'geofence')"
-"""SQL: the conversion ``c`` is a sale in a store (the others are web and app orders)."""
+from pipeline.dashboard.sql import IN_STORE, per_model
 
 PATHS_SHOWN = 12
-
-
-def _conversions(f: Filters, alias: str = "c") -> str:
-    return f"{f.days(f'{alias}.occurred_at')} AND {f.equals(f'{alias}.store_id', 'store')}"
 
 
 def overview(f: Filters) -> Page:
@@ -37,7 +31,7 @@ def overview(f: Filters) -> Page:
                 "Sales online and in store",
                 f"""SELECT {world} AS world, c.currency AS currency, count() AS conversions,
                        sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers
-                FROM {{db}}.conversions AS c WHERE {_conversions(f)}
+                FROM {{db}}.conversions AS c WHERE {f.conversions()}
                 GROUP BY world, currency ORDER BY currency, world""",
                 (
                     Column("world", "Sold"),
@@ -59,7 +53,7 @@ def overview(f: Filters) -> Page:
                            / sum(credited_revenue) OVER (PARTITION BY sale, currency) AS share
                 FROM {{db}}.attribution AS a INNER JOIN {{db}}.conversions AS c
                     ON c.conversion_id = a.conversion_id
-                WHERE a.model = {sql_string(f.model)} AND {_conversions(f)}
+                WHERE a.model = {sql_string(f.model)} AND {f.conversions()}
                 GROUP BY sale, touch, currency ORDER BY currency, sale, touch""",
                 (
                     Column("sale", "Sale"),
@@ -109,7 +103,7 @@ def overview(f: Filters) -> Page:
                 "Revenue by day",
                 f"""SELECT toDate(c.occurred_at) AS day, c.currency AS currency,
                        sumIf(c.revenue, NOT {IN_STORE}) AS online, sumIf(c.revenue, {IN_STORE}) AS in_store
-                FROM {{db}}.conversions AS c WHERE {_conversions(f)}
+                FROM {{db}}.conversions AS c WHERE {f.conversions()}
                 GROUP BY day, currency ORDER BY currency, day""",
                 (
                     Column("day", "Day", "day"),
@@ -126,7 +120,6 @@ def overview(f: Filters) -> Page:
 
 def attribution(f: Filters, models: Sequence[str]) -> Page:
     """Every model side by side per channel, the data-driven models' weights, the common paths."""
-    per_model = ", ".join(f"sumIf(a.revenue_credit, a.model = {sql_string(m)}) AS `{m}`" for m in models)
     return Page(
         "attribution",
         "Attribution",
@@ -135,10 +128,11 @@ def attribution(f: Filters, models: Sequence[str]) -> Page:
             Section(
                 "by_model",
                 "Credited revenue per channel, every model",
-                f"""SELECT a.channel AS channel, c.currency AS currency, {per_model}
+                f"""SELECT a.channel AS channel, c.currency AS currency,
+                       {per_model(models, "a.revenue_credit")}
                 FROM {{db}}.attribution AS a INNER JOIN {{db}}.conversions AS c
                     ON c.conversion_id = a.conversion_id
-                WHERE {_conversions(f)} AND {f.equals("a.channel", "channel")}
+                WHERE {f.conversions()} AND {f.equals("a.channel", "channel")}
                 GROUP BY channel, currency ORDER BY currency, `{models[0]}` DESC, channel""",
                 (
                     Column("channel", "Channel"),
@@ -172,7 +166,7 @@ def attribution(f: Filters, models: Sequence[str]) -> Page:
                        count() AS conversions, sum(c.revenue) AS revenue
                 FROM {{db}}.conversion_paths AS p INNER JOIN {{db}}.conversions AS c
                     ON c.conversion_id = p.conversion_id
-                WHERE {_conversions(f)}
+                WHERE {f.conversions()}
                 GROUP BY path, sale, o2o_label, currency ORDER BY conversions DESC, path
                     LIMIT {PATHS_SHOWN}""",
                 (

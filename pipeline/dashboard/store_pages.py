@@ -12,13 +12,10 @@ from collections.abc import Sequence
 from pipeline.clickhouse.format import sql_string
 from pipeline.dashboard.filters import Filters
 from pipeline.dashboard.model import Chart, Column, Page, Section
+from pipeline.dashboard.sql import IN_STORE, per_model
 
 NOT_COLLECTED_DAYS = 7
 """A click-and-collect order waiting this many days counts as not collected."""
-
-
-def _per_model(models: Sequence[str], measure: str) -> str:
-    return ", ".join(f"sumIf({measure}, model = {sql_string(m)}) AS `{m}`" for m in models)
 
 
 def stores(f: Filters, models: Sequence[str]) -> Page:
@@ -45,8 +42,7 @@ def stores(f: Filters, models: Sequence[str]) -> Page:
             f"""SELECT c.store_id AS store_id, c.currency AS currency, count() AS sales,
                        sum(c.revenue) AS revenue, uniqExact(c.person_id) AS customers
                 FROM {{db}}.conversions AS c
-                WHERE c.source IN ('pos', 'geofence') AND {f.days('c.occurred_at')}
-                    AND {f.equals('c.store_id', 'store')}
+                WHERE {IN_STORE} AND {f.conversions()}
                 GROUP BY store_id, currency ORDER BY currency, revenue DESC, store_id""",
             (Column("store_id", "Store"), Column("currency", "Currency"), Column("sales", "Sales", "int"),
              Column("revenue", "Revenue", "money"), Column("customers", "Customers", "int")),
@@ -56,7 +52,7 @@ def stores(f: Filters, models: Sequence[str]) -> Page:
         Section(
             "influence", "Online sales a store influenced: revenue credited to its visits, every model",
             f"""SELECT store_id, currency, max(online_orders) AS online_orders,
-                       {_per_model(models, 'credited_revenue')}
+                       {per_model(models, 'credited_revenue')}
                 FROM (
                     SELECT store_id, currency, model, sum(online_orders) AS online_orders,
                            sum(credited_revenue) AS credited_revenue
