@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.bench_stats import Partition, TopicCount, cumulative, stage_label
 from pipeline.config import Settings
+from pipeline.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,9 @@ class OffsetSampler:
         ]
         for stage, group in self.groups.items():
             self._consumers[stage] = Consumer(
-                {
-                    "bootstrap.servers": self.settings.bootstrap_servers,
-                    "group.id": group,
-                    "enable.auto.commit": False,
-                    "log_level": 3,
-                }
+                client_config(
+                    self.settings, **{"group.id": group, "enable.auto.commit": False, "log_level": 3}
+                )
             )
             self.series[stage] = []
 
@@ -238,14 +236,16 @@ def topic_census(
     envelopes = envelope_topics(settings)
     wanted = set(running_for)
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": settings.group("bench-census"),
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.max.bytes": 64 << 20,
-            "log_level": 3,
-        }
+        client_config(
+            settings,
+            **{
+                "group.id": settings.group("bench-census"),
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.max.bytes": 64 << 20,
+                "log_level": 3,
+            },
+        )
     )
     left = {tp for tp, end in ends.items() if end > starts.get(tp, 0)}
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(left)])

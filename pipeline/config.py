@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
 from pipeline.errors import ConfigError
+from pipeline.kafka.security import KafkaSecuritySettings
 
 ATTRIBUTION_MODELS = (
     "first_touch",
@@ -127,8 +128,13 @@ def _config_file() -> Path | None:
     return local if local.exists() else None
 
 
-class Settings(BaseSettings):
-    """Every tunable of the pipeline, with its default and its validation."""
+class Settings(BaseSettings, KafkaSecuritySettings):
+    """Every tunable of the pipeline, with its default and its validation.
+
+    The Kafka security settings (``kafka_security_protocol``, ``kafka_sasl_*``,
+    ``kafka_ssl_*``, ``kafka_oauth_*``) are declared, and checked together, in
+    :class:`~pipeline.kafka.security.KafkaSecuritySettings`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="O2O_", extra="forbid", validate_default=True)
 
@@ -151,6 +157,9 @@ class Settings(BaseSettings):
     kafka_port: int = Field(9092, ge=1, le=65535, description="broker port of `o2o stack`")
     kafka_controller_port: int = Field(0, ge=0, le=65535, description="controller port (0: broker port + 1)")
     kafka_heap: str = Field("768m", description="maximum Java heap of the local broker")
+    kafka_secure_port: int = Field(
+        0, ge=0, le=65535, description="SASL_SSL port of `o2o stack up --secure` (0: broker port + 2)"
+    )
 
     # ClickHouse
     clickhouse_dsn: str = Field(
@@ -380,6 +389,8 @@ class Settings(BaseSettings):
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
         if not self.kafka_controller_port:
             self.kafka_controller_port = self.kafka_port + 1
+        if not self.kafka_secure_port:
+            self.kafka_secure_port = self.kafka_port + 2
         if not self.consumer_group_prefix:
             self.consumer_group_prefix = self.topic_prefix
         return self

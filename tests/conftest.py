@@ -1,8 +1,9 @@
 """Shared fixtures: one real Kafka broker per test run, one chDB folder, and per-test isolation.
 
 The broker is the project's own local stack (Apache Kafka, KRaft) on a free
-loopback port with its own state folder; its classpath download is cached
-under the repository's ``.state`` so repeated runs need no network. With
+loopback port, with its SASL_SSL listener on another, and its own state
+folder; its classpath download is cached under the repository's ``.state``
+so repeated runs need no network. With
 pytest-xdist (``-n N``, as ``make test`` runs) the controlling process starts
 the one broker before the workers and stops it after them; each worker is
 told its address. chDB allows one data folder per process, so every test of a
@@ -53,10 +54,13 @@ class SessionBroker:
         from pipeline.stack.local_kafka import LocalKafka, free_port
 
         self.state = state
-        port, controller = free_port(), free_port()
-        self.settings = load_settings(state_dir=state, kafka_port=port, kafka_controller_port=controller)
+        port, controller, secure = free_port(), free_port(), free_port()
+        self.settings = load_settings(
+            state_dir=state, kafka_port=port, kafka_controller_port=controller, kafka_secure_port=secure
+        )
         self.stack = LocalKafka(self.settings, dist_cache=REPO / ".state" / "kafka" / "dist")
-        self.bootstrap = self.stack.up().bootstrap
+        # with the SASL_SSL listener of `o2o stack up --secure` (tests/integration/test_secure_kafka.py)
+        self.bootstrap = self.stack.up(secure=True).bootstrap
 
     def stack_settings(self) -> Settings:
         """Settings that reach this broker, with its state folder and ports (for `o2o stack`)."""
@@ -84,7 +88,14 @@ def pytest_configure_node(node: Any) -> None:
     """xdist: tell each worker where the broker is."""
     settings = node.config.stash[BROKER].stack_settings()
     node.workerinput[BROKER_KEY] = settings.model_dump(
-        mode="json", include={"bootstrap_servers", "state_dir", "kafka_port", "kafka_controller_port"}
+        mode="json",
+        include={
+            "bootstrap_servers",
+            "state_dir",
+            "kafka_port",
+            "kafka_controller_port",
+            "kafka_secure_port",
+        },
     )
 
 

@@ -59,14 +59,26 @@ def stack() -> None:
 
 
 @stack.command("up")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Also listen with SASL_SSL on O2O_KAFKA_SECURE_PORT (default: broker port + 2): a local CA, a "
+    "broker certificate for localhost and 127.0.0.1 and a SCRAM user `o2o` are made once under "
+    "<state dir>/kafka/secure, whose client.env holds the O2O_ settings that reach it.",
+)
 @click.pass_context
 @handle_errors
-def stack_up(ctx: click.Context) -> None:
+def stack_up(ctx: click.Context, secure: bool) -> None:
     """Fetch (once, cached) and start the local broker; returns when it accepts connections."""
     from pipeline.stack.local_kafka import LocalKafka
 
-    status = LocalKafka(settings_of(ctx)).up(progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    status = LocalKafka(settings_of(ctx)).up(
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"), secure=secure
+    )
     console.print(f"[green]Kafka {status.version} running[/] at {status.bootstrap} (pid {status.pid})")
+    if status.secure_bootstrap is not None:
+        env = settings_of(ctx).state_dir / "kafka" / "secure" / "client.env"
+        console.print(f"SASL_SSL at {status.secure_bootstrap}: `set -a; . {env}; set +a` sets the clients up")
 
 
 @stack.command("status")

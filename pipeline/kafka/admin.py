@@ -21,17 +21,74 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, KafkaUnavailable
+from pipeline.kafka.clients import client_config
 from pipeline.kafka.layout import PROCEDURE, growth
+from pipeline.kafka.security import security_failure
 from pipeline.kafka.topics import topic_specs
 
 log = logging.getLogger(__name__)
 
 
-def admin_client(settings: Settings) -> AdminClient:
+class Admin(AdminClient):
+    """An AdminClient whose metadata request stops at once, with the reason, when security settings are wrong.
+
+    librdkafka retries a failed authentication or TLS handshake for ever, so
+    a plain ``list_topics`` would only say "timed out" after its whole
+    timeout. Here the client's error callback notes such a failure
+    (:func:`~pipeline.kafka.security.security_failure`) and ``list_topics``
+    raises ConfigError naming it. Every stage and command asks for metadata
+    first, so wrong credentials, an unknown CA or plain text against TLS end
+    there (exit 2).
+    """
+
+    CLOSED_EARLY_LIMIT = 3
+    """Connections closed before the broker's first answer that mean plain text reached a TLS listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bootstrap = settings.bootstrap_servers
+        self.security_error: str | None = None
+        self.closed_early = 0
+        extra = {"socket.timeout.ms": 10000, "log_level": 6, "logger": self, "error_cb": self._on_error}
+        super().__init__(client_config(settings, **extra))
+
+    def _on_error(self, err: KafkaError) -> None:
+        reason = security_failure(err)
+        if reason is not None and self.security_error is None:
+            self.security_error = reason
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        """librdkafka's log lines: warnings and worse go to ``logging``; early disconnects are counted."""
+        text = message % args if args else message
+        if "Disconnected" in text and "state APIVERSION_QUERY" in text:
+            # a TLS listener closes a plain-text connection at its first request
+            self.closed_early += 1
+            if self.closed_early >= self.CLOSED_EARLY_LIMIT and self.security_error is None:
+                self.security_error = (
+                    "the broker closed every connection before answering its first request: is it a "
+                    "TLS listener reached with plain text? Check O2O_KAFKA_SECURITY_PROTOCOL"
+                )
+        if level >= logging.WARNING:
+            log.log(level, "%s", text)
+
+    def list_topics(self, *args: Any, timeout: float = -1, **kwargs: Any) -> Any:
+        """Cluster metadata, asked for in steps of a second so a security failure ends the wait."""
+        deadline = time.monotonic() + (timeout if timeout >= 0 else 60.0)
+        while True:
+            step = max(min(1.0, deadline - time.monotonic()), 0.01)
+            try:
+                return super().list_topics(*args, timeout=step, **kwargs)
+            except KafkaException:
+                self.poll(0)  # serves the error callback
+                if self.security_error is not None:
+                    reason = self.security_error
+                    raise ConfigError(f"cannot use Kafka at {self.bootstrap}: {reason}") from None
+                if time.monotonic() >= deadline:
+                    raise
+
+
+def admin_client(settings: Settings) -> Admin:
     """An AdminClient for the configured cluster."""
-    return AdminClient(
-        {"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10000, "log_level": 4}
-    )
+    return Admin(settings)
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0, add_partitions: bool = False) -> dict[str, str]:
@@ -162,9 +219,7 @@ def group_offsets(
     wanted = [TopicPartition(t, p) for t, p in partitions]
     if not wanted:
         return {}
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group, "enable.auto.commit": False}
-    )
+    consumer = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
     try:
         deadline = time.monotonic() + timeout
         while True:

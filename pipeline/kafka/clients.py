@@ -12,15 +12,23 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from pipeline.config import Settings
 from pipeline.errors import DeliveryFailed, KafkaUnavailable
+from pipeline.kafka.security import librdkafka_security
 from pipeline.model.limits import message_bytes
 
 log = logging.getLogger(__name__)
 
 
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """What every confluent-kafka client needs: the brokers, and TLS and SASL as the settings say."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, **librdkafka_security(settings)}
+    conf.update(extra)
+    return conf
+
+
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """An idempotent, batching producer (acks=all, lz4)."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
+    conf = client_config(settings)
+    conf |= {
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
@@ -43,8 +51,8 @@ def process_client_id(settings: Settings, stage: str) -> str:
 
 def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:
     """A consumer that commits only when told to, reading from the earliest offset."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
+    conf = client_config(settings)
+    conf |= {
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from pipeline.config import Settings
 from pipeline.errors import KafkaUnavailable
 from pipeline.kafka.admin import admin_client, group_offsets, partition_offsets
+from pipeline.kafka.clients import client_config
 from pipeline.kafka.topics import stage_topics
 
 Partition = tuple[str, int]
@@ -159,14 +160,16 @@ def record_times(
     if not positions:
         return {}
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": settings.group("lag-reader"),
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            "log_level": 3,
-        }
+        client_config(
+            settings,
+            **{
+                "group.id": settings.group("lag-reader"),
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 50,
+                "log_level": 3,
+            },
+        )
     )
     found: dict[Partition, float] = {}
     try:

@@ -29,6 +29,7 @@ from pipeline.kafka.admin import group_lag, partition_counts
 from pipeline.kafka.clients import process_client_id
 from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.layout import check_layout
+from pipeline.kafka.security import faust_credentials
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
 from pipeline.model.limits import message_bytes
@@ -117,6 +118,7 @@ class FaustStage:
         app = faust.App(
             settings.group(self.stage),
             broker=faust_broker_url(settings.bootstrap_servers),
+            broker_credentials=faust_credentials(settings),  # TLS and SASL, as every other client
             store="memory://",
             datadir=str(datadir),
             autodiscover=False,

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from pipeline.config import STAGES, Settings, default_salt_warning
 from pipeline.errors import ConfigError, DrainInterrupted, FatalError, RetryableError
 from pipeline.kafka import topics
@@ -271,5 +273,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue  # unset stays unset
         if isinstance(value, tuple | list):
             value = ",".join(value)
+        elif isinstance(value, SecretStr):
+            if not value.get_secret_value():
+                continue
+            value = value.get_secret_value()
         env[f"O2O_{name.upper()}"] = str(value)
     return env

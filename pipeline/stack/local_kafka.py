@@ -37,6 +37,14 @@ from pipeline.stack.kafka_dist import (
     java_binary,
 )
 from pipeline.stack.kafka_net import HOST, accepts, free_port, port_is_free, topic_count
+from pipeline.stack.secure_listener import (
+    LISTENER,
+    USER,
+    create_scram_user,
+    ensure_secure_files,
+    listener_properties,
+    write_client_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,8 @@ class StackStatus:
     log_file: Path
     topics: int | None = None
     """Number of topics (internal ``__*`` ones excluded) when the broker answers, else None."""
+    secure_bootstrap: str | None = None
+    """The SASL_SSL listener (``up --secure``), when the broker has one."""
 
     @property
     def ready(self) -> bool:
@@ -123,11 +133,14 @@ class LocalKafka:
 
     # ----------------------------------------------------------------- public API
 
-    def up(self, progress: Progress | None = None) -> StackStatus:
+    def up(self, progress: Progress | None = None, secure: bool = False) -> StackStatus:
         """Start the broker unless it already runs, and wait until it answers metadata requests.
 
         Idempotent: when the broker of this state folder runs and answers, returns at once.
         The first call fetches the broker classpath (Maven); later calls need no network.
+        With ``secure``, the broker also listens with SASL_SSL on ``kafka_secure_port``
+        (:mod:`pipeline.stack.secure_listener`): certificates and the SCRAM user are made
+        once, and ``<state_dir>/kafka/secure/client.env`` holds the client settings.
 
         Raises:
             StackError: a tool is missing, the fetch failed, a port is taken, the broker
@@ -137,11 +150,23 @@ class LocalKafka:
         with file_lock(self.root / "up.lock"):  # two `up` at once start one broker
             pid = self._running_pid()
             if pid is None:
-                pid = self._start(say)
+                pid = self._start(say, secure)
             else:
                 self._check_ports(pid)
+                if secure and self._recorded_secure_port() is None:
+                    raise StackError(
+                        f"the broker of {self.settings.state_dir} is running (pid {pid}) without its "
+                        "secure listener; run `o2o stack down` first, then `o2o stack up --secure`"
+                    )
                 say(f"broker already running (pid {pid}), checking it answers")
-        return self._wait_ready(pid, say)
+            status = self._wait_ready(pid, say)
+            if status.secure_bootstrap is not None:
+                files = ensure_secure_files(self.settings.state_dir)
+                create_scram_user(status.bootstrap, files)
+                host, _, port = status.secure_bootstrap.rpartition(":")
+                env = write_client_env(files, host, int(port))
+                say(f"SASL_SSL listener on {status.secure_bootstrap} (user {USER}); client settings in {env}")
+        return status
 
     def _check_ports(self, pid: int) -> None:
         """Refuse when the running broker listens on other ports than the settings say."""
@@ -155,13 +180,18 @@ class LocalKafka:
                 "or run `o2o stack down` first"
             )
 
-    def _start(self, say: Progress) -> int:
+    def _start(self, say: Progress, secure: bool) -> int:
         """Fetch (once), check the ports, write the config, format (once) and spawn the broker."""
         port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
-        if port == cport:
+        sport = self.settings.kafka_secure_port if secure else None
+        if len({port, cport, sport or port}) < (3 if secure else 2):
             raise StackError(
-                f"the broker and controller ports are both {port}; set O2O_KAFKA_CONTROLLER_PORT"
+                f"the broker, controller (and secure) ports must differ: {port}, {cport}"
+                + (f", {sport}" if secure else "")
+                + "; set O2O_KAFKA_CONTROLLER_PORT (O2O_KAFKA_SECURE_PORT)"
             )
+        if sport is not None and not port_is_free(sport):
+            raise StackError(f"port {sport} is taken by another process; set O2O_KAFKA_SECURE_PORT")
         java = java_binary()
         lib = ensure_dist(self.dist_cache, self.settings.kafka_version, say)
         if not port_is_free(port):
@@ -172,7 +202,7 @@ class LocalKafka:
             )
         private_dir(self.root)
         private_dir(self.logs_dir)
-        self._write_properties(port, cport)
+        self._write_properties(port, cport, sport)
         classpath = f"{lib}/*"
         if not (self.data_dir / "meta.properties").exists():
             say("formatting the broker storage (first start)")
@@ -187,6 +217,7 @@ class LocalKafka:
         port = ports[0] if ports is not None else self.settings.kafka_port
         bootstrap = f"{HOST}:{port}"
         topics = topic_count(bootstrap, timeout=5.0) if pid is not None and accepts(port) else None
+        sport = self._recorded_secure_port() if pid is not None else None
         return StackStatus(
             running=pid is not None,
             pid=pid,
@@ -195,6 +226,7 @@ class LocalKafka:
             data_dir=self.data_dir,
             log_file=self.log_file,
             topics=topics,
+            secure_bootstrap=f"{HOST}:{sport}" if sport is not None else None,
         )
 
     def down(self, purge: bool = False) -> None:
@@ -364,7 +396,16 @@ class LocalKafka:
             return None
         return int(broker.group(1)), int(controller.group(1))
 
-    def _write_properties(self, port: int, cport: int) -> None:
+    def _recorded_secure_port(self) -> int | None:
+        """The SASL_SSL port of the written server.properties, or None without one."""
+        try:
+            text = self.properties_file.read_text()
+        except OSError:
+            return None
+        found = re.search(rf"^listeners=.*{LISTENER}://[^:,]+:(\d+)", text, re.M)
+        return int(found.group(1)) if found else None
+
+    def _write_properties(self, port: int, cport: int, sport: int | None) -> None:
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -386,6 +427,12 @@ class LocalKafka:
             "group.min.session.timeout.ms": "1000",  # O2O_GROUP_SESSION_TIMEOUT_SECONDS may go down to 1
             "log.retention.hours": "168",
         }
+        if sport is not None:
+            files = ensure_secure_files(self.settings.state_dir)
+            props["listeners"] += f",{LISTENER}://{HOST}:{sport}"
+            props["advertised.listeners"] += f",{LISTENER}://{HOST}:{sport}"
+            props["listener.security.protocol.map"] += f",{LISTENER}:{LISTENER}"
+            props |= listener_properties(files, sport, HOST)
         lines = [
             "# Written by `o2o stack up` (pipeline/stack/local_kafka.py) at every start; edits are lost."
         ]
