@@ -15,6 +15,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -22,6 +23,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from pipeline.errors import ConfigError
 from pipeline.kafka.security import KafkaSecuritySettings
+from pipeline.private_files import read_secret
 
 ATTRIBUTION_MODELS = (
     "first_touch",
@@ -166,6 +168,9 @@ class Settings(BaseSettings, KafkaSecuritySettings):
         "", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)"
     )
     clickhouse_database: str = Field("o2o", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_password_file: Path | None = Field(
+        None, description="file holding the ClickHouse server's password (a mounted secret)"
+    )
     query_max_seconds: float = Field(30.0, gt=0, description="a read-only query (o2o sql, ...) stops after")
     query_max_memory_mb: int = Field(1024, ge=16, description="memory a read-only query may use")
     query_max_result_rows: int = Field(1_000_000, ge=1, description="rows a read-only query may return")
@@ -387,6 +392,13 @@ class Settings(BaseSettings, KafkaSecuritySettings):
             load_activation_rules(self.activation_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
+        if self.clickhouse_password_file is not None:
+            if self.embedded_clickhouse or urlsplit(self.clickhouse_dsn).password:
+                raise ValueError(
+                    "O2O_CLICKHOUSE_PASSWORD_FILE needs a server DSN without a password "
+                    "(http(s)://user@host:8123)"
+                )
+            read_secret(self.clickhouse_password_file, "O2O_CLICKHOUSE_PASSWORD_FILE")
         if not self.kafka_controller_port:
             self.kafka_controller_port = self.kafka_port + 1
         if not self.kafka_secure_port:

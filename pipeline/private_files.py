@@ -27,6 +27,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def read_secret(path: Path, setting: str) -> str:
+    """A secret kept in a file (a mounted secret), without its trailing newline."""
+    try:
+        return path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``path`` as 0600, atomically (a reader sees the old content or the new, whole)."""
     private_dir(path.parent)

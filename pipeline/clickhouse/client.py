@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -38,8 +38,8 @@ from clickhouse_connect.driver.exceptions import (
 
 from pipeline.clickhouse.query_guard import CATALOG_DATABASES, QueryRefused, check_read_query, qualifiers
 from pipeline.config import Settings
-from pipeline.errors import ClickHouseUnavailable, FatalError, PipelineError
-from pipeline.private_files import private_dir
+from pipeline.errors import ClickHouseUnavailable, ConfigError, FatalError, PipelineError
+from pipeline.private_files import private_dir, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,26 @@ class ClickHouse:
 
 def connect(settings: Settings) -> ClickHouse:
     """Open the configured ClickHouse (``settings.clickhouse_dsn``, ``settings.clickhouse_database``)."""
-    return ClickHouse(settings.clickhouse_dsn, settings.clickhouse_database, read_limits(settings))
+    return ClickHouse(server_dsn(settings), settings.clickhouse_database, read_limits(settings))
+
+
+def server_dsn(settings: Settings) -> str:
+    """The DSN to connect with: ``clickhouse_dsn``, with the password of ``clickhouse_password_file`` if set.
+
+    The file is read at every connection, so a rotated secret is used by the next one.
+    """
+    if settings.clickhouse_password_file is None:
+        return settings.clickhouse_dsn
+    try:
+        password = read_secret(settings.clickhouse_password_file, "O2O_CLICKHOUSE_PASSWORD_FILE")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    parts = urlsplit(settings.clickhouse_dsn)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    netloc = f"{quote(parts.username or 'default', safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def read_limits(settings: Settings) -> dict[str, Any]:

@@ -21,16 +21,10 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from pipeline.private_files import read_secret
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
-
-
-def read_secret(path: Path, setting: str) -> str:
-    """A secret kept in a file (a mounted secret), without its trailing newline."""
-    try:
-        return path.read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 class KafkaSecuritySettings(BaseModel):

@@ -1,4 +1,4 @@
-"""Folders the pipeline creates in the state folder are 0700, the token file 0600."""
+"""Folders the pipeline creates in the state folder are 0700, the token file 0600; secrets read from files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.clickhouse.client import display_dsn, server_dsn
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
 from pipeline.private_files import private_dir, write_private_file
 
 
@@ -41,3 +44,35 @@ def test_the_token_file_is_private_and_replaced_whole(tmp_path: Path) -> None:
     assert path.read_bytes() == b'{"token": "two"}'
     assert mode(path) == 0o600 and mode(path.parent) == 0o700
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_clickhouse_password_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "clickhouse_password"
+    secret.write_text("p@ss:/word\n")
+    settings = load_settings(clickhouse_dsn="http://o2o@ch:8123/?secure=0", clickhouse_password_file=secret)
+    dsn = server_dsn(settings)
+    assert dsn == "http://o2o:p%40ss%3A%2Fword@ch:8123/?secure=0"  # quoted, newline dropped
+    assert "word" not in display_dsn(dsn)
+    secret.write_text("rotated")
+    assert server_dsn(settings) == "http://o2o:rotated@ch:8123/?secure=0"  # read at every connection
+    assert server_dsn(load_settings(clickhouse_dsn="http://u:pw@ch:8123")) == "http://u:pw@ch:8123"
+    secret.unlink()
+    with pytest.raises(ConfigError, match="O2O_CLICKHOUSE_PASSWORD_FILE: cannot read"):
+        server_dsn(settings)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("http://u:pw@ch:8123", "needs a server DSN without a password"),
+        ("", "needs a server DSN without a password"),  # the embedded engine has none
+        ("http://u@ch:8123", "O2O_CLICKHOUSE_PASSWORD_FILE: cannot read"),
+    ],
+)
+def test_clickhouse_password_file_is_checked_at_start_up(dsn: str, problem: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    if "cannot read" not in problem:
+        secret.write_text("pw")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(clickhouse_dsn=dsn, clickhouse_password_file=secret, state_dir=tmp_path)
+    assert problem in str(raised.value)
