@@ -21,9 +21,17 @@ from pipeline.cli.common import console, handle_errors, settings_of
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait, after publishing the suppression, for every running stage that reads it "
+    "(ingest, identity, sink) to have read it before erasing; then the erasure goes ahead with a warning.",
+)
 @click.pass_context
 @handle_errors
-def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) -> None:
+def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str, wait: float) -> None:
     """Erase the persons holding these identifiers, and keep them out from now on.
 
     \b
@@ -32,7 +40,8 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
       person id merged into them and all their identifiers;
     - adds their hashed identifiers to the suppression list: later events
       carrying one become dead letters with reason `suppressed`, and the
-      stages and the sink drop what they still had in flight;
+      stages and the sink drop what they still had in flight; waits (--wait)
+      until every running stage that reads the list has read it;
     - drops them from the state of identity, journeys and attribution;
     - then deletes their rows from every ClickHouse table (events, sessions,
       conversions, attribution, adjustments, identities, merges, conflicts)
@@ -44,7 +53,7 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
 
     from pipeline.clickhouse.format import render
     from pipeline.clickhouse.query_server import erase_any, query_any
-    from pipeline.identity.erasure import find, identifier_key, publish
+    from pipeline.identity.erasure import find, identifier_key, publish, wait_until_read
     from pipeline.ingest.normalize import EventNormalizer
 
     settings = settings_of(ctx)
@@ -52,10 +61,19 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
     keys = [identifier_key(spec, normalizer) for spec in specs]
     db = settings.clickhouse_database
     erasure = find(lambda sql: query_any(settings, sql)[1], db, keys)
+    read: list[str] = []
+    late: list[str] = []
     if not dry_run:
         # suppress first: rows the stages and the sink still had in flight are then
         # dropped as the suppression reaches them, instead of landing after the delete
         publish(settings, erasure)
+        read, late = wait_until_read(settings, wait)
+        if late and fmt != "json":
+            console.print(
+                f"[yellow]warning:[/] {', '.join(late)} had not read the suppression after {wait:g} s; "
+                "rows still in flight there may be stored after this erasure: run the same "
+                "`o2o forget` again once they have"
+            )
     counts = erase_any(settings, sorted(erasure.person_ids), sorted(erasure.identifiers), dry_run)
     summary = {
         "persons": sorted(erasure.persons),
@@ -63,6 +81,8 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
         "identifiers_suppressed": len(erasure.identifiers),
         "rows": counts,
         "dry_run": dry_run,
+        "suppression_read_by": read,  # running stages that read the suppression before the erasure
+        "suppression_not_read_by": late,
     }
     if fmt == "json":
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
@@ -80,6 +100,7 @@ def forget(ctx: click.Context, specs: tuple[str, ...], dry_run: bool, fmt: str) 
         console.print(
             f"suppressed {len(erasure.identifiers)} identifier(s): later events carrying them become "
             "dead letters (reason suppressed)"
+            + (f"; read by the running {', '.join(read)} before the erasure" if read else "")
         )
 
 

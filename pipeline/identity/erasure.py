@@ -207,6 +207,38 @@ def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None
     delivery.raise_if_failed()
 
 
+SUPPRESSION_READERS = {"ingest": "ingest-suppressions", "identity": "identity-suppressions",
+                       "sink": "sink-suppressions"}  # fmt: skip
+"""The stages that read the suppression list, and the group their reader commits its position under."""
+
+
+def wait_until_read(settings: Settings, timeout: float) -> tuple[list[str], list[str]]:
+    """Wait until every running stage has read the suppression list up to its current end.
+
+    Returns (stages that read it, running stages that had not within
+    ``timeout`` s). A stage that does not run reads the whole list when it
+    starts. With several processes of a stage, their readers share one group:
+    the first to read the end counts for the stage.
+    """
+    from pipeline.kafka.admin import active_groups, end_offsets, group_offsets
+
+    ends = end_offsets(settings, [settings.topic(topics.SUPPRESSIONS)])
+    running = active_groups(settings, [settings.group(stage) for stage in SUPPRESSION_READERS])
+    waiting = {s: settings.group(r) for s, r in SUPPRESSION_READERS.items() if settings.group(s) in running}
+    read: list[str] = []
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for stage, group in list(waiting.items()):
+            done = group_offsets(settings, group, ends, timeout=5.0)
+            if all(done.get(tp, 0) >= end for tp, end in ends.items()):
+                read.append(stage)
+                del waiting[stage]
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return sorted(read), sorted(waiting)
+
+
 class Suppressions:
     """The suppression list, kept current from its compacted topic (polled at most every second)."""
 
@@ -224,17 +256,19 @@ class Suppressions:
         A stage that started with part of the list would let erased persons back in.
         """
         self._take(self.reader.load(timeout, whole=True))
+        self.reader.acknowledge()
         self._polled = time.monotonic()
         return self
 
     def refresh(self) -> None:
-        """Take what ``o2o forget`` published since, at most once a second."""
+        """Take what ``o2o forget`` published since, at most once a second, and say how far it has read."""
         now = time.monotonic()
         if now - self._polled >= 1.0:
             self._polled = now
-            self._take(self.reader.poll())
+            if self._take(self.reader.poll()):
+                self.reader.acknowledge()
 
-    def _take(self, pairs: list[tuple[str, Any]]) -> None:
+    def _take(self, pairs: list[tuple[str, Any]]) -> bool:
         for key, value in pairs:
             kind, _, name = key.partition(":")
             target = self.identifiers if kind == "id" else self.persons if kind == "person" else None
@@ -244,6 +278,7 @@ class Suppressions:
                 target.discard(name)
             else:
                 target.add(name)
+        return bool(pairs)
 
     def close(self) -> None:
         """Close the consumer."""

@@ -192,7 +192,10 @@ class IdentityHandler:
         return False
 
     def tick(self) -> list[Emission]:
-        """Resolve held events once idle sources stop holding them back."""
+        """Resolve held events once idle sources stop holding them back; read new suppressions while idle."""
+        if self.suppressions is not None:
+            self.suppressions.refresh()
+            self.suppressed |= self.suppressions.identifiers
         return self._resolve(self.reorder.release())
 
     def flush(self) -> list[Emission]:

@@ -129,8 +129,10 @@ class IngestHandler:
     def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
         """Tell identity, in order with the events, how far each raw partition has got.
 
-        See pipeline/ingest/progress.py.
+        See pipeline/ingest/progress.py. Called at every poll, input or not: new
+        suppressions are read here too while no input comes (``o2o forget`` waits for it).
         """
+        self.suppressions.refresh()
         for topic, partition in at_end:
             self.marks.reached_end(f"{self._source_of.get(topic, topic)}/{partition}")
         if self.marks.due():

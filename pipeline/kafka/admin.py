@@ -283,3 +283,20 @@ def partition_counts(settings: Settings, timeout: float = 10.0, every: bool = Fa
         for name, t in metadata.items()
         if every or name.startswith(settings.topic_prefix)
     }
+
+
+def active_groups(settings: Settings, group_ids: Iterable[str], timeout: float = 10.0) -> set[str]:
+    """The consumer groups among ``group_ids`` with at least one member now (their stage runs)."""
+    wanted = list(group_ids)
+    if not wanted:
+        return set()
+    active: set[str] = set()
+    for group_id, future in (
+        admin_client(settings).describe_consumer_groups(wanted, request_timeout=timeout).items()
+    ):
+        try:
+            if future.result().members:
+                active.add(group_id)
+        except KafkaException:
+            continue  # a group Kafka does not know has no member
+    return active

@@ -7,12 +7,15 @@ up to the end at start-up, then poll for what was published since.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import orjson
 
 from pipeline.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 class CompactedReader:
@@ -69,6 +72,24 @@ class CompactedReader:
         for message in consumer.consume(500, timeout=0):
             taken += self._take(message)
         return taken
+
+    def acknowledge(self) -> None:
+        """Commit how far the topic has been read, under this reader's group (no member ever joins it).
+
+        Nothing restarts from it; it tells others how far this reader has
+        come (``o2o forget`` waits for the stages to read its suppression).
+        """
+        from confluent_kafka import KafkaException
+
+        consumer = self._consumer
+        if consumer is None:
+            return
+        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        if positions:
+            try:
+                consumer.commit(offsets=positions, asynchronous=True)
+            except KafkaException as exc:  # only a report to others: never stop a stage for it
+                log.warning("could not commit the position of %s: %s", self.topic, exc)
 
     def _take(self, message: Any) -> list[tuple[str, Any]]:
         if message.error() is not None:

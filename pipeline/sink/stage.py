@@ -67,7 +67,8 @@ class SinkHandler:
         return self.batcher.due()
 
     def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
-        """The sink has nothing to say about its progress downstream."""
+        """Called at every poll, input or not: read new suppressions (``o2o forget`` waits for it)."""
+        self.suppressions.refresh()
 
     def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         """The sink keeps nothing per partition."""

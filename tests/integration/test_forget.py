@@ -81,6 +81,7 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         wait_for(lambda: live_endpoint(settings) is not None, "the sink's query server", timeout=60)
         dry = forget(settings, "--id", "email:alice@example.com", "--dry-run")
         assert dry["dry_run"] and dry["rows"]["events_store"] == 3
+        assert dry["suppression_read_by"] == []  # a dry run publishes nothing and waits for nobody
         assert counts(settings) == before  # a dry run changes nothing
 
         # her export: every row forget would delete, nobody else's, changing nothing
@@ -112,6 +113,11 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         assert all(held[t] for t in ("events_store", "conversions_store", "attribution_store")), held
         done = forget(settings, "--id", "email: ALICE@example.com ")
         assert len(done["persons"]) == 1 and done["identifiers_suppressed"] == 3
+        # every running stage that reads the suppression list had read it before the erasure
+        assert (done["suppression_read_by"], done["suppression_not_read_by"]) == (
+            ["identity", "ingest", "sink"],
+            [],
+        )
         assert done["persons"] == alice
         assert stored_rows(settings, alice) == dict.fromkeys(STORES, 0)  # gone from storage, not hidden
         assert done["rows"]["events_store"] == 3 and done["rows"]["conversions_store"] == 1

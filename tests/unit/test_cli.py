@@ -78,8 +78,10 @@ def test_simulate_writes_deterministic_jsonl(tmp_path: pytest.TempPathFactory) -
     assert outs[0].count(b"\n") > 20
 
 
-def test_forget_suppresses_before_it_deletes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Rows in flight are dropped once the suppression reaches them, so it goes out before the delete."""
+def test_forget_suppresses_and_waits_before_it_deletes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Rows in flight are dropped once the suppression reaches them: it goes out, and is read, first."""
     from pipeline.clickhouse import query_server
     from pipeline.identity import erasure
 
@@ -87,11 +89,16 @@ def test_forget_suppresses_before_it_deletes(monkeypatch: pytest.MonkeyPatch, tm
     found = erasure.Erasure(["email:x"], persons={"p1"}, person_ids={"p1"}, identifiers={"email:x"})
     monkeypatch.setattr(erasure, "find", lambda *_a: found)
     monkeypatch.setattr(erasure, "publish", lambda *_a: steps.append("publish"))
+    waited = (["ingest", "sink"], ["identity"])  # identity runs and had not read it in time
+    monkeypatch.setattr(erasure, "wait_until_read", lambda _s, wait: steps.append(f"wait {wait:g}") or waited)
     monkeypatch.setattr(query_server, "erase_any", lambda *_a: steps.append("delete") or {"events": 1})
     monkeypatch.setenv("O2O_STATE_DIR", str(tmp_path))
-    result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com"])
+    result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com", "--wait", "5"])
     assert result.exit_code == 0, result.output
-    assert steps == ["publish", "delete"]
+    assert steps == ["publish", "wait 5", "delete"]
+    output = " ".join(result.output.split())
+    assert "warning: identity had not read the suppression after 5 s" in output
+    assert "read by the running ingest, sink before the erasure" in output
     steps.clear()
     result = CliRunner().invoke(cli, ["forget", "--id", "email:x@example.com", "--dry-run"])
     assert result.exit_code == 0 and steps == ["delete"]  # a dry run counts, publishes nothing
