@@ -2,6 +2,8 @@
 
 Guards, each counted when it stops a message:
 
+0. ``restricted``: the person's processing is restricted (``o2o restrict``);
+   nothing is decided for them but this;
 1. ``consent``: a message to the person (push, email, sms, webhook) needs
    their marketing consent; unknown consent counts as the configured default;
 2. ``quiet_hours``: not in the quiet hours of the store's time zone;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +29,7 @@ from typing import Any
 from pipeline.activation.rules import MARKETING_CHANNELS, ActivationRules, Rule
 
 HOUR_MS = 3_600_000
-GUARDS = ("consent", "quiet_hours", "frequency_cap", "duplicate")
+GUARDS = ("restricted", "consent", "quiet_hours", "frequency_cap", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Decider:
         self.rules = rules
         self.consent_default = consent_default
         self.counts: Counter[str] = Counter()
+        self.restricted: Container[str] = frozenset()  # persons under `o2o restrict`, set by the stage
 
     def decide(self, trigger: Trigger, history: dict[str, Any], coupon: str | None = None) -> dict[str, Any]:
         """The decision for ``trigger``; updates the history (sends, decisions) to match.
@@ -117,6 +121,8 @@ class Decider:
     def stopped_by(self, trigger: Trigger, history: dict[str, Any]) -> str:
         """The first guard that stops the message ('' when none does)."""
         rule, at = trigger.rule, trigger.decided_at
+        if trigger.person_id in self.restricted:
+            return "restricted"
         if rule.channel in MARKETING_CHANNELS:
             consent = history["consent"]
             if not (consent[1] if consent is not None else self.consent_default):

@@ -28,6 +28,7 @@ from pipeline.activation.history import (
 )
 from pipeline.activation.rules import ActivationRules, Rule
 from pipeline.config import Settings
+from pipeline.identity.erasure import Suppressions
 from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import key_for_partition, partition_for
@@ -48,9 +49,14 @@ class ActivationHandler:
     inputs = (topics.IDENTIFIED, topics.ACTIVATION_HANDOFFS)
 
     def __init__(
-        self, rules: ActivationRules, settings: Settings, clock: Callable[[], float] = time.monotonic
+        self,
+        rules: ActivationRules,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        privacy: Suppressions | None = None,
     ) -> None:
         self.rules = rules
+        self.privacy = privacy  # the list that names restricted persons (`o2o restrict`)
         self.decider = Decider(rules, settings.consent_defaults["marketing"])
         self.counts: Counter[str] = self.decider.counts
         self.by_name = {rule.name: rule for rule in rules.rules}
@@ -77,6 +83,7 @@ class ActivationHandler:
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Fold events into histories, decide the rules they trigger, pass merged histories on."""
+        self._refresh_restrictions()
         out: list[Emission] = []
         newest: dict[int, int] = {}
         for record in records:
@@ -119,6 +126,7 @@ class ActivationHandler:
 
     def tick(self) -> list[Emission]:
         """Move idle partitions' event time on with the clock; send the delayed decisions it reaches."""
+        self._refresh_restrictions()
         out: list[Emission] = []
         for partition in self.clock.idle_steps():
             self._release(partition, out)
@@ -127,6 +135,11 @@ class ActivationHandler:
     def flush(self) -> list[Emission]:
         """End of input in drain mode: delayed decisions wait for their time, so nothing is forced out."""
         return []
+
+    def _refresh_restrictions(self) -> None:
+        if self.privacy is not None:
+            self.privacy.refresh()
+            self.decider.restricted = self.privacy.restricted
 
     def _event(self, person: str, event: Event, out: list[Emission]) -> None:
         history = self.state.get(person) or new_history()

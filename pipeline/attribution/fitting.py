@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,12 +35,24 @@ ORDER BY person_id, started_at, session_id
 
 
 def load_corpus(settings: Settings, since_ms: int = 0) -> list[PathCount]:
-    """The path corpus of every person's sessions that started at or after ``since_ms``."""
-    from pipeline.clickhouse.query_server import query_any
+    """The path corpus of every person's sessions that started at or after ``since_ms``.
 
+    Persons under ``o2o restrict`` are left out.
+    """
+    from pipeline.clickhouse.query_server import query_any
+    from pipeline.identity.erasure import Suppressions
+
+    privacy = Suppressions(settings, "fit-restrictions").load()
+    privacy.close()
     sql = SESSIONS_SQL.format(db=settings.clickhouse_database, since=int(since_ms))
     _columns, rows = query_any(settings, sql)
-    return paths_from_sessions((str(r[0]), int(r[1]), str(r[2]), bool(r[3])) for r in rows)
+    return corpus_of(rows, privacy.restricted)
+
+
+def corpus_of(rows: Iterable[Sequence[Any]], restricted: Container[str]) -> list[PathCount]:
+    """The path corpus of session rows (person, start ms, channel, converted), restricted persons left out."""
+    sessions = ((str(r[0]), int(r[1]), str(r[2]), bool(r[3])) for r in rows)
+    return paths_from_sessions(s for s in sessions if s[0] not in restricted)
 
 
 def fit_version(kind: str, order: int, fitted_at: int, weights: dict[str, float]) -> str:

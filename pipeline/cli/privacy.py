@@ -149,7 +149,60 @@ def export(ctx: click.Context, specs: tuple[str, ...], output: Path | None) -> N
     console.print(f"{len(erasure.persons)} person(s), {rows} row(s) written to {output}")
 
 
+@click.command()
+@click.option("--id", "specs", multiple=True, metavar="TYPE:VALUE",
+              help="An identifier of the person (repeatable), as for `o2o forget`.")  # fmt: skip
+@click.option("--lift", is_flag=True, help="Lift the restriction of these persons instead.")
+@click.option("--list", "show", is_flag=True, help="Only list the restricted person ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+@handle_errors
+def restrict(ctx: click.Context, specs: tuple[str, ...], lift: bool, show: bool, fmt: str) -> None:
+    """Restrict the processing of the persons holding these identifiers (or lift it with --lift).
+
+    \b
+    For a data subject's right to restriction. Their data is kept and goes on
+    flowing into ClickHouse, but until the restriction is lifted:
+    - the activation stage decides nothing for them: each rule they trigger
+      gives a `suppressed` decision with reason `restricted`, and no message;
+    - `o2o attribution fit` leaves their paths out of the Markov and Shapley fits.
+    The persons are found as `o2o forget` finds them (every person id merged
+    into them); a person merged into another after this is not restricted
+    under the new id: run it again then. Works while the pipeline runs; the
+    activation stage reads the change within a second.
+    """
+    import orjson
+
+    from pipeline.clickhouse.query_server import query_any
+    from pipeline.identity.erasure import Suppressions, find, identifier_key, publish_restriction
+    from pipeline.ingest.normalize import EventNormalizer
+
+    settings = settings_of(ctx)
+    if show:
+        privacy = Suppressions(settings, "restrict-list").load()
+        privacy.close()
+        listed = sorted(privacy.restricted)
+        click.echo(orjson.dumps(listed).decode() if fmt == "json" else "\n".join(listed))
+        return
+    if not specs:
+        raise click.UsageError("name the persons with --id (or use --list)")
+    normalizer = EventNormalizer.from_settings(settings)
+    keys = [identifier_key(spec, normalizer) for spec in specs]
+    found = find(lambda sql: query_any(settings, sql)[1], settings.clickhouse_database, keys)
+    if found.person_ids:
+        publish_restriction(settings, found.person_ids, lift)
+    summary = {"persons": sorted(found.persons), "person_ids": sorted(found.person_ids), "lifted": lift}
+    if fmt == "json":
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    elif not found.person_ids:
+        console.print("no stored person holds these identifiers: nothing restricted")
+    else:
+        done = "lifted the restriction of" if lift else "restricted"
+        console.print(f"{done} {len(found.persons)} person(s) ({len(found.person_ids)} ids with merged ones)")
+
+
 def register(group: click.Group) -> None:
-    """Add ``o2o forget`` and ``o2o export`` to the CLI."""
+    """Add ``o2o forget``, ``o2o export`` and ``o2o restrict`` to the CLI."""
     group.add_command(forget)
     group.add_command(export)
+    group.add_command(restrict)

@@ -207,6 +207,26 @@ def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None
     delivery.raise_if_failed()
 
 
+def publish_restriction(
+    settings: Settings, person_ids: Iterable[str], lift: bool, timeout: float = 30.0
+) -> None:
+    """Restrict these person ids (``o2o restrict``), or lift their restriction (tombstones).
+
+    Kept on the suppression topic under ``restricted:<person id>``: the
+    activation stage and the model fits read it with the rest of the list.
+    """
+    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer
+
+    delivery = DeliveryTracker()
+    producer = make_producer(settings, on_delivery=delivery)
+    at = int(time.time() * 1000)
+    for person in sorted(set(person_ids)):
+        value = None if lift else orjson.dumps({"kind": "restricted", "key": person, "at": at})
+        producer.produce(settings.topic(topics.SUPPRESSIONS), value, f"restricted:{person}".encode())
+    flush_within(producer, "the restriction", timeout)
+    delivery.raise_if_failed()
+
+
 SUPPRESSION_READERS = {"ingest": "ingest-suppressions", "identity": "identity-suppressions",
                        "sink": "sink-suppressions"}  # fmt: skip
 """The stages that read the suppression list, and the group their reader commits its position under."""
@@ -240,7 +260,12 @@ def wait_until_read(settings: Settings, timeout: float) -> tuple[list[str], list
 
 
 class Suppressions:
-    """The suppression list, kept current from its compacted topic (polled at most every second)."""
+    """The suppression list, kept current from its compacted topic (polled at most every second).
+
+    ``identifiers`` and ``persons`` are erased (``o2o forget``); ``restricted``
+    persons keep their data but are left out of activation and model fits
+    (``o2o restrict``) until the restriction is lifted.
+    """
 
     def __init__(self, settings: Settings, group: str) -> None:
         from pipeline.kafka.compacted import CompactedReader
@@ -248,6 +273,7 @@ class Suppressions:
         self.reader = CompactedReader(settings, topics.SUPPRESSIONS, group)
         self.identifiers: set[str] = set()
         self.persons: set[str] = set()
+        self.restricted: set[str] = set()
         self._polled = 0.0
 
     def load(self, timeout: float = 10.0) -> Suppressions:
@@ -271,7 +297,7 @@ class Suppressions:
     def _take(self, pairs: list[tuple[str, Any]]) -> bool:
         for key, value in pairs:
             kind, _, name = key.partition(":")
-            target = self.identifiers if kind == "id" else self.persons if kind == "person" else None
+            target = {"id": self.identifiers, "person": self.persons, "restricted": self.restricted}.get(kind)
             if target is None:
                 continue
             if value is None:

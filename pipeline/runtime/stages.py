@@ -114,7 +114,10 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
 
         if settings.activation_rules is None:
             raise ConfigError("the activation stage needs O2O_ACTIVATION_RULES (a TOML rules file)")
-        return ActivationHandler(load_activation_rules(settings.activation_rules), settings)
+        from pipeline.identity.erasure import Suppressions
+
+        privacy = Suppressions(settings, "activation-restrictions").load()
+        return ActivationHandler(load_activation_rules(settings.activation_rules), settings, privacy=privacy)
     if stage == "journeys":
         from pipeline.journeys.stage import JourneysHandler
 

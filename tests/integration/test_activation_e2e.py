@@ -289,10 +289,31 @@ def test_activation_stories_decide_messages_end_to_end(settings: Settings, tmp_p
             card = {"payment_token": "tok-anon"}
             redeeming.append(story_event("redeem0", "pos", "purchase", at(days=2), card,
                                          context={"store_id": "s1"}, properties=till))  # fmt: skip
+    # the held-out shoppers fill a cart and walk past the store again two days on, but the first
+    # of them has restricted the processing of her data (`o2o restrict`) in the meantime
+    restricted = shopper[held[0][9]]
+    done = orjson.loads(o2o(settings, "restrict", "--id", f"user_id:{restricted}", "--format", "json").stdout)
+    assert done["person_ids"] == [held[0][1]]
+    assert o2o(settings, "restrict", "--list").stdout.split() == [held[0][1]]
+    for row in held:
+        again = {"user_id": shopper[row[9]]}
+        redeeming.append(story_event(f"again-cart-{row[1]}", "web", "add_to_cart", at(days=2, hours=1),
+                                     again, consent=YES))  # fmt: skip
+        redeeming.append(story_event(f"again-in-{row[1]}", "geofence", "enter", at(days=2, hours=2),
+                                     again, context={"store_id": "s1"}))  # fmt: skip
     more = tmp_path / "redeeming.jsonl"
     more.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in redeeming))
     o2o(settings, "produce", "--file", str(more))
     o2o(settings, "run", "all", "--drain")
+    again_sql = (
+        "SELECT person_id, outcome, reason FROM {db}.activations WHERE trigger_event_id LIKE 'again-in-%'"
+    )
+    again_rows = {person: (outcome, reason) for person, outcome, reason in query(settings, again_sql)}
+    assert again_rows == {row[1]: ("holdout", "") for row in held} | {
+        held[0][1]: ("suppressed", "restricted")
+    }
+    o2o(settings, "restrict", "--id", f"user_id:{restricted}", "--lift")
+    assert o2o(settings, "restrict", "--list").stdout.split() == []
     redeemed = query(settings, "SELECT coupon, redeemed_event_id, same_person, revenue "
                      "FROM {db}.activation_redemptions ORDER BY redeemed_event_id")  # fmt: skip
     codes = [row[5] for row in sorted(sent)]

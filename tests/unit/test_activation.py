@@ -208,6 +208,19 @@ def test_guards_apply_in_their_order_and_each_is_counted() -> None:
     assert decider.decide(Trigger(rules.rules[0], "p", "e3", NOON, "s1"), history) == sent
 
 
+def test_a_restricted_person_gets_no_decision_but_restricted_first() -> None:
+    rules = rules_of(rule(), caps={"push": [{"count": 1, "hours": 2}]})
+    decider = Decider(rules, consent_default=False)  # no consent either: restricted is looked at first
+    decider.restricted = {"p"}
+    history = new_history()
+    row = decider.decide(Trigger(rules.rules[0], "p", "e1", NOON, "s1"), history)
+    assert (row["outcome"], row["reason"], row["message"]) == ("suppressed", "restricted", "")
+    assert history["sent"] == {} and decider.counts == {"restricted": 1}
+    decider.restricted = set()  # lifted
+    history["consent"] = [NOON - DAY, True]
+    assert decider.decide(Trigger(rules.rules[0], "p", "e2", NOON, "s1"), history)["outcome"] == "sent"
+
+
 def test_an_open_cart_near_a_store_sends_a_push_with_a_coupon_and_the_holdout_gets_none() -> None:
     cart = rule(
         "cart",

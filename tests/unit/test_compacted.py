@@ -41,6 +41,12 @@ class StalledConsumer:
         out, self.messages = self.messages, []
         return out
 
+    def assignment(self) -> list[Any]:
+        return []
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return partitions
+
 
 def reader(ends: dict[int, int]) -> CompactedReader:
     found = CompactedReader(load_settings(), "identity.suppressions", "test")
@@ -69,3 +75,19 @@ def test_a_stage_does_not_start_with_part_of_the_suppression_list() -> None:
     suppressions.reader = reader({0: 2})
     with pytest.raises(KafkaUnavailable):
         suppressions.load(timeout=0.6)
+
+
+def test_the_list_names_restricted_persons_until_the_restriction_is_lifted() -> None:
+    from pipeline.identity.erasure import Suppressions
+
+    privacy = Suppressions(load_settings(), "test")
+    privacy.reader = reader({})
+    privacy.reader._consumer.messages = [  # type: ignore[union-attr]
+        Message(0, 0, b"restricted:p1", b'{"kind": "restricted"}'),
+        Message(0, 1, b"restricted:p2", b'{"kind": "restricted"}'),
+        Message(0, 2, b"person:p3", b'{"kind": "person"}'),
+        Message(0, 3, b"restricted:p1", b""),  # lifted: a tombstone
+    ]
+    privacy._polled = 0.0
+    privacy.refresh()
+    assert (privacy.restricted, privacy.persons) == ({"p2"}, {"p3"})

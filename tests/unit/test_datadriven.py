@@ -32,6 +32,7 @@ from pipeline.attribution.datadriven import (
     paths_from_sessions,
     removal_effects,
 )
+from pipeline.attribution.fitting import corpus_of
 from pipeline.attribution.models import DEFAULT_HALF_LIFE_MS, Touch, attribute
 
 CHANNELS = ["direct", "display", "email", "paid_search", "social", "store"]
@@ -438,6 +439,9 @@ def test_paths_from_sessions() -> None:
         PathCount(("store",), 3.0, 0.0),
     ]
     assert paths_from_sessions([]) == []
+    # a person under `o2o restrict` is left out of the corpus the models are fitted on
+    assert corpus_of(rows, {"p1", "p3"}) == [PathCount(("email",), 0.0, 1.0), PathCount(("store",), 3.0, 0.0)]
+    assert corpus_of(rows, set()) == paths_from_sessions(rows)
 
 
 # --------------------------------------------------------------------------- ChannelAttribution
