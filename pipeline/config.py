@@ -146,6 +146,10 @@ class Settings(BaseSettings, KafkaSecuritySettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of new topics")
     replication_factor: int = Field(1, ge=1, le=16, description="replication of new topics")
     consumer_group_prefix: str = Field("", description="prefix of consumer group ids (default: topic prefix)")
+    raw_retention_days: float = Field(
+        7.0, gt=0, description="how long the raw topics keep what producers sent (rebuilds, replays)"
+    )
+    retention_days: float = Field(7.0, gt=0, description="how long the topics between stages keep records")
     group_session_timeout_seconds: float = Field(
         10.0,
         ge=1,

@@ -90,6 +90,7 @@ class Erasure:
     persons: set[str] = field(default_factory=set)
     person_ids: set[str] = field(default_factory=set)
     identifiers: set[str] = field(default_factory=set)
+    decisions: set[str] = field(default_factory=set)  # their activation decisions (delivery records)
 
     @classmethod
     def of(cls, person_ids: Iterable[str], keys: Iterable[str]) -> Erasure:
@@ -118,6 +119,9 @@ def find(query: Query, db: str, keys: Sequence[str]) -> Erasure:
     erasure.person_ids = erasure.persons | {str(r[0]) for r in merged}
     held = query(f"SELECT id_type, id_value FROM {db}.identities WHERE person_id IN {persons}")
     erasure.identifiers |= {f"{r[0]}:{r[1]}" for r in held}
+    ids = _sql_list(erasure.person_ids)
+    decided = query(f"SELECT DISTINCT decision_id FROM {db}.activations_store WHERE person_id IN {ids}")
+    erasure.decisions = {str(r[0]) for r in decided}
     return erasure
 
 
@@ -194,6 +198,12 @@ def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None
     producer = make_producer(settings, on_delivery=delivery)
     for key, value in erasure.suppressions():
         produce(producer, settings.topic(topics.SUPPRESSIONS), orjson.dumps(value), key.encode())
+    # tombstones for their records on the compacted topics: merges (keyed by the merged
+    # person id) and deliveries of their activation decisions (keyed by decision id)
+    for person in sorted(erasure.person_ids):
+        producer.produce(settings.topic(topics.MERGES), None, person.encode())
+    for decision in sorted(erasure.decisions):
+        producer.produce(settings.topic(topics.ACTIVATION_DELIVERIES), None, decision.encode())
     if erasure.person_ids or erasure.identifiers:
         valid = settings.topic(topics.VALID)
         count = partition_counts(settings).get(valid, settings.partitions)

@@ -15,6 +15,13 @@ from pipeline.model.rows import ROW_TABLES
 
 DAY_MS = 24 * 3600 * 1000
 
+BOUNDED_KEEPING = {"segment.ms": str(DAY_MS)}
+"""Every topic closes a segment at least daily: the broker deletes (or compacts) only closed segments,
+so with its default of 7 days a record could outlive ``retention.ms`` by a week."""
+COMPACT_WITHIN = {**BOUNDED_KEEPING, "max.compaction.lag.ms": str(DAY_MS), "delete.retention.ms": str(DAY_MS)}
+"""Compacted topics: a value a newer one (or a tombstone: ``o2o forget``) replaced is compacted away
+within about a day, and the tombstone itself a day after that (docs/identity.md#what-kafka-keeps)."""
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -22,14 +29,21 @@ class TopicSpec:
 
     name: str
     purpose: str
-    retention_ms: int = 7 * DAY_MS
+    retention_ms: int | None = None  # None: O2O_RETENTION_DAYS (O2O_RAW_RETENTION_DAYS for raw topics)
     cleanup_policy: str = "delete"
     partitions: int | None = None  # None: the configured default
     extra: dict[str, str] = field(default_factory=dict)
 
-    def config(self) -> dict[str, str]:
+    def config(self, settings: Settings) -> dict[str, str]:
         """Topic-level configs sent to the broker."""
-        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        retention = self.retention_ms
+        if retention is None:
+            days = (
+                settings.raw_retention_days if self.name in RAW_TOPICS.values() else settings.retention_days
+            )
+            retention = int(days * DAY_MS)
+        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(retention)}
+        conf.update(COMPACT_WITHIN if self.cleanup_policy == "compact" else BOUNDED_KEEPING)
         conf.update(self.extra)
         return conf
 
@@ -132,7 +146,7 @@ def changelog_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]
     for stage, tables in STATE_TABLES.items():
         partitions = 1 if stage_input(settings, stage) == SEQUENCE else settings.partitions
         for table in (*tables, epoch_table(stage)):
-            config = {"cleanup.policy": "compact", **size}
+            config = {"cleanup.policy": "compact", **COMPACT_WITHIN, **size}
             specs.append((f"{settings.group(stage)}-{table}-changelog", partitions, config))
     return specs
 
@@ -141,7 +155,7 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(full name, partitions, config) of every topic for these settings, changelogs included."""
     size = {"max.message.bytes": str(message_bytes(settings))}
     return [
-        (settings.topic(spec.name), spec.partitions or settings.partitions, {**spec.config(), **size})
+        (settings.topic(spec.name), spec.partitions or settings.partitions, {**spec.config(settings), **size})
         for spec in TOPICS
     ] + changelog_specs(settings)
 

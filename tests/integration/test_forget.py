@@ -55,6 +55,48 @@ def counts(settings: Settings) -> dict[str, int]:
     return dict(zip(TABLES, row, strict=True))
 
 
+def live_state(settings: Settings) -> dict[tuple[str, bytes], bytes]:
+    """The newest value of every key still set in the stateful stages' changelogs (a tombstone drops it)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipeline.kafka import topics
+
+    stages = ("identity", "journeys", "attribution")
+    names = [
+        f"{settings.group(stage)}-{table}-changelog"
+        for stage in stages
+        for table in topics.STATE_TABLES[stage]
+    ]
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "forget-scan"})
+    left, assignment = {}, []
+    for name in names:
+        for p in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            if high > low:
+                left[(name, p)] = high
+                assignment.append(TopicPartition(name, p, low))
+    consumer.assign(assignment)
+    state: dict[tuple[str, bytes], bytes] = {}
+    while left:
+        for m in consumer.consume(1000, timeout=1):
+            name, partition, key = m.topic() or "", m.partition() or 0, m.key() or b""
+            if m.error() is not None:
+                continue
+            if m.value():
+                state[(name, key)] = m.value() or b""
+            else:
+                state.pop((name, key), None)
+            if (m.offset() or 0) + 1 >= left.get((name, partition), 0):
+                left.pop((name, partition), None)
+    consumer.close()
+    return state
+
+
+def naming(state: dict[tuple[str, bytes], bytes], markers: list[bytes]) -> set[str]:
+    """The changelog topics whose live keys or values contain one of ``markers``."""
+    return {name for (name, key), value in state.items() if any(m in key or m in value for m in markers)}
+
+
 def forget(settings: Settings, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = orjson.loads(o2o(settings, "forget", *args, "--format", "json").stdout)
     return result
@@ -109,6 +151,11 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         assert document["persons"] == dry["persons"] and counts(settings) == before
 
         alice = [query(settings, person % "c-alice")[0][0]]
+        markers = [alice[0].encode(), b"c-alice", b"L-alice"]
+        in_state = naming(live_state(settings), markers)  # before the erasure: her identifiers and paths
+        ids, paths = (f"{settings.group(s)}-{t}-changelog" for s, t in
+                      (("identity", "identity_ids"), ("attribution", "attribution_paths")))  # fmt: skip
+        assert {ids, paths} <= in_state, in_state
         held = stored_rows(settings, alice)
         assert all(held[t] for t in ("events_store", "conversions_store", "attribution_store")), held
         done = forget(settings, "--id", "email: ALICE@example.com ")
@@ -144,6 +191,9 @@ def test_forget_erases_everywhere_suppresses_and_is_idempotent(settings: Setting
         stored = "SELECT event_id FROM {db}.events ORDER BY event_id"
         wait_for(lambda: len(query(settings, stored)) == 4, "Bob's and Carol's page views")
         assert query(settings, stored) == [("b1",), ("b2",), ("b3",), ("c1",)]  # none of Alice's
+        # identity, journeys and attribution dropped her from their state: tombstones in their
+        # changelogs (the old values stay until compaction: docs/identity.md#what-kafka-keeps)
+        assert naming(live_state(settings), markers) == set()
 
         # Carol's second page view joins her session; no input follows, so only the idle
         # partition timer moves event time past the 3 s session timeout and closes the session,

@@ -47,3 +47,27 @@ def test_init_would_grow_only_topics_with_fewer_partitions() -> None:
     counts["p.raw.web"] = 2
     counts["p.journeys"] = 8  # more than declared: left alone
     assert growth(SETTINGS, counts) == {"p.raw.web": (2, 4)}
+
+
+def test_no_topic_keeps_a_record_more_than_a_day_past_its_retention_or_replacement() -> None:
+    """The broker deletes and compacts closed segments only: each topic closes one at least daily."""
+    from pipeline.kafka.topics import DAY_MS, topic_specs
+
+    specs = topic_specs(load_settings())
+    assert all(int(config["segment.ms"]) <= DAY_MS for _name, _p, config in specs)
+    compacted = [config for _name, _p, config in specs if config["cleanup.policy"] == "compact"]
+    assert len(compacted) > 10  # the compacted topics and every state table's changelog
+    for config in compacted:  # a replaced value or a tombstone's predecessor: gone within a day
+        assert int(config["max.compaction.lag.ms"]) <= DAY_MS
+        assert int(config["delete.retention.ms"]) <= DAY_MS
+
+
+def test_retention_of_raw_and_intermediate_topics_follows_the_settings() -> None:
+    from pipeline.kafka.topics import DAY_MS, topic_specs
+
+    settings = load_settings(topic_prefix="r.", raw_retention_days=30, retention_days=2.5)
+    retention = {name: int(config.get("retention.ms", -1)) for name, _p, config in topic_specs(settings)}
+    assert retention["r.raw.web"] == retention["r.raw.pos"] == 30 * DAY_MS
+    assert retention["r.events.valid"] == retention["r.journeys"] == int(2.5 * DAY_MS)
+    assert retention["r.dlq"] == 30 * DAY_MS  # dead letters keep their own 30 days
+    assert retention["r.identity.suppressions"] == -1  # compacted: the newest value per key, for ever
