@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from pipeline.config import Settings
-from pipeline.errors import PipelineError
+from pipeline.errors import KafkaUnavailable, PipelineError
 from pipeline.kafka import topics
 from pipeline.kafka.admin import admin_client
 from pipeline.kafka.lag import PartitionLag, StageLag, measure_lag, near_retention, topic_retention
@@ -107,9 +107,20 @@ def gather(settings: Settings, stages: Sequence[str] | None = None, clickhouse: 
     brokers = tuple(
         f"{b.id} {b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
     )
-    lags = measure_lag(settings, stages, acknowledged=True, admin=admin)
-    inputs = sorted({p.topic for lag in lags.values() for p in lag.partitions})
-    retention = topic_retention(admin, inputs)
+    try:
+        lags = measure_lag(settings, stages, acknowledged=True, admin=admin)
+        inputs = sorted({p.topic for lag in lags.values() for p in lag.partitions})
+        retention = topic_retention(admin, inputs)
+        dead_letters = _recent_count(admin, settings.topic(topics.DLQ), metadata.topics, now)
+    except (KafkaException, KafkaUnavailable) as exc:
+        # the broker answered but a later request failed (a partition leader away, a
+        # timeout): report it, as an alert, and let --watch go on to the next reading
+        reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+        return Status(
+            now, settings.bootstrap_servers, broker_error=f"answered, but reading offsets failed ({reason})",
+            cluster_id=metadata.cluster_id, controller=metadata.controller_id, brokers=brokers,
+            clickhouse=analyst_side,
+        )  # fmt: skip
     groups = _groups(admin, [settings.group(stage) for stage in stages])
     stage_rows = []
     for stage in stages:
@@ -131,7 +142,7 @@ def gather(settings: Settings, stages: Sequence[str] | None = None, clickhouse: 
         controller=metadata.controller_id,
         brokers=brokers,
         stages=tuple(stage_rows),
-        dead_letters_recent=_recent_count(admin, settings.topic(topics.DLQ), metadata.topics, now),
+        dead_letters_recent=dead_letters,
         clickhouse=analyst_side,
     )
 

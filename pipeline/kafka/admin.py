@@ -209,17 +209,29 @@ COORDINATOR_BUSY = frozenset(
 """Errors of a group coordinator that is loading or moving: worth asking again."""
 
 
+def offsets_consumer(settings: Settings, group: str) -> Consumer:
+    """A consumer that only asks what ``group`` committed (it never joins the group)."""
+    return Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+
+
 def group_offsets(
-    settings: Settings, group: str, partitions: Iterable[tuple[str, int]], timeout: float
+    settings: Settings,
+    group: str,
+    partitions: Iterable[tuple[str, int]],
+    timeout: float,
+    consumer: Consumer | None = None,
 ) -> dict[tuple[str, int], int]:
     """The offsets ``group`` committed on these partitions (missing: none).
 
-    Retried while the group's coordinator is loading or moving.
+    Retried while the group's coordinator is loading or moving. ``consumer``
+    (from :func:`offsets_consumer` for this group) is used and left open;
+    without it one is made and closed.
     """
     wanted = [TopicPartition(t, p) for t, p in partitions]
     if not wanted:
         return {}
-    consumer = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+    owned = consumer is None
+    consumer = consumer or offsets_consumer(settings, group)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -233,7 +245,8 @@ def group_offsets(
                     raise
                 time.sleep(0.2)
     finally:
-        consumer.close()
+        if owned:
+            consumer.close()
     return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
 
 

@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from pipeline.config import Settings
 from pipeline.errors import KafkaUnavailable
-from pipeline.kafka.admin import admin_client, group_offsets, partition_offsets
+from pipeline.kafka.admin import admin_client, group_offsets, offsets_consumer, partition_offsets
 from pipeline.kafka.clients import client_config
 from pipeline.kafka.topics import stage_topics
 
@@ -95,6 +95,37 @@ class StageLag:
         return totals
 
 
+class LagReaders:
+    """The consumers a repeated lag measurement keeps open, instead of making new ones each time.
+
+    A stage's lag watch measures every ``O2O_LAG_CHECK_SECONDS``; with fresh
+    consumers each check opened and closed connections to the brokers.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._committed: dict[str, Consumer] = {}
+        self._times: Consumer | None = None
+
+    def committed(self, group: str) -> Consumer:
+        """The consumer that asks what ``group`` committed."""
+        if group not in self._committed:
+            self._committed[group] = offsets_consumer(self.settings, group)
+        return self._committed[group]
+
+    def times(self) -> Consumer:
+        """The consumer that reads single records for their write time."""
+        if self._times is None:
+            self._times = times_consumer(self.settings)
+        return self._times
+
+    def close(self) -> None:
+        """Close every consumer."""
+        for consumer in [*self._committed.values(), *([self._times] if self._times else [])]:
+            consumer.close()
+        self._committed, self._times = {}, None
+
+
 def measure_lag(
     settings: Settings,
     stages: Sequence[str],
@@ -102,8 +133,12 @@ def measure_lag(
     acknowledged: bool = False,
     admin: AdminClient | None = None,
     timeout: float = 10.0,
+    readers: LagReaders | None = None,
 ) -> dict[str, StageLag]:
-    """The lag of each of ``stages``; raises KafkaUnavailable when the broker does not answer."""
+    """The lag of each of ``stages``; raises KafkaUnavailable when the broker does not answer.
+
+    ``readers`` keeps the consumers open between calls (see :class:`LagReaders`).
+    """
     admin = admin or admin_client(settings)
     try:
         metadata = admin.list_topics(timeout=timeout).topics
@@ -118,11 +153,12 @@ def measure_lag(
         starts = partition_offsets(admin, every, earliest=True, timeout=timeout)
         result: dict[str, StageLag] = {}
         for stage, parts in inputs.items():
-            committed = group_offsets(settings, settings.group(stage), parts, timeout)
+            group = settings.group(stage)
+            asking = readers.committed(group) if readers is not None else None
+            committed = group_offsets(settings, group, parts, timeout, consumer=asking)
             rows = [PartitionLag(t, p, starts[(t, p)], ends[(t, p)], committed.get((t, p))) for t, p in parts]
-            result[stage] = StageLag(
-                stage, settings.group(stage), tuple(_timed(settings, rows, times, acknowledged))
-            )
+            timed = _timed(settings, rows, times, acknowledged, readers)
+            result[stage] = StageLag(stage, group, tuple(timed))
         return result
     except KafkaException as exc:
         raise KafkaUnavailable(
@@ -131,7 +167,7 @@ def measure_lag(
 
 
 def _timed(
-    settings: Settings, rows: list[PartitionLag], times: bool, acknowledged: bool
+    settings: Settings, rows: list[PartitionLag], times: bool, acknowledged: bool, readers: LagReaders | None
 ) -> list[PartitionLag]:
     if not (times or acknowledged):
         return rows
@@ -141,7 +177,11 @@ def _timed(
         for r in rows
         if acknowledged and r.committed is not None and r.committed > r.start
     }
-    first_at, last_at = record_times(settings, first), record_times(settings, last)
+    reader = readers.times() if readers is not None else None
+    first_at, last_at = (
+        record_times(settings, first, consumer=reader),
+        record_times(settings, last, consumer=reader),
+    )
     return [
         PartitionLag(r.topic, r.partition, r.start, r.end, r.committed,
                      first_at.get((r.topic, r.partition)), last_at.get((r.topic, r.partition)))
@@ -149,17 +189,9 @@ def _timed(
     ]  # fmt: skip
 
 
-def record_times(
-    settings: Settings, positions: Mapping[Partition, int], timeout: float = 5.0
-) -> dict[Partition, float]:
-    """When the record at each position (or the next one the log holds) was written, in epoch seconds.
-
-    One consumer reads one record of every partition; it joins no group and
-    commits nothing. A partition with nothing at or after its position is left out.
-    """
-    if not positions:
-        return {}
-    consumer = Consumer(
+def times_consumer(settings: Settings) -> Consumer:
+    """A consumer for :func:`record_times`: it joins no group and commits nothing."""
+    return Consumer(
         client_config(
             settings,
             **{
@@ -171,6 +203,24 @@ def record_times(
             },
         )
     )
+
+
+def record_times(
+    settings: Settings,
+    positions: Mapping[Partition, int],
+    timeout: float = 5.0,
+    consumer: Consumer | None = None,
+) -> dict[Partition, float]:
+    """When the record at each position (or the next one the log holds) was written, in epoch seconds.
+
+    One consumer reads one record of every partition; a partition with
+    nothing at or after its position is left out. ``consumer`` (from
+    :func:`times_consumer`) is used and left open, its assignment cleared.
+    """
+    if not positions:
+        return {}
+    owned = consumer is None
+    consumer = consumer or times_consumer(settings)
     found: dict[Partition, float] = {}
     try:
         consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in positions.items()])
@@ -189,7 +239,10 @@ def record_times(
                 pending.discard(key)
                 consumer.pause([TopicPartition(*key)])
     finally:
-        consumer.close()
+        if owned:
+            consumer.close()
+        else:
+            consumer.unassign()
     return found
 
 

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.kafka.admin import admin_client
-from pipeline.kafka.lag import StageLag, measure_lag, near_retention, topic_retention
+from pipeline.kafka.lag import LagReaders, StageLag, measure_lag, near_retention, topic_retention
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class LagWatch:
         self._retention_read = float("-inf")
         self._stop = threading.Event()
         self._admin: AdminClient | None = None
+        self._readers: LagReaders | None = None  # kept open from one check to the next
 
     def start(self) -> LagWatch:
         """Check in a daemon thread every ``O2O_LAG_CHECK_SECONDS`` until :meth:`stop`."""
@@ -66,7 +67,8 @@ class LagWatch:
     def check(self) -> StageLag:
         """Measure now, log what needs a person, and keep the reading for the gauges."""
         admin = self._admin = self._admin or admin_client(self.settings)
-        lag = measure_lag(self.settings, [self.stage], admin=admin)[self.stage]
+        readers = self._readers = self._readers or LagReaders(self.settings)
+        lag = measure_lag(self.settings, [self.stage], admin=admin, readers=readers)[self.stage]
         now = self.clock()
         if now - self._retention_read > RETENTION_REFRESH_SECONDS:
             self._retention = topic_retention(admin, {p.topic for p in lag.partitions})

@@ -27,12 +27,18 @@ INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 CLICKHOUSE_READ_SECONDS = 10.0
 """A scrape within this long of the last one reuses its parts and merges."""
 
-CLICKHOUSE_GAUGES = {
-    "o2o_clickhouse_active_parts": ("table",),
-    "o2o_clickhouse_active_part_rows": ("table",),
-    "o2o_clickhouse_merges_running": (),
+CLICKHOUSE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "o2o_clickhouse_active_parts": ("Active data parts of a table (many: merges fall behind)", ("table",)),
+    "o2o_clickhouse_active_part_rows": ("Rows in a table's active parts (before deduplication)", ("table",)),
+    "o2o_clickhouse_merges_running": ("Merges running in the pipeline's database", ()),
 }
-"""The gauges :class:`ClickHouseCollector` exports, with their labels."""
+"""The gauges :class:`ClickHouseCollector` exports: name -> (help, labels)."""
+
+
+def clickhouse_gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
+    """One of :data:`CLICKHOUSE_GAUGES`, empty (to add labelled samples to) or with its one ``value``."""
+    helptext, labels = CLICKHOUSE_GAUGES[name]
+    return GaugeMetricFamily(name, helptext, value=value, labels=list(labels) if value is None else None)
 
 
 def parts_query(database: str) -> str:
@@ -101,19 +107,13 @@ class ClickHouseCollector(Collector):
         with self._lock:
             self._read()
             parts, merges = list(self._parts), self._merges
-        active = GaugeMetricFamily(
-            "o2o_clickhouse_active_parts", "Active data parts of a table (many: merges fall behind)",
-            labels=["table"],
-        )  # fmt: skip
-        rows = GaugeMetricFamily(
-            "o2o_clickhouse_active_part_rows", "Rows in a table's active parts (before deduplication)",
-            labels=["table"],
-        )  # fmt: skip
+        active, rows = (
+            clickhouse_gauge("o2o_clickhouse_active_parts"),
+            clickhouse_gauge("o2o_clickhouse_active_part_rows"),
+        )
         for table, count, total in parts:
             active.add_metric([table], float(count))
             rows.add_metric([table], float(total))
         yield from (active, rows)
         if merges is not None:
-            yield GaugeMetricFamily(
-                "o2o_clickhouse_merges_running", "Merges running in the pipeline's database", value=merges
-            )
+            yield clickhouse_gauge("o2o_clickhouse_merges_running", float(merges))

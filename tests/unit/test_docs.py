@@ -139,7 +139,7 @@ def exported_metrics() -> dict[str, set[str]]:
         for family in families
         for suffix in SAMPLE_SUFFIXES[family.type]
     }
-    return exported | {name: set(names) for name, names in CLICKHOUSE_GAUGES.items()}
+    return exported | {name: set(labels) for name, (_help, labels) in CLICKHOUSE_GAUGES.items()}
 
 
 def counted_keys(*packages: str) -> set[str]:
