@@ -172,6 +172,9 @@ class Settings(BaseSettings, KafkaSecuritySettings):
         "", description="chdb://<folder> or http(s)://host:8123 (default: chdb in state_dir)"
     )
     clickhouse_database: str = Field("o2o", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_cluster: str = Field(
+        "", pattern=r"^([A-Za-z_][A-Za-z0-9_.-]*)?$", description="cluster of the migrations' ON CLUSTER DDL"
+    )
     clickhouse_password_file: Path | None = Field(
         None, description="file holding the ClickHouse server's password (a mounted secret)"
     )
@@ -396,6 +399,10 @@ class Settings(BaseSettings, KafkaSecuritySettings):
             load_activation_rules(self.activation_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
+        if self.clickhouse_cluster and self.embedded_clickhouse:
+            raise ValueError(
+                "O2O_CLICKHOUSE_CLUSTER needs a ClickHouse server DSN (http(s)://...), not chdb://"
+            )
         if self.clickhouse_password_file is not None:
             if self.embedded_clickhouse or urlsplit(self.clickhouse_dsn).password:
                 raise ValueError(

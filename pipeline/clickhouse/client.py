@@ -36,6 +36,7 @@ from clickhouse_connect.driver.exceptions import (
     ProgrammingError,
 )
 
+from pipeline.clickhouse.cluster import INSERT_SETTINGS, READ_SETTINGS
 from pipeline.clickhouse.query_guard import CATALOG_DATABASES, QueryRefused, check_read_query, qualifiers
 from pipeline.config import Settings
 from pipeline.errors import ClickHouseUnavailable, ConfigError, FatalError, PipelineError
@@ -190,9 +191,12 @@ class ClickHouse:
     in queries).
     """
 
-    def __init__(self, dsn: str, database: str, read_limits: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, dsn: str, database: str, read_limits: Mapping[str, Any] | None = None, cluster: str = ""
+    ) -> None:
         self.dsn = dsn
         self.database = database
+        self.cluster = cluster  # O2O_CLICKHOUSE_CLUSTER: migrations and deletes go ON CLUSTER
         self.read_limits = dict(read_limits or {})
         self._databases: frozenset[str] = frozenset()
         self.embedded = dsn.startswith("chdb://")
@@ -392,7 +396,10 @@ class ClickHouse:
         with self._lock:
             self._check_open()
             try:
-                self._writer.insert(table, rows, column_names=list(column_names), database=database)
+                self._writer.insert(
+                    table, rows, column_names=list(column_names), database=database,
+                    settings=dict(INSERT_SETTINGS) if self.cluster else None,
+                )  # fmt: skip
             except (TypeError, ValueError, OverflowError) as exc:
                 raise QueryError(f"cannot insert into {table}: bad row values: {exc}") from exc
             except Exception as exc:
@@ -402,7 +409,9 @@ class ClickHouse:
 
 def connect(settings: Settings) -> ClickHouse:
     """Open the configured ClickHouse (``settings.clickhouse_dsn``, ``settings.clickhouse_database``)."""
-    return ClickHouse(server_dsn(settings), settings.clickhouse_database, read_limits(settings))
+    return ClickHouse(
+        server_dsn(settings), settings.clickhouse_database, read_limits(settings), settings.clickhouse_cluster
+    )
 
 
 def server_dsn(settings: Settings) -> str:
@@ -426,9 +435,10 @@ def server_dsn(settings: Settings) -> str:
 
 def read_limits(settings: Settings) -> dict[str, Any]:
     """ClickHouse settings that bound a read-only query: time, memory and result size."""
-    return {
+    limits: dict[str, Any] = {
         "max_execution_time": settings.query_max_seconds,
         "max_memory_usage": settings.query_max_memory_mb << 20,
         "max_result_rows": settings.query_max_result_rows,
         "result_overflow_mode": "throw",
     }
+    return limits | (READ_SETTINGS if settings.clickhouse_cluster else {})

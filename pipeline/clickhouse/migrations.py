@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.clickhouse.client import ClickHouse, QueryError
+from pipeline.clickhouse.cluster import cluster_statements, database_statement, migrations_table_statement
 from pipeline.errors import MigrationError
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,16 @@ def apply_migrations(ch: ClickHouse, folder: Path = DEFAULT_FOLDER) -> list[str]
     """
     migrations = load_migrations(folder)
     try:
-        ch.command(f"CREATE DATABASE IF NOT EXISTS {ch.database}")
+        if ch.cluster:
+            ch.command(database_statement(ch.database, ch.cluster))
+        else:
+            ch.command(f"CREATE DATABASE IF NOT EXISTS {ch.database}")
         ch.use_database()
         ch.command(
             ch.sql(
-                f"CREATE TABLE IF NOT EXISTS {{db}}.{MIGRATIONS_TABLE} "
+                migrations_table_statement(ch.cluster, MIGRATIONS_TABLE)
+                if ch.cluster
+                else f"CREATE TABLE IF NOT EXISTS {{db}}.{MIGRATIONS_TABLE} "
                 "(version String, checksum String, applied_at DateTime64(3, 'UTC')) "
                 "ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"
             )
@@ -159,8 +165,10 @@ def _apply(ch: ClickHouse, migration: Migration) -> None:
     log.info("applying migration %s to database %s", migration.path.name, ch.database)
     for number, statement in enumerate(migration.statements, start=1):
         try:
-            ch.command(ch.sql(statement))
-        except QueryError as exc:
+            # on a cluster: the same statement ON CLUSTER, a storage table as replicated + Distributed
+            for each in cluster_statements(statement, ch.cluster) if ch.cluster else [statement]:
+                ch.command(ch.sql(each))
+        except (QueryError, ValueError) as exc:
             first_line = statement.splitlines()[0]
             raise MigrationError(
                 f"migration {migration.path.name}, statement {number} ({first_line}) failed: {exc}"

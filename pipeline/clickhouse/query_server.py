@@ -148,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
         erasure = Erasure.of(body["persons"], body["keys"])
         ch = self.server.ch
         try:
-            statements = erase_statements(ch.database, erasure)
+            statements = erase_statements(ch.database, erasure, ch.cluster)
             counts = execute(
                 lambda sql: ch.query(sql).rows, ch.command, statements, bool(body.get("dry_run"))
             )
@@ -340,7 +340,7 @@ def erase_any(
             raise ClickHouseUnavailable(f"the query server could not erase: {exc}") from exc
     erasure = Erasure.of(persons, keys)
     with connect(settings) as ch:
-        statements = erase_statements(settings.clickhouse_database, erasure)
+        statements = erase_statements(settings.clickhouse_database, erasure, settings.clickhouse_cluster)
         return execute(lambda sql: ch.query(sql).rows, ch.command, statements, dry_run)
 
 

@@ -141,13 +141,20 @@ def person_rows(erasure: Erasure) -> list[tuple[str, str]]:
     return out
 
 
-def erase_statements(db: str, erasure: Erasure) -> list[tuple[str, str, str]]:
-    """(table, count query, delete statement) for every table holding the persons' data."""
+def erase_statements(db: str, erasure: Erasure, cluster: str = "") -> list[tuple[str, str, str]]:
+    """(table, count query, delete statement) for every table holding the persons' data.
+
+    On a cluster (``O2O_CLICKHOUSE_CLUSTER``) the rows are counted through the
+    Distributed table and deleted from the replicated tables of every node.
+    """
+    from pipeline.clickhouse.cluster import delete_target
+
     return [
         (
             table,
             f"SELECT count() FROM {db}.{table} WHERE {where}",
-            f"ALTER TABLE {db}.{table} DELETE WHERE {where} SETTINGS mutations_sync = 2",
+            f"ALTER TABLE {db}.{delete_target(table, cluster) if cluster else table} DELETE WHERE {where} "
+            "SETTINGS mutations_sync = 2",
         )
         for table, where in person_rows(erasure)
     ]
