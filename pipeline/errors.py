@@ -47,6 +47,10 @@ class FatalError(PipelineError):
     """The process cannot go on; report the message and exit non-zero."""
 
 
+class StateTooLarge(FatalError):
+    """A state value exceeds what a changelog record may hold and its table has no rule to trim it."""
+
+
 class DeliveryFailed(FatalError):
     """Kafka gave up delivering an output; stop before committing its input."""
 

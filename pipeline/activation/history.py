@@ -124,3 +124,25 @@ def forget_before(history: dict[str, Any], horizon: int) -> None:
             del history["sent"][channel]
     recent = sorted(history["recent"].items(), key=lambda item: (item[1]["decided_at"], item[0]))
     history["recent"] = dict(item for item in recent[-RECENT_DECISIONS:] if item[1]["decided_at"] >= horizon)
+
+
+def trim_history(history: dict[str, Any]) -> dict[str, Any] | None:
+    """The history with its oldest half of one kind of entry gone: the rule that bounds it (hot keys).
+
+    In this order, while any is left: decisions (``recent``: a trigger's
+    replay may then be decided again), waiting click-and-collect orders,
+    stores visited (a visit may count as first again), delayed decisions
+    not due yet (they are not sent). None when all are empty.
+    """
+    recent = sorted(history["recent"].items(), key=lambda item: (item[1]["decided_at"], item[0]))
+    if recent:
+        return {**history, "recent": dict(recent[len(recent) // 2 :] if len(recent) > 1 else [])}
+    collect = sorted(history["collect"].items(), key=lambda item: (item[1], item[0]))
+    if collect:
+        return {**history, "collect": dict(collect[len(collect) // 2 :] if len(collect) > 1 else [])}
+    if history["stores"]:
+        return {**history, "stores": history["stores"][len(history["stores"]) // 2 or 1 :]}
+    pending = sorted(history["pending"], key=lambda p: (p["due"], p["decision_id"]))
+    if pending:
+        return {**history, "pending": pending[len(pending) // 2 or 1 :]}
+    return None

@@ -24,6 +24,7 @@ from pipeline.activation.history import (
     new_history,
     observe,
     store_of,
+    trim_history,
     waiting_order,
 )
 from pipeline.activation.rules import ActivationRules, Rule
@@ -34,7 +35,7 @@ from pipeline.kafka import topics
 from pipeline.kafka.envelopes import key_for_partition, partition_for
 from pipeline.model.contract import Event
 from pipeline.model.event_clock import PartitionClock
-from pipeline.model.handler import Emission
+from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import ACTIVATIONS
 
 HANDOFF = "activation_handoff"
@@ -135,6 +136,10 @@ class ActivationHandler:
     def flush(self) -> list[Emission]:
         """End of input in drain mode: delayed decisions wait for their time, so nothing is forced out."""
         return []
+
+    def trim_state(self, table: str, _key: str, value: Any) -> Any:
+        """A person's history too large for a changelog record loses its oldest entries (counted)."""
+        return trimmed(table, "activation_persons", value, trim_history, self.counts)
 
     def _refresh_restrictions(self) -> None:
         if self.privacy is not None:

@@ -47,6 +47,29 @@ def new_state() -> dict[str, Any]:
     return {"touches": {}, "conversions": [], "floor": None, "removed": {}}
 
 
+def drop_oldest_touches(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The state without its oldest quarter of touches: the rule that bounds a person's path (hot keys).
+
+    The horizon moves past them, as the lookback's pruning does, so a replay
+    cannot bring them back; without touches, the oldest remembered
+    conversions go the same way. None when nothing is left to drop.
+    """
+    touches = state.get("touches") or {}
+    if touches:
+        by_time = sorted(touches.items(), key=lambda item: (item[1][1], item[0]))
+        cut = by_time[max(1, len(by_time) // 4) - 1][1][1] + 1
+        removed = state.get("removed") or {}
+        return {**state, "touches": {sid: t for sid, t in touches.items() if t[1] >= cut},
+                "horizon": max(cut, state.get("horizon", -(2**62))),
+                "removed": {sid: at for sid, at in removed.items() if at >= cut}}  # fmt: skip
+    conversions = state.get("conversions") or []
+    if len(conversions) > 1:
+        dropped = conversions[: len(conversions) // 2]
+        floor = max([state.get("floor") or 0, *(c["occurred_at"] for c in dropped)])
+        return {**state, "conversions": conversions[len(dropped) :], "floor": floor}
+    return None
+
+
 def _normalised(state: dict[str, Any] | None) -> dict[str, Any]:
     """A copy of ``state`` with every key present (states written by older versions too)."""
     base = new_state()

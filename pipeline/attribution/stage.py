@@ -8,11 +8,11 @@ from typing import Any, Protocol
 
 from pipeline.attribution.custom import load_rules
 from pipeline.attribution.datadriven import FittedModel
-from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor
+from pipeline.attribution.paths import DATA_DRIVEN, Output, PathAttributor, drop_oldest_touches
 from pipeline.config import Settings
 from pipeline.identity.forwarding import follow, record_merge, settle_handoff
 from pipeline.kafka import topics
-from pipeline.model.handler import Emission
+from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import ROW_TABLES_BY_NAME
 
 
@@ -130,6 +130,10 @@ class AttributionHandler:
                 self.state[person] = self.attributor.recredit(dict(state), out)
         self.counts["rows"] += len(out)
         return [*handoffs, *((ROW_TABLES_BY_NAME[table].topic, _key(table, row), row) for table, row in out)]
+
+    def trim_state(self, table: str, _key: str, value: Any) -> Any:
+        """A person's path too large for a changelog record loses its oldest touches (counted)."""
+        return trimmed(table, "attribution_paths", value, drop_oldest_touches, self.counts)
 
     def tick(self) -> list[Emission]:
         """Take newly published fits (new conversions are credited with them)."""

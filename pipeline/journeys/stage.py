@@ -18,12 +18,12 @@ from pipeline.config import Settings
 from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.journeys.channels import DEFAULT_RULES, load_channel_rules
 from pipeline.journeys.sessions import Output, SessionRules, event_row
-from pipeline.journeys.timeline import JourneyTimeline
+from pipeline.journeys.timeline import JourneyTimeline, release_oldest_session
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import CONSENT_UPDATED
 from pipeline.model.event_clock import PartitionClock, watermark_key
-from pipeline.model.handler import Emission
+from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import EVENTS, SESSIONS
 
 __all__ = ["JourneysHandler", "watermark_key"]
@@ -137,6 +137,10 @@ class JourneysHandler:
         self.counts["merges"] += 1
         handoff = {"record": "handoff", "person_id": survivor, "from_person": merged, "state": state}
         return (topics.IDENTIFIED, survivor, handoff)
+
+    def trim_state(self, table: str, _key: str, value: Any) -> Any:
+        """A person's state too large for a changelog record loses its oldest held session (counted)."""
+        return trimmed(table, "journeys_state", value, release_oldest_session, self.counts)
 
     def tick(self) -> list[Emission]:
         """Move the watermark of idle partitions on with the clock and publish what it closes."""

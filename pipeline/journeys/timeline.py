@@ -61,6 +61,28 @@ def new_state() -> dict[str, Any]:
     return {"events": [], "emitted": {}, "next": None}
 
 
+def release_oldest_session(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The state without its oldest held session: the rule that bounds a person's state (hot keys).
+
+    The session's events leave the state as if it were final, and it is
+    forgotten here: its rows stay as last published, a late event in its time
+    becomes a session of its own, and an open session is cut (the person's
+    next event starts a new one). None when nothing is held.
+    """
+    held = state.get("events") or []
+    if not held:
+        return None
+    oldest = held[0][1]
+    if not oldest:  # placed but not cut yet: release that event alone
+        return {**state, "events": held[1:]}
+    gone = {entry[0]["event_id"] for entry in held if entry[1] == oldest}
+    kept = [entry for entry in held if entry[1] != oldest]
+    emitted = {
+        sid: e for sid, e in (state.get("emitted") or {}).items() if sid != oldest and e[3] not in gone
+    }
+    return {**state, "events": kept, "emitted": emitted}
+
+
 def _print(value: Any) -> int:
     """A fingerprint that is stable across processes (``hash()`` is salted)."""
     return zlib.crc32(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))

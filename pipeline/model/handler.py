@@ -6,7 +6,8 @@ without importing any Kafka or faust code, and the runtime drives it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
 Emission = tuple[str, str, dict[str, Any]]
@@ -40,8 +41,34 @@ class StatefulHandler(Protocol):
     def process(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Handle a batch of input records (already decoded)."""
 
+    # Optional: ``trim_state(table, key, value) -> value | None``. A state value
+    # too large for a changelog record is handed to it until it fits; it
+    # returns a smaller value by the table's documented rule (oldest history
+    # first, counted), or None when it cannot (the stage then stops with
+    # StateTooLarge). See pipeline/runtime/state.py.
+
     def tick(self) -> list[Emission]:
         """Periodic work in event or processing time (closing idle sessions)."""
 
     def flush(self) -> list[Emission]:
         """End of input in drain mode: emit everything still held."""
+
+
+def trimmed(
+    table: str,
+    own: str,
+    value: Any,
+    rule: Callable[[dict[str, Any]], dict[str, Any] | None],
+    counts: Counter[str],
+) -> Any:
+    """``rule(value)`` when ``table`` is the handler's per-person table ``own`` (counted), else None.
+
+    The shared body of the handlers' ``trim_state``: only the per-person
+    tables have a rule; anything else is left to the runtime (StateTooLarge).
+    """
+    if table != own or not isinstance(value, dict):
+        return None
+    smaller = rule(value)
+    if smaller is not None:
+        counts["state_trimmed"] += 1
+    return smaller

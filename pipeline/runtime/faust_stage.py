@@ -32,7 +32,7 @@ from pipeline.kafka.layout import check_layout
 from pipeline.kafka.security import faust_credentials
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
-from pipeline.model.limits import message_bytes
+from pipeline.model.limits import message_bytes, record_bytes
 from pipeline.private_files import private_dir
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
@@ -150,8 +150,11 @@ class FaustStage:
             table.changelog_topic = table._new_changelog_topic()  # type: ignore[attr-defined]
             table.apply_changelog_batch = self._restoring(table.apply_changelog_batch)  # type: ignore[method-assign]
             changelog = table.changelog_topic.get_topic_name()
-            # reads and writes go to the in-memory store, never through faust's changelog sends
-            self._caches[name] = BatchCache(table.data, changelog, partitions)
+            # reads and writes go to the in-memory store, never through faust's changelog sends;
+            # a value too large for a record is trimmed by the handler's rule for the table
+            trim_state = getattr(self.handler, "trim_state", None)
+            trim = partial(trim_state, name) if trim_state is not None else None
+            self._caches[name] = BatchCache(table.data, changelog, partitions, record_bytes(settings), trim)
         self.handler.bind(
             {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
         )

@@ -8,14 +8,21 @@ which the runtime makes durable after the batch's outputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import logging
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from faust.serializers import codecs
 
+from pipeline.errors import StateTooLarge
 from pipeline.kafka.envelopes import partition_for
+
+log = logging.getLogger(__name__)
+
+Trim = Callable[[str, Any], Any]
+"""``trim(key, value)``: a smaller value by the table's rule, or None when there is nothing left to drop."""
 
 
 class _Utf8KeyCodec(codecs.Codec):
@@ -78,10 +85,19 @@ class BatchCache(MutableMapping[str, Any]):
     and released within one batch none.
     """
 
-    def __init__(self, store: MutableMapping[str, Any], changelog: str = "", partitions: int = 1) -> None:
+    def __init__(
+        self,
+        store: MutableMapping[str, Any],
+        changelog: str = "",
+        partitions: int = 1,
+        max_bytes: int = 0,
+        trim: Trim | None = None,
+    ) -> None:
         self.table = store
         self.changelog = changelog
         self.partitions = partitions
+        self.max_bytes = max_bytes  # 0: unbounded; else the largest value a changelog record may hold
+        self.trim = trim
         self.dirty: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
@@ -137,7 +153,31 @@ class BatchCache(MutableMapping[str, Any]):
                 del self.table[key]
                 records.append(ChangelogRecord(self.changelog, partition, encoded_key, None))
             else:
+                value, encoded = self._bounded(key, value)
                 self.table[key] = value
-                records.append(ChangelogRecord(self.changelog, partition, encoded_key, orjson.dumps(value)))
+                records.append(ChangelogRecord(self.changelog, partition, encoded_key, encoded))
         self.dirty.clear()
         return records
+
+    def _bounded(self, key: str, value: Any) -> tuple[Any, bytes]:
+        """``value`` and its encoding, trimmed by the table's rule until it fits ``max_bytes``.
+
+        A hot key (a store kiosk's device id, a bot) can grow one person's state
+        past what Kafka accepts in a record; without this, the changelog send
+        would fail and the stage would stop at every restart.
+        """
+        encoded = orjson.dumps(value)
+        size = len(encoded)
+        while self.max_bytes and len(encoded) > self.max_bytes:
+            smaller = self.trim(key, value) if self.trim is not None else None
+            if smaller is None:
+                raise StateTooLarge(
+                    f"the state of {key!r} in {self.changelog} is {len(encoded)} bytes, over the "
+                    f"{self.max_bytes} a changelog record may hold, and its table has no rule to trim it"
+                )
+            value = smaller
+            encoded = orjson.dumps(value)
+        if len(encoded) < size:
+            log.warning("%s: trimmed the state of %r from %d to %d bytes (limit %d)",
+                        self.changelog, key, size, len(encoded), self.max_bytes)  # fmt: skip
+        return value, encoded
