@@ -71,10 +71,16 @@ class Admin(AdminClient):
             log.log(level, "%s", text)
 
     def list_topics(self, *args: Any, timeout: float = -1, **kwargs: Any) -> Any:
-        """Cluster metadata, asked for in steps of a second so a security failure ends the wait."""
+        """Cluster metadata, asked for in growing steps (1, 2, 4 ... s) so a security failure ends the wait.
+
+        The steps grow so that a broker slow to answer (a loaded cluster) is
+        still waited for as long as ``timeout`` allows.
+        """
         deadline = time.monotonic() + (timeout if timeout >= 0 else 60.0)
+        wait = 1.0
         while True:
-            step = max(min(1.0, deadline - time.monotonic()), 0.01)
+            step = max(min(wait, deadline - time.monotonic()), 0.01)
+            wait *= 2
             try:
                 return super().list_topics(*args, timeout=step, **kwargs)
             except KafkaException:

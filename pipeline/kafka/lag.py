@@ -87,13 +87,6 @@ class StageLag:
         times = [p.newest_acknowledged_at for p in self.partitions if p.newest_acknowledged_at is not None]
         return max(times) if times else None
 
-    def by_topic(self) -> dict[str, int]:
-        """Lag per input topic."""
-        totals: dict[str, int] = {}
-        for p in self.partitions:
-            totals[p.topic] = totals.get(p.topic, 0) + p.lag
-        return totals
-
 
 class LagReaders:
     """The consumers a repeated lag measurement keeps open, instead of making new ones each time.

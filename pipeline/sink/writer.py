@@ -60,6 +60,7 @@ class RowBatcher:
         self.buffers: dict[RowTable, list[list[Any]]] = {}
         self.pending = 0
         self.written: Counter[str] = Counter()
+        self.tombstones = 0  # empty messages of compacted topics, skipped
         self._first_at = 0.0
 
     def add(
@@ -75,6 +76,11 @@ class RowBatcher:
         """
         if table is DEAD_LETTERS:
             rows = [dead_letter_row(value, headers)]
+        elif not value:
+            # a tombstone on a compacted topic (`o2o forget` deleting a person's delivery
+            # records): the rows are gone from ClickHouse too; nothing to insert
+            self.tombstones += 1
+            return
         else:
             columns = table.columns
             docs = unpack(value)

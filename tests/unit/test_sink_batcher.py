@@ -69,3 +69,15 @@ def test_dead_letter_row_keeps_original_bytes_and_source_position() -> None:
         42,
         1000,
     ]
+
+
+def test_a_tombstone_of_a_compacted_topic_is_skipped_but_an_empty_dead_letter_kept() -> None:
+    """`o2o forget` tombstones the person's delivery records; the sink must not choke on them."""
+    from pipeline.model.rows import ROW_TABLES_BY_NAME
+
+    deliveries = ROW_TABLES_BY_NAME["activation_deliveries"]
+    batcher = RowBatcher(FlakyInserter(0), batch_rows=10, flush_seconds=60)
+    batcher.add(deliveries, b"")
+    assert (batcher.pending, batcher.tombstones) == (0, 1)
+    batcher.add(DEAD_LETTERS, b"", dead_letter_headers("malformed_json", "empty", "o2o.raw.web", 0, 7, 1000))
+    assert batcher.pending == 1  # an empty raw message is still a dead letter to keep
