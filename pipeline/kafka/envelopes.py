@@ -112,16 +112,20 @@ def unpack(value: bytes) -> list[dict[str, Any]]:
     return doc if isinstance(doc, list) else [doc]
 
 
-def record_steps(values: Sequence[bytes], size: int) -> Iterator[list[dict[str, Any]]]:
+def record_steps(values: Sequence[bytes], size: int, max_bytes: int = 0) -> Iterator[list[dict[str, Any]]]:
     """The records of ``values`` (envelopes or single records), in order, ``size`` or a few more per list.
 
-    An envelope is never split: a list ends after the message that filled it.
+    A list also ends once its messages reach ``max_bytes`` (0: no byte bound),
+    so a batch of large records is handled in steps as bounded as one of
+    small ones. An envelope is never split: a list ends after the message that filled it.
     """
     step: list[dict[str, Any]] = []
+    taken = 0
     for value in values:
         step.extend(unpack(value))
-        if len(step) >= size:
+        taken += len(value)
+        if len(step) >= size or (max_bytes and taken >= max_bytes):
             yield step
-            step = []
+            step, taken = [], 0
     if step:
         yield step

@@ -50,6 +50,9 @@ HANDOVER_RECORDS = frozenset({"merge", "handoff"})
 TAKE_WITHIN_SECONDS = 0.05
 """How long ``take()`` waits to fill a batch: at low rates each hop adds up to this much latency."""
 
+STEP_BYTES = 16 << 20
+"""A step also ends once its messages reach this many bytes (a few records near the size limit)."""
+
 STEP_RECORDS = 5000
 """Records decoded and handled per step; outputs and state are made durable once per step.
 
@@ -216,7 +219,7 @@ class FaustStage:
         return [record for cache in self._caches.values() for record in cache.write_back()]
 
     def _run_batch(self, batch: Sequence[bytes]) -> None:
-        for records in record_steps(batch, STEP_RECORDS):
+        for records in record_steps(batch, STEP_RECORDS, STEP_BYTES):
             self._run_step(len(batch), records)
 
     def _run_step(self, messages: int, records: list[dict[str, Any]]) -> None:

@@ -69,3 +69,7 @@ def test_record_steps_keep_order_bound_each_step_and_never_split_an_envelope() -
     flat = [record for step in steps for record in step]
     assert flat == [record for value in values for record in unpack(value)]
     assert list(record_steps([], 4)) == []
+    # bounded by bytes too: each large message its own step, whatever the record count
+    large = [orjson.dumps({"n": n, "pad": "x" * 1000}) for n in range(3)]
+    assert [len(step) for step in record_steps(large, 5000, max_bytes=1000)] == [1, 1, 1]
+    assert [len(step) for step in record_steps(large, 5000, max_bytes=2000)] == [2, 1]
