@@ -16,6 +16,7 @@ from pipeline.bench_steps import StepFailed, StepRunner
 from pipeline.cli.common import console
 from pipeline.config import STAGES, Settings
 from pipeline.kafka.topics import row_topics
+from pipeline.runtime.drain import drain_figures
 
 
 def run_throughput(
@@ -78,6 +79,7 @@ def run_throughput(
     )
     _print_pipeline(e2e, phases, sunk, n, pass_rate, rows)
     check_stored(rows, n)
+    _print_longest_steps(settings)
     table(
         "stages over time (seconds since launch)",
         ["stage", "first commit", "input all committed"],
@@ -150,6 +152,19 @@ def _print_pipeline(
         ),
     ]
     section("pipeline end to end (o2o run all --drain)", lines)
+
+
+def _print_longest_steps(settings: Settings) -> None:
+    """How long each stateful stage's longest step held its event loop (from its drain marker)."""
+    lines = []
+    for stage in ("identity", "journeys", "attribution"):
+        figures = drain_figures(settings, stage)
+        if "longest_step_seconds" in figures:
+            lines.append((stage, f"{figures['longest_step_seconds'] * 1000:,.0f} ms "
+                                 f"({figures.get('longest_step_records', 0):,.0f} records)"))  # fmt: skip
+        else:
+            lines.append((stage, "not reported"))
+    section("longest step per stateful stage (event loop held: handling, outputs and state durable)", lines)
 
 
 def _print_profile(profiler: StageProfiler) -> None:

@@ -8,8 +8,9 @@ drained leave a marker file in the state folder, so that processes of one
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.config import Settings
@@ -56,8 +57,17 @@ class DrainGate:
             self._open = all(marker(self.settings, s).exists() for s in self.wait_for)
         return self._open
 
-    def mark_done(self) -> None:
-        """Leave this stage's marker for the stages downstream."""
+    def mark_done(self, figures: Mapping[str, float] | None = None) -> None:
+        """Leave this stage's marker for the stages downstream: JSON, when it drained and ``figures``."""
         path = marker(self.settings, self.stage)
         private_dir(path.parent)
-        path.write_text(str(time.time()))
+        path.write_text(json.dumps({"drained_at": time.time(), **(figures or {})}))
+
+
+def drain_figures(settings: Settings, stage: str) -> dict[str, float]:
+    """What ``stage`` left in its marker when it drained (empty without a marker)."""
+    try:
+        found = json.loads(marker(settings, stage).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}

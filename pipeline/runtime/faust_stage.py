@@ -92,6 +92,7 @@ class FaustStage:
         self.tick_seconds = tick_seconds
         self.batch_size = batch_size
         self.processed = 0
+        self.longest_step = (0.0, 0)  # seconds a step held the event loop (handling and commit), its records
         self._worker: faust.Worker | None = None
         self._finished = False
         self._drain_lag, self._drain_waiting_since = 0, 0.0
@@ -233,6 +234,9 @@ class FaustStage:
         self.writer.commit_step(emitted, self._changes(), points)
         self.faults.reach("after_state")
         self.processed += len(records)
+        took = time.monotonic() - started
+        if took > self.longest_step[0]:
+            self.longest_step = (took, len(records))
         if log.isEnabledFor(logging.DEBUG):
             now = time.monotonic()
             log.debug("%s: step of %d records (from a batch of %d messages): %.0f ms processing, "
@@ -323,8 +327,10 @@ class FaustStage:
                 self._worker._schedule_shutdown(signal.SIGTERM)
             return
         self._guarded(self._run_flush)
-        self.drain.mark_done()
-        log.info("%s: drained after %d records", self.stage, self.processed)
+        took, records = self.longest_step
+        self.drain.mark_done({"longest_step_seconds": took, "longest_step_records": records})
+        log.info("%s: drained after %d records; longest step %.0f ms (%d records)",
+                 self.stage, self.processed, took * 1000, records)  # fmt: skip
         if self._worker is not None:
             self._worker._schedule_shutdown(signal.SIGTERM)
 

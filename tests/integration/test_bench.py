@@ -68,6 +68,11 @@ def test_bench_throughput_prints_every_section(settings: Settings) -> None:
     assert sampled and set(sampled) <= {"ingest", "identity", "journeys", "attribution", "sink"}
     assert any(line.strip().endswith("%") and "package" in line for line in profile)
     assert "steps" in sections
+    longest = next(
+        lines for title, lines in sections.items() if title.startswith("longest step per stateful")
+    )
+    assert {line.split()[0] for line in longest} == {"identity", "journeys", "attribution"}
+    assert all(re.search(rf"  {NUMBER} ms \({NUMBER} records\)$", line) for line in longest), longest
 
 
 def test_bench_live_prints_percentiles(settings: Settings) -> None:
