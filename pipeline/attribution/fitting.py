@@ -105,14 +105,11 @@ def fit_from_row(row: dict[str, Any]) -> FittedModel:
 
 def publish(settings: Settings, fits: Sequence[FittedModel], timeout: float = 30.0) -> None:
     """Send the fits to the models topic (one keyed message per kind) and wait for Kafka."""
-    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
+    from pipeline.kafka.clients import send_and_wait
 
-    delivery = DeliveryTracker()
-    producer = make_producer(settings, on_delivery=delivery)
-    for fit in fits:
-        produce(producer, settings.topic(topics.MODELS), orjson.dumps(model_row(fit)), fit.kind.encode())
-    flush_within(producer, "the fits", timeout)
-    delivery.raise_if_failed()
+    topic = settings.topic(topics.MODELS)
+    send_and_wait(settings, [(topic, orjson.dumps(model_row(fit)), fit.kind.encode(), None) for fit in fits],
+                  "the fits", timeout)  # fmt: skip
 
 
 class FittedModelFeed:

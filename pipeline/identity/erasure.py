@@ -199,29 +199,29 @@ def execute(
 def publish(settings: Settings, erasure: Erasure, timeout: float = 30.0) -> None:
     """Suppress the identifiers and persons, and tell the stages to drop them from their state."""
     from pipeline.kafka.admin import partition_counts
-    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
+    from pipeline.kafka.clients import Message, send_and_wait
 
-    delivery = DeliveryTracker()
-    producer = make_producer(settings, on_delivery=delivery)
-    for key, value in erasure.suppressions():
-        produce(producer, settings.topic(topics.SUPPRESSIONS), orjson.dumps(value), key.encode())
+    topic = settings.topic
+    messages: list[Message] = [
+        (topic(topics.SUPPRESSIONS), orjson.dumps(value), key.encode(), None)
+        for key, value in erasure.suppressions()
+    ]
     # tombstones for their records on the compacted topics: merges (keyed by the merged
     # person id) and deliveries of their activation decisions (keyed by decision id)
-    for person in sorted(erasure.person_ids):
-        producer.produce(settings.topic(topics.MERGES), None, person.encode())
-    for decision in sorted(erasure.decisions):
-        producer.produce(settings.topic(topics.ACTIVATION_DELIVERIES), None, decision.encode())
+    messages += [(topic(topics.MERGES), None, p.encode(), None) for p in sorted(erasure.person_ids)]
+    messages += [
+        (topic(topics.ACTIVATION_DELIVERIES), None, d.encode(), None) for d in sorted(erasure.decisions)
+    ]
     if erasure.person_ids or erasure.identifiers:
-        valid = settings.topic(topics.VALID)
+        valid = topic(topics.VALID)
         count = partition_counts(settings).get(valid, settings.partitions)
         for partition in range(count):
             record = {
                 "record": "forget", "copy": partition, "persons": sorted(erasure.person_ids),
                 "keys": sorted(erasure.identifiers),
             }  # fmt: skip
-            produce(producer, valid, orjson.dumps(record), b"forget", partition=partition)
-    flush_within(producer, "the erasure", timeout)
-    delivery.raise_if_failed()
+            messages.append((valid, orjson.dumps(record), b"forget", partition))
+    send_and_wait(settings, messages, "the erasure", timeout)
 
 
 def publish_restriction(
@@ -232,16 +232,19 @@ def publish_restriction(
     Kept on the suppression topic under ``restricted:<person id>``: the
     activation stage and the model fits read it with the rest of the list.
     """
-    from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer
+    from pipeline.kafka.clients import send_and_wait
 
-    delivery = DeliveryTracker()
-    producer = make_producer(settings, on_delivery=delivery)
     at = int(time.time() * 1000)
-    for person in sorted(set(person_ids)):
-        value = None if lift else orjson.dumps({"kind": "restricted", "key": person, "at": at})
-        producer.produce(settings.topic(topics.SUPPRESSIONS), value, f"restricted:{person}".encode())
-    flush_within(producer, "the restriction", timeout)
-    delivery.raise_if_failed()
+    messages = [
+        (
+            settings.topic(topics.SUPPRESSIONS),
+            None if lift else orjson.dumps({"kind": "restricted", "key": person, "at": at}),
+            f"restricted:{person}".encode(),
+            None,
+        )
+        for person in sorted(set(person_ids))
+    ]
+    send_and_wait(settings, messages, "the restriction", timeout)
 
 
 SUPPRESSION_READERS = {"ingest": "ingest-suppressions", "identity": "identity-suppressions",
@@ -258,21 +261,26 @@ def wait_until_read(settings: Settings, timeout: float) -> tuple[list[str], list
     the first to read the end counts for the stage.
     """
     from pipeline.kafka.admin import active_groups, end_offsets, group_offsets
+    from pipeline.kafka.lag import LagReaders
 
     ends = end_offsets(settings, [settings.topic(topics.SUPPRESSIONS)])
     running = active_groups(settings, [settings.group(stage) for stage in SUPPRESSION_READERS])
     waiting = {s: settings.group(r) for s, r in SUPPRESSION_READERS.items() if settings.group(s) in running}
     read: list[str] = []
     deadline = time.monotonic() + timeout
-    while waiting:
-        for stage, group in list(waiting.items()):
-            done = group_offsets(settings, group, ends, timeout=5.0)
-            if all(done.get(tp, 0) >= end for tp, end in ends.items()):
-                read.append(stage)
-                del waiting[stage]
-        if not waiting or time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
+    readers = LagReaders(settings)  # one consumer per group for the whole wait, not one per look
+    try:
+        while waiting:
+            for stage, group in list(waiting.items()):
+                done = group_offsets(settings, group, ends, timeout=5.0, consumer=readers.committed(group))
+                if all(done.get(tp, 0) >= end for tp, end in ends.items()):
+                    read.append(stage)
+                    del waiting[stage]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        readers.close()
     return sorted(read), sorted(waiting)
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
@@ -123,11 +124,32 @@ def flush_within(producer: Producer, what: str, seconds: float = FLUSH_SECONDS) 
             )
 
 
-def produce(producer: Producer, topic: str, value: bytes, key: bytes | None = None, **kw: Any) -> None:
-    """Produce one message, waiting for room when the local queue is full."""
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, **kw: Any) -> None:
+    """Produce one message (``value`` None: a tombstone), waiting for room when the local queue is full."""
     while True:
         try:
             producer.produce(topic, value, key, **kw)
             return
         except BufferError:
             producer.poll(0.05)
+
+
+Message = tuple[str, bytes | None, bytes | None, int | None]
+"""(topic, value or None for a tombstone, key, partition or None for the key's)."""
+
+
+def send_and_wait(
+    settings: Settings, messages: Iterable[Message], what: str, timeout: float = FLUSH_SECONDS
+) -> None:
+    """Produce ``messages`` through a new producer and wait until Kafka acknowledged every one.
+
+    For commands that publish a few records and must know they landed
+    (``o2o forget``, ``o2o restrict``, fits): KafkaUnavailable after
+    ``timeout`` (:func:`flush_within`), DeliveryFailed when one was refused.
+    """
+    delivery = DeliveryTracker()
+    producer = make_producer(settings, on_delivery=delivery)
+    for topic, value, key, partition in messages:
+        produce(producer, topic, value, key, **({} if partition is None else {"partition": partition}))
+    flush_within(producer, what, timeout)
+    delivery.raise_if_failed()
