@@ -82,7 +82,9 @@ class Admin(AdminClient):
             step = max(min(wait, deadline - time.monotonic()), 0.01)
             wait *= 2
             try:
-                return super().list_topics(*args, timeout=step, **kwargs)
+                metadata = super().list_topics(*args, timeout=step, **kwargs)
+                self.poll(0)  # serves the log lines queued meanwhile (a long-lived client keeps none)
+                return metadata
             except KafkaException:
                 self.poll(0)  # serves the error callback
                 if self.security_error is not None:
