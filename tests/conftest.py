@@ -13,6 +13,7 @@ worker shares one folder and gets its own database and topic prefix.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -226,3 +227,28 @@ def story_event(
 ) -> dict[str, Any]:
     """One contract event of a hand-written test story."""
     return {"event_id": event_id, "source": source, "type": etype, "occurred_at": when, "ids": ids, **extra}
+
+
+def random_identifier_graph(seed: int = 3, n: int = 400) -> list[dict[str, Any]]:
+    """Web and app events over a random identifier graph, in random time order over six days.
+
+    No user or loyalty ids, so no conflicts: identifiers join into a few large
+    persons, which identity renames back and forth as older sightings arrive.
+    """
+    rng = random.Random(seed)
+    pool = [("anonymous_id", f"c{i}") for i in range(120)] + [("device_id", f"d{i}") for i in range(60)]
+    pool += [("email", f"m{i}@example.com") for i in range(40)]
+    out = []
+    for i in range(n):
+        ids = dict(rng.sample(pool, rng.choice([1, 1, 2, 3])))
+        when = at(minutes=rng.randrange(0, 6 * 24 * 60))
+        if rng.random() < 0.1:
+            props = {"order_id": f"o{i}", "revenue": 10.0 + i % 7, "currency": "EUR"}
+            props["fulfillment"] = "delivery"
+            out.append(story_event(f"e{i}", "web", "order_completed", when, ids, properties=props))
+        else:
+            source, etype = rng.choice([("web", "page_view"), ("app", "screen_view")])
+            medium = rng.choice(["", "cpc", "email", "social"])
+            context = {"campaign": {"medium": medium}}
+            out.append(story_event(f"e{i}", source, etype, when, ids, context=context))
+    return out

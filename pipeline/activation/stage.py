@@ -94,7 +94,9 @@ class ActivationHandler:
                 self._event(person, record, out)  # type: ignore[arg-type]
                 newest[partition] = max(newest.get(partition, 0), record["occurred_at"])
             elif control == "merge":
-                if record_merge(self.forward, person, record["to_person"], self.counts, "activation"):
+                if record_merge(
+                    self.forward, person, record["to_person"], self.counts, "activation", record.get("seq")
+                ):
                     history = self.state.get(person)
                     if history is not None:
                         del self.state[person]

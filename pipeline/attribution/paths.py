@@ -9,7 +9,11 @@ The state of a person is a plain dict:
 * ``floor``: the time of the newest conversion no longer remembered (a path
   never reaches back past it);
 * ``removed``: sessions journeys withdrew before their touch arrived here
-  (a merge hands touches over later), so they are not taken in again.
+  (a merge hands touches over later), so they are not taken in again;
+* ``versions``: the session version of each touch and removal kept (journeys
+  numbers every change of a session): a touch and a removal of one session
+  that meet -- in either order, directly or in a hand-over -- leave the
+  newer word, so the outcome does not depend on which arrived first.
 
 Every change of the touches re-credits the remembered conversions whose path
 it changes, with a higher version (the ``attribution`` view shows the newest
@@ -44,7 +48,7 @@ def conversion_id_for(event_id: str) -> str:
 
 def new_state() -> dict[str, Any]:
     """A person with no touchpoints yet."""
-    return {"touches": {}, "conversions": [], "floor": None, "removed": {}}
+    return {"touches": {}, "conversions": [], "floor": None, "removed": {}, "versions": {}}
 
 
 def drop_oldest_touches(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -79,6 +83,50 @@ def _normalised(state: dict[str, Any] | None) -> dict[str, Any]:
         base["conversions"] = []
     base.pop("last_conversion_at", None)
     return base
+
+
+def _version(record: Mapping[str, Any]) -> int:
+    """Journeys' version of the session a touch or removal is about; -1 when it has none."""
+    version = record.get("version")
+    return -1 if version is None else int(version)
+
+
+def _noted(versions: dict[str, int], session_id: str, version: int) -> dict[str, int]:
+    """``versions`` with the session's newest word; unnumbered ones are not kept."""
+    if version < 0:
+        return {k: v for k, v in versions.items() if k != session_id} if session_id in versions else versions
+    return {**versions, session_id: version}
+
+
+def _newest_words(
+    state: dict[str, Any], other: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """Touches, removals and versions of two states taken together: per session the newer word.
+
+    Equal versions (or none) keep the removal: a session withdrawn on one side
+    and still touched on the other is not taken in again.
+    """
+    touches: dict[str, Any] = {}
+    removed: dict[str, int] = {}
+    versions: dict[str, int] = {}
+    for sid in {*state["touches"], *other["touches"], *state["removed"], *other["removed"]}:
+        best: tuple[int, int, str] | None = None  # (version, removal first, side)
+        for side, part in (("other", other), ("state", state)):
+            version = part["versions"].get(sid, -1)
+            if sid in part["removed"]:
+                best = max(best or (version, 1, side), (version, 1, side))
+            if sid in part["touches"]:
+                best = max(best or (version, 0, side), (version, 0, side))
+        assert best is not None
+        version, is_removal, side = best
+        part = state if side == "state" else other
+        if is_removal:
+            removed[sid] = part["removed"][sid]
+        else:
+            touches[sid] = part["touches"][sid]
+        if version >= 0:
+            versions[sid] = version
+    return touches, removed, versions
 
 
 PLACEMENT = ("person_id", "session_id", "session_kind", "store_id")  # what journeys may change later
@@ -153,8 +201,12 @@ class PathAttributor:
         ]
         if touch.get("marketing") is False:
             entry.append(False)
-        state["touches"] = {**state["touches"], touch["session_id"]: entry}
-        state["removed"] = {k: v for k, v in state["removed"].items() if k != touch["session_id"]}
+        session_id, version = touch["session_id"], _version(touch)
+        if session_id in state["removed"] and state["versions"].get(session_id, -1) > version:
+            return state  # journeys withdrew the session after sending this touch
+        state["touches"] = {**state["touches"], session_id: entry}
+        state["removed"] = {k: v for k, v in state["removed"].items() if k != session_id}
+        state["versions"] = _noted(state["versions"], session_id, version)
         return self._recredit(self._prune(state), out)
 
     def remove_touch(
@@ -162,11 +214,14 @@ class PathAttributor:
     ) -> dict[str, Any]:
         """Forget the touchpoint of a session journeys withdrew (merged away or renamed)."""
         state = _normalised(state)
-        session_id = record["session_id"]
+        session_id, version = record["session_id"], _version(record)
+        if session_id in state["touches"] and state["versions"].get(session_id, -1) > version:
+            return state  # the session came back after this removal was sent
+        state["removed"] = {**state["removed"], session_id: int(record.get("started_at") or 0)}
+        state["versions"] = _noted(state["versions"], session_id, version)
         if session_id in state["touches"]:
             state["touches"] = {sid: t for sid, t in state["touches"].items() if sid != session_id}
             return self._recredit(state, out)
-        state["removed"] = {**state["removed"], session_id: int(record.get("started_at") or 0)}
         return state
 
     def convert(
@@ -226,10 +281,7 @@ class PathAttributor:
     ) -> dict[str, Any]:
         """Take over the touches and conversions of a person merged into this one; re-credit."""
         state, other = _normalised(state), _normalised(other)
-        removed = {**other["removed"], **state["removed"]}
-        touches = {
-            sid: t for sid, t in {**other["touches"], **state["touches"]}.items() if sid not in removed
-        }
+        touches, removed, versions = _newest_words(state, other)
         theirs = {c["event_id"]: c for c in other["conversions"]}
         # a conversion both know: journeys re-sent it here after the merge, with its newer
         # session; it is credited again above any version the merged person sent
@@ -247,6 +299,7 @@ class PathAttributor:
             "conversions": sorted([*ours, *moved], key=lambda c: (c["occurred_at"], c["event_id"])),
             "floor": max(floors) if floors else None,
             "removed": removed,
+            "versions": versions,
         }
         return self._recredit(self._prune(merged), out)
 
@@ -267,6 +320,11 @@ class PathAttributor:
                 state["horizon"] = horizon
             state["touches"] = {sid: t for sid, t in state["touches"].items() if t[1] >= horizon}
             state["removed"] = {sid: at for sid, at in state["removed"].items() if at >= horizon}
+        versions = state["versions"]
+        if versions:
+            state["versions"] = {
+                sid: v for sid, v in versions.items() if sid in state["touches"] or sid in state["removed"]
+            }
         return state
 
     def _credits(

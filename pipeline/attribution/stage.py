@@ -91,8 +91,10 @@ class AttributionHandler:
             elif kind == "merge":
                 # the merged person's touches and conversions go to the survivor's partition
                 survivor = record["to_person"]
-                if not record_merge(self.forward, person, survivor, self.counts, "attribution"):
-                    continue  # a self-merge: nothing moves
+                if not record_merge(
+                    self.forward, person, survivor, self.counts, "attribution", record.get("seq")
+                ):
+                    continue  # a self-merge or a stale one: nothing moves
                 if person in self.state:
                     del self.state[person]
                 # sessions journeys still held come back re-cut under the survivor

@@ -15,13 +15,19 @@ record, or a table written before this module existed.
 
 How it is cut, and why:
 
-* a merge ``A -> B`` whose survivor's chain already leads back to ``A`` (so
-  that ``forward[A] = B`` would close a circle) drops the survivor's own
-  forward entry: the merge record is identity's newest word, and it says B is
-  alive now. B's old link is the stale one; dropping it keeps every hand-over
-  of the component ending at B, so nothing is left behind. Within a partition
-  records come in identity's order, so a replay of the input redoes the same
-  sequence and ends in the same table;
+* identity numbers its merge records (``seq``, one counter for the graph), so
+  a stage can tell which of two records is identity's newer word however the
+  partitions interleaved. A merge ``A -> B`` whose survivor's chain already
+  leads back to ``A`` (so that ``forward[A] = B`` would close a circle) makes
+  the cycle lose its *oldest* link: when the merge itself is older than every
+  link on the way back, it is stale (identity renamed ``A`` back to life
+  since) and is ignored, ``A`` keeping its state; else the oldest link on the
+  way back is dropped and the merge recorded. Either way what is left is the
+  newer words, the same table whatever order the partitions were read in. A
+  merge older than the merged person's own recorded link is stale too.
+  Links and records without a number (written before identity numbered them)
+  count as the oldest; a merge record without one drops the survivor's own
+  link as before: it is taken as identity's newest word;
 * a merge ``A -> A`` (a person merged into itself) is no merge: nothing is
   linked or handed over, the person keeps its state;
 * a hand-over addressed to a person standing on a cycle (a table that got one
@@ -50,6 +56,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CYCLES_CUT = "forward_cycles_cut"
+STALE = "stale_merges_ignored"
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,24 @@ class Route:
     cycle: bool = False
 
 
+def target_of(entry: Any) -> str:
+    """The person a forward entry points at (an entry is ``[survivor, seq]``, or a bare survivor id)."""
+    return str(entry[0]) if isinstance(entry, list | tuple) else str(entry)
+
+
+def sequence_of(entry: Any) -> int:
+    """Identity's number of the merge behind a forward entry; -1 for an entry without one."""
+    if isinstance(entry, list | tuple) and len(entry) > 1 and entry[1] is not None:
+        return int(entry[1])
+    return -1
+
+
 def route(forward: Mapping[str, Any], person: str) -> Route:
     """Follow ``person`` through ``forward``; stops at the first person seen twice."""
     chain = [person]
     seen = {person}
     while person in forward:
-        nxt = str(forward[person])
+        nxt = target_of(forward[person])
         if nxt in seen:
             return Route(tuple(chain), nxt, cycle=True)
         chain.append(nxt)
@@ -90,32 +109,46 @@ def follow(forward: Mapping[str, Any], person: str) -> str:
 
 
 def record_merge(
-    forward: MutableMapping[str, Any], merged: str, survivor: str, counts: Counter[str], stage: str
+    forward: MutableMapping[str, Any],
+    merged: str,
+    survivor: str,
+    counts: Counter[str],
+    stage: str,
+    seq: int | None = None,
 ) -> bool:
     """Note in ``forward`` that ``merged`` went to ``survivor``; False: no hand-over is due.
 
-    A self-merge links nothing (False). A merge that would close a cycle drops
-    the survivor's own stale forward entry first (see the module docstring).
+    ``seq`` is identity's number of the merge. A self-merge links nothing
+    (False). A merge that would close a cycle makes the cycle lose its oldest
+    link: the merge itself when it is the oldest (False, it is stale), else
+    the oldest link on the survivor's way back (see the module docstring).
     Both are counted as ``forward_cycles_cut`` and logged.
     """
     if merged == survivor:
         counts[CYCLES_CUT] += 1
         log.warning("%s: merge of %s into itself ignored (it keeps its state)", stage, merged)
         return False
+    number = -1 if seq is None else int(seq)
+    if seq is not None and merged in forward and sequence_of(forward[merged]) > number:
+        counts[STALE] += 1  # identity merged this person again since: a replayed older record
+        return False
     back = route(forward, survivor)
     if merged in back.chain:
-        del forward[survivor]  # survivor is on the chain, so it has an entry
-        counts[CYCLES_CUT] += 1
-        log.warning(
-            "%s: merge %s -> %s would close the forward cycle %s; %s's stale link to %s dropped",
-            stage,
-            merged,
-            survivor,
-            " -> ".join([*back.chain, survivor]),
-            survivor,
-            back.chain[1],
+        way_back = back.chain[: back.chain.index(merged)]  # persons whose links lead survivor -> merged
+        oldest = (
+            min(way_back, key=lambda person: sequence_of(forward[person])) if seq is not None else survivor
         )
-    forward[merged] = survivor
+        cycle = " -> ".join([*back.chain[: len(way_back) + 1], survivor])
+        counts[CYCLES_CUT] += 1
+        if seq is not None and number < sequence_of(forward[oldest]):
+            log.warning("%s: merge %s -> %s (#%d) would close the forward cycle %s and is older than every "
+                        "link on it: ignored (%s keeps its state)", stage, merged, survivor, number, cycle,
+                        merged)  # fmt: skip
+            return False
+        log.warning("%s: merge %s -> %s would close the forward cycle %s; %s's older link to %s dropped",
+                    stage, merged, survivor, cycle, oldest, target_of(forward[oldest]))  # fmt: skip
+        del forward[oldest]
+    forward[merged] = survivor if seq is None else [survivor, number]
     return True
 
 

@@ -75,6 +75,9 @@ class Resolution:
     merged: list[str] = field(default_factory=list)
 
 
+MERGE_SEQUENCE_KEY = "~merge_sequence"  # in ``persons``; no person id starts with "~"
+
+
 class IdentityGraph:
     """Resolves events to canonical persons over caller-provided state mappings."""
 
@@ -90,6 +93,17 @@ class IdentityGraph:
         self.unique_types = unique_types
         self.max_persons_per_id = max_persons_per_id
         self.counts: Counter[str] = Counter()
+
+    def next_merge_sequence(self) -> int:
+        """The number of the next merge or rename, one more than the last (kept in the state).
+
+        Identity's merge records go out on the partitions of the merged persons,
+        so the stages downstream read them in another order than identity wrote
+        them; this number tells them which of two records is identity's newer word.
+        """
+        sequence = int(self.persons.get(MERGE_SEQUENCE_KEY) or 0) + 1
+        self.persons[MERGE_SEQUENCE_KEY] = sequence
+        return sequence
 
     def resolve(self, event: Event) -> Resolution:
         """Link the event's identifiers and return the person it belongs to."""
@@ -142,17 +156,28 @@ class IdentityGraph:
         self.counts["conflicts"] += result.conflicts
         return result
 
+    def identified_since(self, person: str) -> int | None:
+        """The event time from which the person is identified: its strong identifiers' first sighting.
+
+        None while it has none. It only moves earlier as identity learns more
+        (a late event, a merge), so the stages downstream keep the earliest
+        they were told and end where an in-order run ends.
+        """
+        since = None
+        for key in self.persons[person].get("ids", ()):
+            entry = self.ids.get(key)
+            if entry is not None and key.partition(":")[0] in STRONG_ID_TYPES:
+                since = entry[2] if since is None else min(since, entry[2])
+        return since
+
     def identified_at(self, person: str, at: int) -> bool:
         """True when the person held a strong identifier first seen at or before event time ``at``.
 
         Judged in event time, so an event that reaches identity late gets the
         same answer as in order.
         """
-        for key in self.persons[person].get("ids", ()):
-            entry = self.ids.get(key)
-            if entry is not None and key.partition(":")[0] in STRONG_ID_TYPES and entry[2] <= at:
-                return True
-        return False
+        since = self.identified_since(person)
+        return since is not None and since <= at
 
     def person_of(self, event: Event) -> str | None:
         """The person the event's strongest known identifier belongs to, without linking anything."""

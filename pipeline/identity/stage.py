@@ -150,7 +150,9 @@ class IdentityHandler:
             result = self.graph.resolve(event)  # type: ignore[arg-type]
             person = result.person_id
             event["person_id"] = person
-            event["identified"] = self.graph.identified_at(person, event["occurred_at"])
+            since = self.graph.identified_since(person)
+            event["identified_since"] = since
+            event["identified"] = since is not None and since <= event["occurred_at"]
             for row in self.consent.note(person, event):  # type: ignore[arg-type]
                 out.append((CONSENT.topic, row["consent_id"], row))
             # downstream stages read the person's consent at the event's time from the event
@@ -166,7 +168,13 @@ class IdentityHandler:
                 merge = {"from_person": merged, "to_person": person, "merged_at": event["occurred_at"]}
                 out.append((topics.MERGES, merged, merge))
                 # after the merged person's events on its partition: journeys hands its state over
-                out.append((topics.IDENTIFIED, merged, {"record": "merge", "person_id": merged, **merge}))
+                control = {
+                    "record": "merge",
+                    "person_id": merged,
+                    **merge,
+                    "seq": self.graph.next_merge_sequence(),
+                }
+                out.append((topics.IDENTIFIED, merged, control))
             out.append((topics.IDENTIFIED, person, event))
         return out
 

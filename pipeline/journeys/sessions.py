@@ -124,9 +124,17 @@ class Cut:
 
 
 def cut_sessions(
-    person: str, events: Sequence[Event], rules: SessionRules, classify: Classifier
+    person: str,
+    events: Sequence[Event],
+    rules: SessionRules,
+    classify: Classifier,
+    identified_since: int | None = None,
 ) -> tuple[list[Cut], dict[str, Cut]]:
-    """Sessions of ``events`` (sorted by :func:`event_order`) and each event's session."""
+    """Sessions of ``events`` (sorted by :func:`event_order`) and each event's session.
+
+    A session is identified when it starts at or after ``identified_since``
+    (the earliest identity told of the person), else as its first event says.
+    """
     cuts: list[Cut] = []
     of_event: dict[str, Cut] = {}
     digital: Cut | None = None
@@ -156,6 +164,9 @@ def cut_sessions(
                 del visits[store]
         _add(current, event)
         of_event[event["event_id"]] = current
+    if identified_since is not None:
+        for cut in cuts:
+            cut.identified = cut.identified or cut.row["started_at"] >= identified_since
     return cuts, of_event
 
 

@@ -80,7 +80,9 @@ class JourneysHandler:
                 continue
             self._place(person, pending.pop(person, []), newest, out)
             if control == "merge":
-                if record_merge(self.forward, person, record["to_person"], self.counts, "journeys"):
+                if record_merge(
+                    self.forward, person, record["to_person"], self.counts, "journeys", record.get("seq")
+                ):
                     handoffs.append(self._hand_over(record, out))
             elif control == "forget":  # o2o forget: the person is erased
                 if person in self.state:
@@ -133,7 +135,13 @@ class JourneysHandler:
         # sessions still held here come back re-cut under the survivor: attribution
         # need not hand their touches over
         held = sorted(state.get("emitted", {}))
-        out.append(("merge", {"person_id": merged, "to_person": survivor, "held_sessions": held}))
+        merge_record = {
+            "person_id": merged,
+            "to_person": survivor,
+            "held_sessions": held,
+            "seq": merge.get("seq"),
+        }
+        out.append(("merge", merge_record))
         self.counts["merges"] += 1
         handoff = {"record": "handoff", "person_id": survivor, "from_person": merged, "state": state}
         return (topics.IDENTIFIED, survivor, handoff)

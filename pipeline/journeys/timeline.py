@@ -25,7 +25,8 @@ The state of a person is a plain JSON-serialisable dict::
     {"events":  [[event, session_id, version], ...],   # held, in event order
      "emitted": {session_id: [version, row_print, touch_print, first_event_id]},
                  # row_print None: retracted (kept while its first event is held)
-     "next":    watermark at which advance() has something to do, or None}
+     "next":    watermark at which advance() has something to do, or None,
+     "identified_since": the earliest time identity said the person is identified from}
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class JourneyTimeline:
             bisect.insort(held, [event, "", 0], key=lambda entry: event_order(entry[0]))
             placed.append(event)
         state["events"] = held
+        _note_identified(state, [event.get("identified_since") for event in events])
         cuts, of_event = self._publish(state, watermark, out)
         for event in placed:
             self._outputs(event, of_event[event["event_id"]].row, out)
@@ -151,6 +153,10 @@ class JourneyTimeline:
 
         The merged person's sessions get ids of the survivor (an id includes the
         person), so its emitted sessions are retracted and its events re-emitted.
+        Attribution dropped the touches of the sessions handed over (the merge
+        named them as held), so a session that keeps its id -- the state went
+        round and came back to the person it left, identity renamed it back --
+        has its touch sent again.
         """
         state = dict(state) if state else new_state()
         moved = [[{**entry[0], "person_id": person}, entry[1], entry[2]] for entry in other.get("events", ())]
@@ -159,7 +165,8 @@ class JourneyTimeline:
         held.sort(key=lambda entry: event_order(entry[0]))
         state["events"] = held
         state["emitted"] = {**other.get("emitted", {}), **state["emitted"]}
-        cuts, _ = self._publish(state, watermark, out)
+        _note_identified(state, [other.get("identified_since")])
+        cuts, _ = self._publish(state, watermark, out, resend=frozenset(other.get("emitted", ())))
         return self._finalise(state, cuts, watermark)
 
     @staticmethod
@@ -171,22 +178,34 @@ class JourneyTimeline:
             out.append(("return", return_record(event)))
 
     def _publish(
-        self, state: dict[str, Any], watermark: int, out: list[Output]
+        self,
+        state: dict[str, Any],
+        watermark: int,
+        out: list[Output],
+        resend: frozenset[str] = frozenset(),
     ) -> tuple[list[Cut], dict[str, Cut]]:
-        """Re-cut the held events and emit what changed since the last emission."""
+        """Re-cut the held events and emit what changed since the last emission, and ``resend``'s touches."""
         held = state["events"]
         if not held:
             return [], {}
         person = held[0][0]["person_id"]
-        cuts, of_event = cut_sessions(person, [entry[0] for entry in held], self.rules, self.classify)
+        cuts, of_event = cut_sessions(
+            person, [entry[0] for entry in held], self.rules, self.classify, state.get("identified_since")
+        )
         emitted = dict(state["emitted"])
         current = {cut.session_id for cut in cuts}
-        for sid in [sid for sid, entry in emitted.items() if sid not in current and entry[1] is not None]:
+        gone = [sid for sid, entry in emitted.items() if sid not in current and entry[1] is not None]
+        started = {entry[0]["event_id"]: entry[0]["occurred_at"] for entry in held} if gone else {}
+        for sid in gone:
             version = emitted[sid][0] + 1
             # kept (with its first event) so that a session coming back outranks its retraction
             emitted[sid] = [version, None, None, emitted[sid][3]]
             out.append(("session", retraction_row(sid, person, version)))
-            out.append(("touch_removed", {"person_id": person, "session_id": sid}))
+            # when it started: attribution keeps the removal as long as it would keep the touch
+            # (the touch may still be on its way, in a hand-over)
+            removal = {"person_id": person, "session_id": sid, "version": version,
+                       "started_at": started.get(emitted[sid][3], 0)}  # fmt: skip
+            out.append(("touch_removed", removal))
             self.counts["sessions_retracted"] += 1
         for cut in cuts:
             close_at = cut.close_at(self.rules)
@@ -197,7 +216,7 @@ class JourneyTimeline:
             if previous is None or previous[1] is None:
                 version = 1 if previous is None else previous[0] + 1
                 emitted[cut.session_id] = [version, row_print, touch_print, cut.event_ids[0]]
-                out.append(("touch", touch))
+                out.append(("touch", {**touch, "version": version}))
                 out.append(("session", {**cut.row, "version": version}))
                 continue
             version, old_row, old_touch, first = previous
@@ -205,8 +224,8 @@ class JourneyTimeline:
                 version += 1
                 out.append(("session", {**cut.row, "version": version}))
                 old_row = row_print
-            if touch_print != old_touch:
-                out.append(("touch", touch))
+            if touch_print != old_touch or cut.session_id in resend:
+                out.append(("touch", {**touch, "version": version}))
             emitted[cut.session_id] = [version, old_row, touch_print, first]
         for entry in held:
             cut = of_event[entry[0]["event_id"]]
@@ -243,6 +262,13 @@ class JourneyTimeline:
                 deadlines.append(cut.final_at(self.rules))
         state["next"] = min(deadlines) if deadlines else None
         return state
+
+
+def _note_identified(state: dict[str, Any], told: list[int | None]) -> None:
+    """Keep the earliest time identity said the person is identified from (it only moves earlier)."""
+    known = [t for t in [state.get("identified_since"), *told] if t is not None]
+    if known:
+        state["identified_since"] = min(known)
 
 
 def _covering(cuts: list[Cut], event: Event) -> dict[str, Any] | None:

@@ -85,6 +85,8 @@ class Event(TypedDict, total=False):
     context: dict[str, Any]
     properties: dict[str, Any]
     person_id: str
+    identified: bool  # identity: the person held a strong identifier at the event's time
+    identified_since: int | None  # identity: first sighting of the person's earliest strong identifier
 
 
 def conversion_kind(event: Event) -> str | None:

@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from pipeline.config import Settings
-from tests.conftest import at, o2o, query
-from tests.conftest import story_event as ev
+from tests.conftest import o2o, query, random_identifier_graph
 
 pytestmark = pytest.mark.integration
-
-
-def events(seed: int = 3, n: int = 400) -> list[dict[str, Any]]:
-    """A random identifier graph (no user or loyalty ids, so no conflicts) over web and app events."""
-    rng = random.Random(seed)
-    pool = [("anonymous_id", f"c{i}") for i in range(120)] + [("device_id", f"d{i}") for i in range(60)]
-    pool += [("email", f"m{i}@example.com") for i in range(40)]
-    out = []
-    for i in range(n):
-        ids = dict(rng.sample(pool, rng.choice([1, 1, 2, 3])))
-        when = at(minutes=rng.randrange(0, 6 * 24 * 60))
-        if rng.random() < 0.1:
-            props = {
-                "order_id": f"o{i}",
-                "revenue": 10.0 + i % 7,
-                "currency": "EUR",
-                "fulfillment": "delivery",
-            }
-            out.append(ev(f"e{i}", "web", "order_completed", when, ids, properties=props))
-        else:
-            source, etype = rng.choice([("web", "page_view"), ("app", "screen_view")])
-            medium = rng.choice(["", "cpc", "email", "social"])
-            out.append(ev(f"e{i}", source, etype, when, ids, context={"campaign": {"medium": medium}}))
-    return out
 
 
 def run(settings: Settings, path: Path, workers: int, tag: str) -> tuple[Settings, str]:
@@ -62,7 +35,7 @@ def run(settings: Settings, path: Path, workers: int, tag: str) -> tuple[Setting
 
 def test_two_identity_processes_over_four_partitions_match_one(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events()))
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in random_identifier_graph()))
     one, _ = run(settings, path, 1, "one")
     two, log = run(settings, path, 2, "two")
     assert log.count("identity: drained") == 2  # two identity processes ran and drained

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -50,11 +50,18 @@ ROW_KEYS = {
 
 def valid_events(settings: Settings, customers: int, days: int, seed: int) -> list[dict[str, Any]]:
     """Simulated events as ingest passes them on (normalised, with the raw partition they came on)."""
+    return normalised(settings, simulate(customers=customers, days=days, seed=seed))
+
+
+def normalised(
+    settings: Settings, raws: Iterable[dict[str, Any]], partitions: int = PARTITIONS
+) -> list[dict[str, Any]]:
+    """Contract events as ingest passes them on (normalised, with the raw partition they came on)."""
     normaliser = EventNormalizer.from_settings(settings)
     events = []
-    for raw in simulate(customers=customers, days=days, seed=seed):
+    for raw in raws:
         event = dict(normaliser.normalise(orjson.dumps(raw), RECEIVED_AT))
-        event["origin"] = f"{event['source']}/{partition_for(raw_key(raw), PARTITIONS)}"
+        event["origin"] = f"{event['source']}/{partition_for(raw_key(raw), partitions)}"
         events.append(event)
     return events
 
@@ -62,25 +69,26 @@ def valid_events(settings: Settings, customers: int, days: int, seed: int) -> li
 class InProcessPipeline:
     """The three stateful stages over dict tables, fed through per-partition queues."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, partitions: int = PARTITIONS) -> None:
         self.clock = 0.0  # never advances: no stream or partition goes idle
-        self.identity = IdentityHandler(origins=[f"{s}/{p}" for s in SOURCES for p in range(PARTITIONS)])
+        self.partitions = partitions
+        self.identity = IdentityHandler(origins=[f"{s}/{p}" for s in SOURCES for p in range(partitions)])
         self.identity.reorder.buffer.clock = lambda: self.clock
         self.identity.bind(
             {"identity_ids": {}, "identity_persons": {}, "identity_pending": {}},  # type: ignore[dict-item]
-            partitions=PARTITIONS,
+            partitions=partitions,
         )
         self.journeys = JourneysHandler(settings, clock=lambda: self.clock)
         self.journeys.bind(
             {"journeys_state": {}, "journeys_watermarks": {}, "journeys_forward": {}},  # type: ignore[dict-item]
-            partitions=PARTITIONS,
+            partitions=partitions,
         )
         self.attribution = AttributionHandler(settings)
         self.attribution.bind({"attribution_paths": {}, "attribution_forward": {}})  # type: ignore[dict-item]
         self.handlers = {topics.VALID: self.identity, topics.IDENTIFIED: self.journeys,
                          topics.JOURNEYS: self.attribution}  # fmt: skip
         self.queues: dict[str, list[deque[dict[str, Any]]]] = {
-            topic: [deque() for _ in range(PARTITIONS)] for topic in self.handlers
+            topic: [deque() for _ in range(partitions)] for topic in self.handlers
         }
         self.rows: list[Row] = []
 
@@ -95,7 +103,7 @@ class InProcessPipeline:
         it sees the events in their arrival order.
         """
         for event in events:
-            partition = partition_for(source_key(event).encode(), PARTITIONS)
+            partition = partition_for(source_key(event).encode(), self.partitions)
             self.queues[topics.VALID][partition].append(dict(event))
         self._drain(rng, eager)
         self._route(self.identity.flush())
@@ -120,7 +128,7 @@ class InProcessPipeline:
     def _route(self, emissions: Sequence[Emission]) -> None:
         for topic, key, value in emissions:
             if topic in self.queues:
-                self.queues[topic][partition_for(key.encode(), PARTITIONS)].append(value)
+                self.queues[topic][partition_for(key.encode(), self.partitions)].append(value)
             else:
                 self.rows.append((topic, value))
 
