@@ -67,6 +67,16 @@ class SessionBroker:
         """Settings that reach this broker, with its state folder and ports (for `o2o stack`)."""
         return self.settings.model_copy(update={"bootstrap_servers": self.bootstrap})
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the broker used so far (user and system), None when it is not running."""
+        import psutil
+
+        pid = self.stack._running_pid()
+        if pid is None:
+            return None
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+
     def down(self) -> None:
         """Stop the broker and delete its data."""
         self.stack.down(purge=True)
@@ -98,6 +108,53 @@ def pytest_configure_node(node: Any) -> None:
             "kafka_secure_port",
         },
     )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Note each test's CPU time (setup, call and teardown, with the processes it ran) on its reports."""
+    item.user_properties.append(("cpu_start", _cpu_seconds()))
+    yield
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """The CPU time so far, on the teardown report (the last of a test)."""
+    if call.when == "teardown":
+        start = dict(item.user_properties).get("cpu_start")
+        if isinstance(start, float):
+            item.user_properties.append(("cpu_seconds", _cpu_seconds() - start))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the tests' CPU times where the summary is written (the controlling process)."""
+    if report.when == "teardown":
+        for name, value in report.user_properties:
+            if name == "cpu_seconds" and isinstance(value, float):
+                CPU_TIMES[report.nodeid] = value
+
+
+CPU_TIMES: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The CPU the tests and the broker took: on 2 cores it is what the suite's length follows."""
+    if CPU_TIMES:
+        total = sum(CPU_TIMES.values())
+        terminalreporter.write_line(f"CPU of the tests, with the processes they ran: {total:.0f} s; most:")
+        for nodeid, spent in sorted(CPU_TIMES.items(), key=lambda kv: -kv[1])[:15]:
+            terminalreporter.write_line(f"  {spent:7.1f} s  {nodeid}")
+    broker = config.stash.get(BROKER, None)
+    used = broker.cpu_seconds() if broker is not None else None
+    if used is not None:
+        terminalreporter.write_line(f"test broker: {used:.0f} CPU-s over the run")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
