@@ -252,7 +252,10 @@ class Settings(BaseSettings, KafkaSecuritySettings):
         60.0, ge=0, description="an event up to this much older than its partition's newest is placed"
     )
     idle_partition_seconds: float = Field(
-        60.0, gt=0, description="a partition without input this long advances its watermark by the clock"
+        60.0,
+        gt=0,
+        description="a partition without input this long advances its watermark by the clock, over time "
+        "identity vouched for",
     )
     channel_rules: Path | None = Field(None, description="TOML file extending the channel grouping")
 

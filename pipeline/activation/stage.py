@@ -34,7 +34,7 @@ from pipeline.identity.forwarding import record_merge, settle_handoff
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import key_for_partition, partition_for
 from pipeline.model.contract import Event
-from pipeline.model.event_clock import PartitionClock
+from pipeline.model.event_clock import PROGRESS, PartitionClock
 from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import ACTIVATIONS
 
@@ -116,6 +116,8 @@ class ActivationHandler:
                     partition = self._watch(self.partition_of(person))
                     self.clock.schedule(partition, min(p["due"] for p in history["pending"]), person)
                 self.counts["handoffs"] += 1
+            elif control == PROGRESS:  # identity vouches for the partition (event_clock.py)
+                self.clock.vouch(record["partition"])
             elif control == "forget":
                 for table in (self.state, self.forward):
                     if person in table:

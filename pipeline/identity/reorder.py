@@ -52,6 +52,7 @@ class ReorderBuffer:
         self._waiting: set[str] = set()
         self._caught_up: set[str] = set()
         self._quiet: dict[str, int] = {}  # not sent yet, source being read: up to the source's mark
+        self._marked_at: dict[str, float] = {}  # when the source last said where a stream stands
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -81,6 +82,7 @@ class ReorderBuffer:
         said so. A stream that has not sent yet holds back only up to it: the
         mark follows everything sent its way, and the source is read in event-time order.
         """
+        self._marked_at[stream] = self.clock()
         if caught_up:
             self._caught_up.add(stream)
         elif stream in self._newest:
@@ -114,6 +116,21 @@ class ReorderBuffer:
             if stream not in self._newest:
                 self._newest[stream] = NEVER
                 self._waiting.add(stream)
+
+    def caught_up(self, fresh_seconds: float) -> bool:
+        """True when nothing is held and the source said of every stream, within ``fresh_seconds``,
+        that it had passed on everything there was: whatever came in has gone out.
+
+        False while the source is silent (stopped, or not started): then the
+        stages downstream cannot tell a quiet input from a stalled one.
+        """
+        if self._heap or not self._newest:
+            return False
+        now = self.clock()
+        marked = self._marked_at
+        return all(
+            s in self._caught_up and now - marked.get(s, -float("inf")) < fresh_seconds for s in self._newest
+        )
 
     def watermark(self) -> int | None:
         """The event time up to which every active stream has arrived."""

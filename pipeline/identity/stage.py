@@ -17,10 +17,14 @@ from pipeline.journeys.sessions import unlinked_event_row
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import CONSENT_UPDATED, strongest_id
+from pipeline.model.event_clock import progress_records
 from pipeline.model.handler import Emission
 from pipeline.model.rows import CONSENT, EVENTS, ROW_TABLES_BY_NAME
 
 log = logging.getLogger(__name__)
+
+PROGRESS_FRESH_SECONDS = 3.0
+"""How recent ingest's marks must be for identity to vouch (ingest repeats them every second)."""
 
 
 class IdentityHandler:
@@ -200,11 +204,20 @@ class IdentityHandler:
         return False
 
     def tick(self) -> list[Emission]:
-        """Resolve held events once idle sources stop holding them back; read new suppressions while idle."""
+        """Resolve held events once idle sources stop holding them back; read new suppressions while idle.
+
+        When everything is passed on and ingest says it has read everything,
+        every partition of ``events.identified`` gets a ``progress`` record:
+        journeys and activation move a quiet partition's event time on only
+        over time so vouched for (pipeline/model/event_clock.py).
+        """
         if self.suppressions is not None:
             self.suppressions.refresh()
             self.suppressed |= self.suppressions.identifiers
-        return self._resolve(self.reorder.release())
+        out = self._resolve(self.reorder.release())
+        if self.reorder.buffer.caught_up(PROGRESS_FRESH_SECONDS):
+            out += [(topics.IDENTIFIED, key, record) for key, record in progress_records(self.partitions)]
+        return out
 
     def flush(self) -> list[Emission]:
         """End of input: resolve every held event."""

@@ -22,7 +22,7 @@ from pipeline.journeys.timeline import JourneyTimeline, release_oldest_session
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
 from pipeline.model.contract import CONSENT_UPDATED
-from pipeline.model.event_clock import PartitionClock, watermark_key
+from pipeline.model.event_clock import PROGRESS, PartitionClock, watermark_key
 from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import EVENTS, SESSIONS
 
@@ -77,6 +77,9 @@ class JourneysHandler:
                     out.append(("event", event_row(record, "")))  # type: ignore[arg-type]
                     continue
                 pending.setdefault(person, []).append(record)
+                continue
+            if control == PROGRESS:  # identity vouches for the partition (event_clock.py)
+                self.events_clock.vouch(record["partition"])
                 continue
             self._place(person, pending.pop(person, []), newest, out)
             if control == "merge":

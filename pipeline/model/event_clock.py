@@ -2,7 +2,15 @@
 
 A partition's watermark is the newest event time seen on it; after
 ``idle_seconds`` without input it moves on with the clock, so a quiet
-partition still reaches its deadlines. Watermarks are kept in a state table
+partition still reaches its deadlines -- but only over time the stage
+upstream vouched for. A quiet input and a stalled one look alike from
+here (no records either way), so identity, whenever it has passed on
+everything it was given and ingest says it has read everything there was,
+writes a ``progress`` record to every partition of ``events.identified``
+(:func:`progress_records`, at every timer tick, every few seconds). An idle
+partition's watermark moves on with the clock up to the last such record:
+while identity or ingest is down, or behind, it stands still, so the events
+they pass on when they are back are not very late. Watermarks are kept in a state table
 (one key per partition). Persons wait in a per-partition heap ordered by the
 watermark at which they are due, so a watermark step touches only the persons
 it concerns; the heap is rebuilt from the state the first time a partition is
@@ -18,18 +26,32 @@ from typing import Any
 
 from pipeline.kafka.envelopes import key_for_partition
 
+PROGRESS = "progress"
+"""The control record that vouches for a partition: everything upstream had for it was sent."""
+
 
 def watermark_key(partition: int, partitions: int) -> str:
     """A state-table key that lands on ``partition``, to keep that partition's watermark."""
     return key_for_partition("watermark", partition, partitions)
 
 
+def progress_records(partitions: int) -> list[tuple[str, dict[str, Any]]]:
+    """(key, record) of a ``progress`` record for every partition of a person-keyed topic."""
+    out = []
+    for partition in range(partitions):
+        key = key_for_partition(PROGRESS, partition, partitions)
+        out.append((key, {"record": PROGRESS, "person_id": key, "partition": partition}))
+    return out
+
+
 class PartitionClock:
     """Watermarks of the input partitions a stage has seen, and deadlines per partition."""
 
-    def __init__(self, idle_seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(self, idle_seconds: float, clock: Callable[[], float], vouched: bool = True) -> None:
         self.idle_seconds = idle_seconds
         self.clock = clock
+        self.vouched = vouched  # idle partitions move on only over time upstream vouched for
+        self._vouched_at: dict[int, float] = {}
         self.partitions = 1
         self.marks: MutableMapping[str, Any] = {}
         self.watermarks: dict[int, int] = {}
@@ -63,14 +85,25 @@ class PartitionClock:
             if latest > self.watermarks[partition]:
                 self.set(partition, latest)
 
+    def vouch(self, partition: int) -> None:
+        """A ``progress`` record came on ``partition``: upstream had sent everything it had for it."""
+        self._vouched_at[partition] = self.clock()
+
     def idle_steps(self) -> list[int]:
-        """Move the watermarks of partitions idle for ``idle_seconds`` on with the clock; those moved."""
+        """Move the watermarks of partitions idle for ``idle_seconds`` on with the clock; those moved.
+
+        A watermark moves up to the last time upstream vouched for its partition
+        (every ``progress`` record), never over time it was silent.
+        """
         moved, now = [], self.clock()
         for partition in list(self.watermarks):
             if now - self._last_input[partition] < self.idle_seconds:
                 continue
-            step = int((now - self._clock_mark[partition]) * 1000)
-            self._clock_mark[partition] = now
+            until = self._vouched_at.get(partition, -float("inf")) if self.vouched else now
+            if until <= self._clock_mark[partition]:
+                continue
+            step = int((until - self._clock_mark[partition]) * 1000)
+            self._clock_mark[partition] = until
             if step > 0:
                 self.set(partition, self.watermarks[partition] + step)
                 moved.append(partition)

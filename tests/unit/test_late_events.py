@@ -14,6 +14,7 @@ from pipeline.journeys.sessions import Output, SessionRules
 from pipeline.journeys.stage import JourneysHandler, watermark_key
 from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
+from pipeline.model.event_clock import progress_records
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -198,16 +199,41 @@ def test_each_partition_keeps_its_own_watermark() -> None:
     assert tables["journeys_watermarks"][watermark_key(h.partition_of(b), 4)] == 5 * HOUR
 
 
+def vouched(h: JourneysHandler) -> None:
+    """Identity's progress records on every partition: it has passed on everything, now."""
+    h.process([record for _key, record in progress_records(h.partitions)])
+
+
 def test_the_idle_timer_closes_a_quiet_store_visit() -> None:
     clock = FakeClock()
     h, _ = handler(clock)
     h.process([store("enter", 0)])
     h.process([store("dwell", 5 * MIN)])
     clock.now += 59
+    vouched(h)
     assert not sessions_emitted(h.tick())  # not idle long enough yet
     clock.now += 30 * 60
+    vouched(h)
     (closed,) = sessions_emitted(h.tick())
     assert (closed["version"], closed["event_count"], closed["ended_at"]) == (2, 2, 5 * MIN)
+
+
+def test_a_quiet_partition_moves_on_only_over_time_identity_vouched_for() -> None:
+    """Identity down: no progress records, so the quiet partition's event time stands still."""
+    clock = FakeClock()
+    h, _ = handler(clock)
+    h.process([store("enter", 0)])
+    h.process([store("dwell", 5 * MIN)])  # changes the visit: published again when it closes
+    partition = h.partition_of("p1")
+    clock.now += 10 * 60
+    vouched(h)  # identity caught up 10 min after the last event, then went down
+    clock.now += 2 * 3600
+    assert not sessions_emitted(h.tick())
+    assert h.watermarks[partition] == 15 * MIN  # up to the last progress record, not the clock
+    clock.now += 60
+    vouched(h)  # back, and through what came in meanwhile
+    (closed,) = sessions_emitted(h.tick())
+    assert h.watermarks[partition] == 15 * MIN + 2 * HOUR + MIN and closed["event_count"] == 2
 
 
 def test_a_restart_keeps_watermarks_and_held_events() -> None:

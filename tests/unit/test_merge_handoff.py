@@ -9,6 +9,7 @@ from pipeline.attribution.stage import AttributionHandler
 from pipeline.config import Settings
 from pipeline.journeys.stage import JourneysHandler
 from pipeline.kafka import topics
+from pipeline.kafka.envelopes import partition_for
 
 MIN = 60_000
 SETTINGS = Settings(models=("linear", "first_touch"))  # type: ignore[call-arg]
@@ -190,6 +191,25 @@ def test_a_forget_record_drops_the_person_from_every_stage() -> None:
     again = identity.process([{**event, "event_id": "x2", "occurred_at": 2 * MIN}]) + identity.flush()
     assert [t for t, _k, _v in again] == []  # an event that passed ingest before the erasure is dropped
     assert identity.counts["suppressed"] == 1
+
+
+def test_identity_vouches_for_every_partition_only_when_it_and_ingest_are_through() -> None:
+    from pipeline.identity.stage import IdentityHandler
+
+    now = [0.0]
+    identity = IdentityHandler(origins=["web/0"])
+    identity.reorder.buffer.clock = lambda: now[0]
+    identity.bind({"identity_ids": {}, "identity_persons": {}, "identity_pending": {}}, partitions=2)  # type: ignore[dict-item]
+    assert identity.tick() == []  # ingest said nothing yet
+    marks = [{"record": "progress", "partition": p, "marks": {"web/0": True}} for p in (0, 1)]
+    identity.process(marks)
+    vouched = identity.tick()
+    assert {(t, v["record"], v["partition"]) for t, _k, v in vouched} == {
+        (topics.IDENTIFIED, "progress", 0), (topics.IDENTIFIED, "progress", 1)
+    }  # fmt: skip
+    assert {partition_for(k.encode(), 2) for _t, k, _v in vouched} == {0, 1}  # each on its partition
+    now[0] = 10.0
+    assert identity.tick() == []  # ingest's marks are stale: it may be down
 
 
 def test_click_and_collect_the_order_converts_the_pickup_upsell_is_its_own_conversion() -> None:

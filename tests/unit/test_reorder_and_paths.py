@@ -68,6 +68,24 @@ def test_an_expected_stream_holds_back_from_the_first_input_until_it_sends_or_id
     assert buf.release() == [ev(10, "web")]  # pos idle
 
 
+def test_caught_up_only_while_the_source_keeps_saying_everything_was_read() -> None:
+    clock = FakeClock()
+    buffer = ReorderBuffer(idle_seconds=5, clock=clock)
+    buffer.expect(["web", "app"])
+    assert not buffer.caught_up(3)  # nothing said yet: a stalled source looks the same
+    buffer.add(ev(10, "web"))
+    buffer.progress("web", True)
+    buffer.progress("app", True)
+    assert not buffer.caught_up(3)  # an event is still held
+    buffer.release(everything=True)
+    assert buffer.caught_up(3)
+    buffer.progress("app", False)  # reading app again
+    assert not buffer.caught_up(3)
+    buffer.progress("app", True)
+    clock.now = 4.0
+    assert not buffer.caught_up(3)  # ingest fell silent: its marks are stale
+
+
 def test_release_everything_sorts_all() -> None:
     buf = ReorderBuffer(clock=FakeClock())
     for at, source in ((5, "web"), (3, "app"), (4, "pos")):
