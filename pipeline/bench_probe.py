@@ -22,7 +22,7 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.bench_stats import Partition, TopicCount, cumulative, stage_label
+from pipeline.bench_stats import FORK_SERVER, Partition, TopicCount, cumulative, stage_label
 from pipeline.config import Settings
 from pipeline.kafka.clients import client_config
 
@@ -171,8 +171,11 @@ class ProcessSampler:
                     self.peak_rss_of[proc.pid] = max(self.peak_rss_of.get(proc.pid, 0), memory.rss)
                     label = self.cpu[proc.pid][0] if proc.pid in self.cpu else "?"
                     # a process just started may not show its command line yet, or (forked,
-                    # not yet exec'ed) still shows its parent's: look again until it differs
-                    if label == "?" or (proc.pid != self.root.pid and label == self._root_label()):
+                    # not yet exec'ed, or forked by run all's fork server and not titled yet)
+                    # still shows its parent's: look again until it differs
+                    if label in ("?", FORK_SERVER) or (
+                        proc.pid != self.root.pid and label == self._root_label()
+                    ):
                         label = stage_label(proc.cmdline())
             except psutil.Error:
                 continue

@@ -13,6 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from pipeline.runtime.stage_child import command_of
+
+FORK_SERVER = "run all (fork server)"
+
 Partition = tuple[str, int]
 
 
@@ -202,7 +206,9 @@ def per_event(counts: Iterable[TopicCount], events: int, prefix: str = "") -> li
 
 def stage_label(cmdline: Sequence[str]) -> str:
     """The name a bench report gives a process: the stage of ``o2o run <stage>``, else its program."""
-    args = list(cmdline)
+    args = command_of(cmdline)
+    if "from multiprocessing." in " ".join(args):  # its fork server and resource tracker
+        return FORK_SERVER
     for i, arg in enumerate(args[:-1]):
         if arg == "run" and ("pipeline.cli" in args[:i] or any(a.endswith("o2o") for a in args[:i])):
             stage = args[i + 1]

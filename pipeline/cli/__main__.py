@@ -2,4 +2,5 @@
 
 from pipeline.cli.main import main
 
-main()
+if __name__ == "__main__":  # not when a fork server imports the parent's main module
+    main()

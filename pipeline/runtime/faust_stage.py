@@ -66,6 +66,13 @@ DRAIN_WAIT_NOTE_SECONDS = 30.0
 """How long a drain waits on unchanged uncommitted input before it says where reading stands."""
 
 
+class _Worker(faust.Worker):
+    """faust's worker, leaving the process title alone (``o2o run <stage>``, see stage_child.py)."""
+
+    def _setproctitle(self, info: str, *, ident: str = "") -> None:
+        pass
+
+
 def faust_broker_url(bootstrap_servers: str) -> str:
     """faust's broker URL for a Kafka bootstrap list."""
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
@@ -358,7 +365,7 @@ class FaustStage:
     def run(self) -> None:
         """Run the worker until stopped (a signal) or drained."""
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        self._worker = faust.Worker(
+        self._worker = _Worker(
             self.app, loglevel=level.lower() if level != "WARNING" else "warn", quiet=True,
             redirect_stdouts=False, override_logging=False,
         )  # fmt: skip

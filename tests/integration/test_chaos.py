@@ -24,6 +24,7 @@ from confluent_kafka.admin import OffsetSpec
 
 from pipeline.config import Settings
 from pipeline.kafka.admin import admin_client, end_offsets
+from pipeline.runtime.stage_child import command_of
 from tests.conftest import o2o, start_o2o
 from tests.integration import crash_runs
 from tests.integration.crash_runs import (
@@ -149,8 +150,8 @@ def _kill_one(
 
 
 def _stage_process(parent: int, stage: str) -> psutil.Process | None:
-    for child in psutil.Process(parent).children():
+    for child in psutil.Process(parent).children(recursive=True):  # forked by run all's fork server
         with contextlib.suppress(psutil.Error):
-            if child.cmdline()[3:5] == ["run", stage]:
+            if command_of(child.cmdline())[3:5] == ["run", stage]:
                 return child
     return None
