@@ -21,7 +21,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, KafkaUnavailable
-from pipeline.kafka.clients import client_config
+from pipeline.kafka.clients import LibrdkafkaLog, client_config
 from pipeline.kafka.layout import PROCEDURE, growth
 from pipeline.kafka.security import security_failure
 from pipeline.kafka.topics import topic_specs
@@ -48,6 +48,7 @@ class Admin(AdminClient):
         self.bootstrap = settings.bootstrap_servers
         self.security_error: str | None = None
         self.closed_early = 0
+        self.lines = LibrdkafkaLog(log)
         extra = {"socket.timeout.ms": 10000, "log_level": 6, "logger": self, "error_cb": self._on_error}
         super().__init__(client_config(settings, **extra))
 
@@ -57,7 +58,8 @@ class Admin(AdminClient):
             self.security_error = reason
 
     def log(self, level: int, message: str, *args: Any) -> None:
-        """librdkafka's log lines: warnings and worse go to ``logging``; early disconnects are counted."""
+        """librdkafka's log lines: warnings and worse go to ``logging`` (:class:`LibrdkafkaLog`); early
+        disconnects are counted."""
         text = message % args if args else message
         if "Disconnected" in text and "state APIVERSION_QUERY" in text:
             # a TLS listener closes a plain-text connection at its first request
@@ -67,8 +69,7 @@ class Admin(AdminClient):
                     "the broker closed every connection before answering its first request: is it a "
                     "TLS listener reached with plain text? Check O2O_KAFKA_SECURITY_PROTOCOL"
                 )
-        if level >= logging.WARNING:
-            log.log(level, "%s", text)
+        self.lines.log(level, "%s", text)
 
     def list_topics(self, *args: Any, timeout: float = -1, **kwargs: Any) -> Any:
         """Cluster metadata, asked for in growing steps (1, 2, 4 ... s) so a security failure ends the wait.

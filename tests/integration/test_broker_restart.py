@@ -1,0 +1,94 @@
+"""The Kafka broker restarted under load, cleanly and by SIGKILL: the views still equal an undisturbed run.
+
+A broker of its own (the project's local stack, on free ports) is stopped
+twice while `run all` works through the input that keeps arriving: once with
+SIGTERM (a clean shutdown), once with SIGKILL. It is started again each
+time on the same ports and data. Every stage rides through (`run all` keeps
+running), the clients' reconnect errors are logged once in a while rather
+than at every attempt, and after a final drain every analyst view equals
+the undisturbed run of the same input, row for row
+(tests/integration/crash_runs.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings, load_settings
+from pipeline.stack.local_kafka import LocalKafka, free_port
+from tests.conftest import REPO, o2o, settings_env
+from tests.integration import crash_runs
+from tests.integration.crash_runs import chunks, expect_same, produce_piece
+
+pytestmark = [pytest.mark.integration, pytest.mark.outage, pytest.mark.timeout(900)]
+
+settings, events_file, undisturbed = crash_runs.FIXTURES  # bound here for pytest to find
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of this test's own, which it may stop and start."""
+    state = tmp_path / "kafka-state"
+    own = load_settings(state_dir=state, kafka_port=free_port(), kafka_controller_port=free_port())
+    stack = LocalKafka(own, dist_cache=REPO / ".state" / "kafka" / "dist")
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down(purge=True)
+
+
+def start_run_all(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "all"],
+            env=settings_env(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_run(
+    settings: Settings,
+    events_file: Path,
+    undisturbed: dict[str, list[tuple[object, ...]]],
+    broker: LocalKafka,
+    tmp_path: Path,
+) -> None:
+    settings = settings.model_copy(update={"bootstrap_servers": broker.status().bootstrap})
+    o2o(settings, "init")
+    pieces = chunks(events_file, 3)
+    log = tmp_path / "run-all.log"
+    run = start_run_all(settings, log)
+    try:
+        produce_piece(settings, pieces[0])
+        time.sleep(8)  # the stages are at work on the first piece
+        broker.down()  # a clean stop (SIGTERM) under load
+        time.sleep(6)
+        broker.up()
+        produce_piece(settings, pieces[1])
+        time.sleep(8)
+        pid = broker._running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # and a crash
+        time.sleep(6)
+        broker.up()
+        produce_piece(settings, pieces[2])
+        time.sleep(8)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
+        run.wait(120)
+    text = log.read_text()
+    # every stage rode through both restarts: run all was still up and stopped cleanly
+    assert run.returncode == 0 and "failed; stopped the others" not in text, text[-3000:]
+    refused = text.count("Connection refused")
+    assert 0 < refused < 300, f"{refused} lines about refused connections"  # repeats are counted, not logged
+    expect_same(settings, undisturbed)  # a final drain, then every view
