@@ -109,16 +109,15 @@ def _newest_words(
     touches: dict[str, Any] = {}
     removed: dict[str, int] = {}
     versions: dict[str, int] = {}
+    sides = (("other", other), ("state", state))  # on a tie, "state" (the survivor's) wins
     for sid in {*state["touches"], *other["touches"], *state["removed"], *other["removed"]}:
-        best: tuple[int, int, str] | None = None  # (version, removal first, side)
-        for side, part in (("other", other), ("state", state)):
-            version = part["versions"].get(sid, -1)
-            if sid in part["removed"]:
-                best = max(best or (version, 1, side), (version, 1, side))
-            if sid in part["touches"]:
-                best = max(best or (version, 0, side), (version, 0, side))
-        assert best is not None
-        version, is_removal, side = best
+        # (version, a removal beats a touch of the same version, side)
+        version, is_removal, side = max(
+            (words["versions"].get(sid, -1), kind, name)
+            for name, words in sides
+            for kind, held in ((1, words["removed"]), (0, words["touches"]))
+            if sid in held
+        )
         part = state if side == "state" else other
         if is_removal:
             removed[sid] = part["removed"][sid]

@@ -75,6 +75,11 @@ class Resolution:
     merged: list[str] = field(default_factory=list)
 
 
+def identified_by(since: int | None, at: int) -> bool:
+    """Whether a person identified from ``since`` (:meth:`IdentityGraph.identified_since`) was at ``at``."""
+    return since is not None and since <= at
+
+
 MERGE_SEQUENCE_KEY = "~merge_sequence"  # in ``persons``; no person id starts with "~"
 
 
@@ -176,8 +181,7 @@ class IdentityGraph:
         Judged in event time, so an event that reaches identity late gets the
         same answer as in order.
         """
-        since = self.identified_since(person)
-        return since is not None and since <= at
+        return identified_by(self.identified_since(person), at)
 
     def person_of(self, event: Event) -> str | None:
         """The person the event's strongest known identifier belongs to, without linking anything."""

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.config import BUILT_IN_CONSENT
 from pipeline.identity.consent import ConsentLedger, stated
 from pipeline.identity.erasure import carries
-from pipeline.identity.graph import IdentityGraph
+from pipeline.identity.graph import IdentityGraph, identified_by
 from pipeline.identity.reorder import DurableReorder
 from pipeline.journeys.sessions import unlinked_event_row
 from pipeline.kafka import topics
@@ -156,7 +156,7 @@ class IdentityHandler:
             event["person_id"] = person
             since = self.graph.identified_since(person)
             event["identified_since"] = since
-            event["identified"] = since is not None and since <= event["occurred_at"]
+            event["identified"] = identified_by(since, event["occurred_at"])
             for row in self.consent.note(person, event):  # type: ignore[arg-type]
                 out.append((CONSENT.topic, row["consent_id"], row))
             # downstream stages read the person's consent at the event's time from the event

@@ -47,11 +47,10 @@ def progress_records(partitions: int) -> list[tuple[str, dict[str, Any]]]:
 class PartitionClock:
     """Watermarks of the input partitions a stage has seen, and deadlines per partition."""
 
-    def __init__(self, idle_seconds: float, clock: Callable[[], float], vouched: bool = True) -> None:
+    def __init__(self, idle_seconds: float, clock: Callable[[], float]) -> None:
         self.idle_seconds = idle_seconds
         self.clock = clock
-        self.vouched = vouched  # idle partitions move on only over time upstream vouched for
-        self._vouched_at: dict[int, float] = {}
+        self._vouched_at: dict[int, float] = {}  # partition -> when its last progress record came
         self.partitions = 1
         self.marks: MutableMapping[str, Any] = {}
         self.watermarks: dict[int, int] = {}
@@ -99,7 +98,7 @@ class PartitionClock:
         for partition in list(self.watermarks):
             if now - self._last_input[partition] < self.idle_seconds:
                 continue
-            until = self._vouched_at.get(partition, -float("inf")) if self.vouched else now
+            until = self._vouched_at.get(partition, -float("inf"))
             if until <= self._clock_mark[partition]:
                 continue
             step = int((until - self._clock_mark[partition]) * 1000)
