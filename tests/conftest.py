@@ -231,6 +231,19 @@ def start_o2o(settings: Settings, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def start_o2o_logged(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start the ``o2o`` CLI in the background, its own process group, its log appended to ``log``.
+
+    For runs of a minute or more: a pipe (:func:`start_o2o`) fills and stalls them.
+    """
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=settings_env(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def stop_o2o(child: subprocess.Popen[str], timeout: float = 90) -> None:
     """SIGTERM to a background ``o2o`` and its stages; SIGKILL if they do not stop in time."""
     os.killpg(child.pid, signal.SIGTERM)

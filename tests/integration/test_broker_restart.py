@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 from pipeline.config import Settings, load_settings
 from pipeline.stack.local_kafka import LocalKafka, free_port
-from tests.conftest import REPO, o2o, settings_env
+from tests.conftest import REPO, o2o, start_o2o_logged
 from tests.integration import crash_runs
 from tests.integration.crash_runs import chunks, expect_same, produce_piece
 
@@ -46,15 +44,6 @@ def broker(tmp_path: Path) -> Iterator[LocalKafka]:
         stack.down(purge=True)
 
 
-def start_run_all(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "all"],
-            env=settings_env(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
-            start_new_session=True,
-        )  # fmt: skip
-
-
 def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_run(
     settings: Settings,
     events_file: Path,
@@ -66,7 +55,7 @@ def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_ru
     o2o(settings, "init")
     pieces = chunks(events_file, 3)
     log = tmp_path / "run-all.log"
-    run = start_run_all(settings, log)
+    run = start_o2o_logged(settings, log, "run", "all")
     try:
         produce_piece(settings, pieces[0])
         time.sleep(8)  # the stages are at work on the first piece

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,22 +20,12 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.event_producer import EventProducer
-from tests.conftest import REPO, o2o, query, settings_env
+from tests.conftest import o2o, query, start_o2o_logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.outage, pytest.mark.timeout(600)]
 
 LATENESS_SECONDS = 15
 OUTAGE_SECONDS = 30  # twice the allowed lateness
-
-
-def start(settings: Settings, stage: str, log: Path) -> subprocess.Popen[bytes]:
-    """One stage in its own process group, its log in a file (a long run fills a pipe)."""
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", stage],
-            env=settings_env(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink,
-            start_new_session=True,
-        )  # fmt: skip
 
 
 def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
@@ -68,14 +57,17 @@ def test_identity_down_longer_than_the_lateness_leaves_no_event_very_late(
     )
     o2o(settings, "init")
     log = tmp_path / "stages.log"
-    stages = {stage: start(settings, stage, log) for stage in ("ingest", "identity", "journeys", "sink")}
+    stages = {
+        stage: start_o2o_logged(settings, log, "run", stage)
+        for stage in ("ingest", "identity", "journeys", "sink")
+    }
     sent: list[str] = []
     try:
         with EventProducer(settings) as producer:
             send_for(producer, 15, sent)
             stop(stages["identity"], signal.SIGKILL)
             send_for(producer, OUTAGE_SECONDS, sent)
-            stages["identity"] = start(settings, "identity", log)
+            stages["identity"] = start_o2o_logged(settings, log, "run", "identity")
             send_for(producer, 10, sent)
     finally:
         for process in stages.values():

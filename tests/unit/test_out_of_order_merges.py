@@ -97,11 +97,14 @@ def removal(session_id: str, version: int, at: int = 0) -> dict[str, Any]:
 
 def test_a_removal_before_its_touch_keeps_the_touch_out_and_survives_pruning() -> None:
     attributor = PathAttributor(["linear"], lookback_days=30, half_life_days=7)
-    state = attributor.add_touch(None, touch("newer", 1, at=10 * MIN), [])
-    state = attributor.remove_touch(state, removal("s", 2, at=9 * MIN), [])
-    state = attributor.add_touch(state, touch("later", 1, at=11 * MIN), [])  # prunes with a horizon
-    assert "s" in state["removed"]
-    state = attributor.absorb(state, {"touches": {"s": ["email", 9 * MIN, "", False, "digital"]},
+    day = 24 * 60 * MIN
+    state = attributor.add_touch(None, touch("old", 1, at=0), [])
+    state = attributor.add_touch(state, touch("newer", 1, at=40 * day), [])  # horizon: day 10
+    state = attributor.remove_touch(state, removal("s", 2, at=35 * day), [])
+    state = attributor.add_touch(state, touch("later", 1, at=41 * day), [])  # prunes again
+    # "old" fell behind the horizon; the removal is kept as long as its touch would be
+    assert state["horizon"] == 10 * day and "old" not in state["touches"] and "s" in state["removed"]
+    state = attributor.absorb(state, {"touches": {"s": ["email", 35 * day, "", False, "digital"]},
                                       "versions": {"s": 1}}, "p", [])  # fmt: skip
     assert set(state["touches"]) == {"newer", "later"}
 
