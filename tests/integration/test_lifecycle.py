@@ -6,7 +6,9 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import psutil
 import pytest
 from confluent_kafka import Message
 
@@ -14,7 +16,8 @@ from pipeline.config import Settings
 from pipeline.kafka.admin import committed_offsets
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import DrainGate, marker, marker_dir
-from tests.conftest import o2o, start_o2o
+from pipeline.runtime.stage_child import command_of
+from tests.conftest import o2o, start_o2o, start_o2o_logged
 from tests.integration.test_status import produce_raw
 
 pytestmark = pytest.mark.integration
@@ -33,6 +36,28 @@ def test_sigterm_during_a_drain_exits_non_zero_and_marks_nothing_drained(setting
     assert run.returncode == 2, err[-3000:]
     assert "stopped by a signal before the drain finished; nothing is marked drained" in err
     assert not list(marker_dir(settings).glob("*.drained"))
+
+
+def test_run_all_stopped_with_its_process_group_waits_for_every_stage(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM to the whole group (a terminal closing, a test stopping it) reaches the fork server
+    too: `run all` must still see each stage end, not take the server's end for theirs."""
+    o2o(settings, "init")
+    log = tmp_path / "run-all.log"
+    run = start_o2o_logged(settings, log, "run", "all")  # not a pipe: the stages would hold it open
+    deadline = time.monotonic() + 60
+    stages: list[psutil.Process] = []
+    while len(stages) < 5 and time.monotonic() < deadline:  # ingest, identity, journeys, attribution, sink
+        children = psutil.Process(run.pid).children(recursive=True)
+        stages = [p for p in children if "run" in command_of(p.cmdline())]
+        time.sleep(0.2)
+    assert len(stages) == 5, [p.cmdline() for p in stages]
+    time.sleep(3)  # the stages are up
+    os.killpg(run.pid, signal.SIGTERM)
+    assert run.wait(120) == 0, log.read_text()[-3000:]
+    running = [p.pid for p in stages if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert running == [], f"stages still running after run all ended: {running}"
 
 
 class SlowFirstCheckpoint:
