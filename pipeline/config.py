@@ -230,6 +230,11 @@ class Settings(BaseSettings, KafkaSecuritySettings):
         le=64,
         description="identity processes `run all` starts; above 1 graph updates go through one partition",
     )
+    workers_ingest: int = Field(1, ge=1, le=64, description="ingest processes `run all` starts")
+    workers_journeys: int = Field(1, ge=1, le=64, description="journeys processes `run all` starts")
+    workers_attribution: int = Field(1, ge=1, le=64, description="attribution processes `run all` starts")
+    workers_activation: int = Field(1, ge=1, le=64, description="activation processes `run all` starts")
+    workers_sink: int = Field(1, ge=1, le=64, description="sink processes `run all` starts")
     reorder_idle_seconds: float = Field(
         30.0,
         gt=0,
@@ -281,7 +286,9 @@ class Settings(BaseSettings, KafkaSecuritySettings):
     sink_batch_rows: int = Field(20_000, ge=1)
     sink_flush_seconds: float = Field(0.5, gt=0)
 
-    metrics_port: int = Field(0, ge=0, le=65530, description="0: off; stage n serves /metrics on port + n")
+    metrics_port: int = Field(
+        0, ge=0, le=65530, description="0: off; stage n serves /metrics on port + n (copy c: port + n + 6c)"
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the stages' /metrics")
     lag_check_seconds: float = Field(
         30.0, ge=1, le=3600, description="how often a running stage measures its own consumer lag"
@@ -402,6 +409,11 @@ class Settings(BaseSettings, KafkaSecuritySettings):
             load_activation_rules(self.activation_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
+        if self.workers_sink > 1 and self.embedded_clickhouse:
+            raise ValueError(
+                "O2O_WORKERS_SINK above 1 needs a ClickHouse server DSN (http(s)://...): the embedded "
+                "chDB engine belongs to one process"
+            )
         if self.clickhouse_cluster and self.embedded_clickhouse:
             raise ValueError(
                 "O2O_CLICKHOUSE_CLUSTER needs a ClickHouse server DSN (http(s)://...), not chdb://"
@@ -430,6 +442,12 @@ class Settings(BaseSettings, KafkaSecuritySettings):
     def stages(self) -> tuple[str, ...]:
         """The stages ``run all`` starts: all of them, activation only when rules are configured."""
         return STAGES if self.activation_rules is not None else tuple(s for s in STAGES if s != "activation")
+
+    def workers(self, stage: str) -> int:
+        """How many processes of ``stage`` `run all` starts (``O2O_WORKERS_JOURNEYS`` and the like)."""
+        if stage == "identity":
+            return self.identity_workers
+        return int(getattr(self, f"workers_{stage}"))
 
     @property
     def consent_defaults(self) -> dict[str, bool]:

@@ -44,11 +44,16 @@ def serve_metrics(
     stage: str,
     sources: Mapping[str, Callable[[], Mapping[str, int]]],
     collectors: Sequence[Collector] = (),
+    copy: int = 0,
 ) -> int | None:
-    """Serve the counters and ``collectors`` when a metrics port is configured; returns the port."""
+    """Serve the counters and ``collectors`` when a metrics port is configured; returns the port.
+
+    Copy ``copy`` of a stage that runs several processes serves on its own
+    port, one set of stage ports further up per copy.
+    """
     if not settings.metrics_port:
         return None
-    port = settings.metrics_port + STAGES.index(stage)
+    port = settings.metrics_port + STAGES.index(stage) + len(STAGES) * copy
     registry = CollectorRegistry()
     registry.register(CountsCollector(stage, sources))
     for collector in collectors:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.activation.decide import Decider, Trigger
@@ -77,6 +77,10 @@ class ActivationHandler:
         self.pools = tables["activation_partitions"]
         self.forward = tables.get("activation_forward", {})
         self.clock.bind(self.pools, partitions)
+
+    def release_partitions(self, partitions: Collection[int]) -> None:
+        """Another process holds these input partitions now: forget their event time and due persons."""
+        self.clock.release(partitions)
 
     def partition_of(self, person: str) -> int:
         """The input partition of a person (records are keyed by person id)."""

@@ -139,14 +139,24 @@ def init(ctx: click.Context, add_partitions: bool) -> None:
 @click.argument("stage", type=click.Choice([*STAGES, "all"]))
 @click.option("--drain", is_flag=True, help="Process what is in the input topics, flush, write, exit 0.")
 @click.option("--after", multiple=True, hidden=True, help="(run all) wait for these stages to drain first.")
+@click.option(
+    "--copy",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which of a stage's processes this is (0, 1, ...); picks its metrics port (docs/operations.md).",
+)
 @click.pass_context
 @handle_errors
-def run(ctx: click.Context, stage: str, drain: bool, after: tuple[str, ...]) -> None:
+def run(ctx: click.Context, stage: str, drain: bool, after: tuple[str, ...], copy: int) -> None:
     """Run STAGE (ingest, identity, journeys, attribution, sink, activation) or all of them.
 
     Without --drain a stage is a long-lived consumer; stop it with Ctrl-C or
-    SIGTERM. `all` runs each stage as its own process; activation only when
-    O2O_ACTIVATION_RULES names a rules file (docs/activation.md).
+    SIGTERM. `all` runs each stage as its own process, or as several that
+    share its partitions (O2O_WORKERS_JOURNEYS and the like;
+    O2O_IDENTITY_WORKERS for identity); activation only when O2O_ACTIVATION_RULES names a
+    rules file (docs/activation.md). Start more processes of a stage by hand
+    with `run STAGE --copy N`: they split its input partitions.
     """
     from pipeline.runtime.stages import run_all, run_stage
 
@@ -154,7 +164,7 @@ def run(ctx: click.Context, stage: str, drain: bool, after: tuple[str, ...]) -> 
     if stage == "all":
         run_all(settings, drain=drain)
     else:
-        run_stage(settings, stage, drain=drain, after=after)
+        run_stage(settings, stage, drain=drain, after=after, copy=copy)
 
 
 @cli.command()

@@ -182,6 +182,12 @@ class DurableReorder:
         """Keep held events in ``table`` (a faust table or a dict)."""
         self.table = table
 
+    def reset(self) -> None:
+        """Empty the buffer as at a start: the table's events are read back on the next call."""
+        old = self.buffer
+        self.buffer = ReorderBuffer(idle_seconds=old.idle_seconds, clock=old.clock, stream_of=old.stream_of)
+        self._restored = False
+
     def add_all(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hold a batch; returns the events that may be processed now, oldest first."""
         self._restore()

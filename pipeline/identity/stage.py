@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import BUILT_IN_CONSENT
@@ -65,6 +65,7 @@ class IdentityHandler:
         # chunks; resolving in event-time order makes links and merges follow
         # what happened, and hands journeys its events in order.
         self.partitions = 1
+        self._expected: list[str] = []  # the streams of every raw partition, through each valid one
         self.reorder = DurableReorder(key_of=source_key, stream_of=self._stream, idle_seconds=idle_seconds)
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
@@ -75,7 +76,18 @@ class IdentityHandler:
         self.consent = ConsentLedger(tables["identity_persons"], self.consent_defaults)
         self.reorder.bind(tables["identity_pending"])
         self.partitions = self.valid_partitions or partitions
-        self.reorder.buffer.expect([f"{o}>{p}" for o in self.origins for p in range(self.partitions)])
+        self._expected = [f"{o}>{p}" for o in self.origins for p in range(self.partitions)]
+        self.reorder.buffer.expect(self._expected)
+
+    def release_partitions(self, _partitions: Collection[int]) -> None:
+        """Another process holds (some of) the input now: drop the held events, as at a start.
+
+        The held events stay in ``identity_pending`` for the new owner; the
+        ones of partitions kept here are read back from it before anything
+        more is released, as after a restart.
+        """
+        self.reorder.reset()
+        self.reorder.buffer.expect(self._expected)
 
     def forward(self, records: Sequence[dict[str, Any]]) -> list[Emission]:
         """Several identity processes: pass events.valid records on to the sequence partition."""

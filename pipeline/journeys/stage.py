@@ -11,7 +11,7 @@ step touches only the persons it concerns.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline.config import Settings
@@ -51,6 +51,10 @@ class JourneysHandler:
         self.forward = tables.get("journeys_forward", {})
         self.partitions = partitions
         self.events_clock.bind(tables["journeys_watermarks"], partitions)
+
+    def release_partitions(self, partitions: Collection[int]) -> None:
+        """Another process holds these input partitions now: forget their watermarks and deadlines."""
+        self.events_clock.release(partitions)
 
     def partition_of(self, person: str) -> int:
         """The input partition of a person (its records are keyed by person id)."""

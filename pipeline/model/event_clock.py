@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from pipeline.kafka.envelopes import key_for_partition
@@ -71,6 +71,17 @@ class PartitionClock:
         for deadline, person in deadlines():
             heapq.heappush(self._due[partition], (deadline, person))
         return partition
+
+    def release(self, partitions: Collection[int]) -> None:
+        """Forget what is known of ``partitions`` (another process holds them now).
+
+        Their watermarks stay in the state table for the new owner; should
+        they come back here, :meth:`watch` loads them and rebuilds their
+        deadlines from the restored state, as after a start.
+        """
+        for partition in partitions:
+            for known in (self.watermarks, self._due, self._last_input, self._clock_mark, self._vouched_at):
+                known.pop(partition, None)
 
     def schedule(self, partition: int, deadline: int, person: str) -> None:
         """Have ``person`` come out of :meth:`due` once the partition's watermark reaches ``deadline``."""

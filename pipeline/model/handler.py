@@ -47,6 +47,11 @@ class StatefulHandler(Protocol):
     # first, counted), or None when it cannot (the stage then stops with
     # StateTooLarge). See pipeline/runtime/state.py.
 
+    # Optional: ``release_partitions(partitions)``. After a rebalance gave
+    # these input partitions to another process of the stage, forget what was
+    # derived from them in memory (watermarks, deadline heaps, held events);
+    # the runtime has already dropped their keys from the bound tables.
+
     def tick(self) -> list[Emission]:
         """Periodic work in event or processing time (closing idle sessions)."""
 

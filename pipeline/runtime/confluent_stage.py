@@ -20,7 +20,13 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
 from pipeline.errors import DrainInterrupted, RetryableError
-from pipeline.kafka.admin import COORDINATOR_BUSY, admin_client, group_offsets, partition_offsets
+from pipeline.kafka.admin import (
+    COORDINATOR_BUSY,
+    admin_client,
+    group_offsets,
+    partition_counts,
+    partition_offsets,
+)
 from pipeline.kafka.clients import make_consumer, process_client_id
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.faults import FaultPlan
@@ -113,6 +119,7 @@ class ConfluentStageLoop:
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.faults = FaultPlan(stage, settings.fault_at)
         self._admin: AdminClient | None = None  # made on the first drain check
+        self._every: list[str] = []  # every input partition, as the drain markers name them
 
     def stop(self, *_args: object) -> None:
         """Ask the loop to finish its batch, commit and return."""
@@ -159,10 +166,8 @@ class ConfluentStageLoop:
         log.info(
             "%s: stopped after %d messages in %.1f s", self.stage, self.stats.consumed, self.stats.seconds
         )
-        if self.drain is not None:
-            if not self.stats.drained:
-                raise DrainInterrupted(f"{self.stage}: stopped before it drained")
-            self.drain.mark_done()
+        if self.drain is not None and not self.stats.drained:
+            raise DrainInterrupted(f"{self.stage}: stopped before it drained")
         return self.stats
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -265,9 +270,17 @@ class ConfluentStageLoop:
                 delay = min(delay * 2, 5.0)
 
     def _drained(self) -> bool:
+        """True once this stage has drained: every input partition read to its end and committed.
+
+        With several processes of the stage, each says which partitions it
+        drained (:meth:`DrainGate.mark_copy_done`) and stays until together
+        they drained all of them.
+        """
         assert self.drain is not None
-        if not self.drain.upstream_done():
+        if not self.drain.upstream_done() or self._uncommitted:
             return False
+        if self.drain.stage_done():
+            return True  # the other processes drained the rest; nothing is pending here
         assignment = self._consumer.assignment()
         if not assignment:
             return False
@@ -282,7 +295,12 @@ class ConfluentStageLoop:
         untouched = [key for key, offset in positions.items() if offset < 0]
         positions.update(partition_offsets(admin, untouched, earliest=True) if untouched else {})
         ends = partition_offsets(admin, positions)
-        return all(positions[key] >= end for key, end in ends.items()) and not self._uncommitted
+        if not all(positions[key] >= end for key, end in ends.items()):
+            return False
+        if not self._every:
+            counts = partition_counts(self.settings, every=True)
+            self._every = [f"{t}/{p}" for t in self.topics for p in range(counts.get(t, 0))]
+        return self.drain.mark_copy_done((f"{t}/{p}" for t, p in positions), self._every)
 
     def _is_error(self, message: Message) -> bool:
         err = message.error()

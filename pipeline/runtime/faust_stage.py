@@ -102,6 +102,8 @@ class FaustStage:
         self.longest_step = (0.0, 0)  # seconds a step held the event loop (handling and commit), its records
         self._worker: faust.Worker | None = None
         self._finished = False
+        self._held: set[int] = set()  # input partitions assigned here at the last rebalance
+        self._flushed: set[int] = set()  # input partitions this process flushed in drain mode
         self._drain_lag, self._drain_waiting_since = 0, 0.0
         self._warned_alone = False
         self._consumed: list[str] = []
@@ -197,6 +199,7 @@ class FaustStage:
 
             app.agent(upstream, name=f"{self.stage}_forwarder")(forwarder)
         self._consumed = [*self.inputs, *forward_from]
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.timer(self.tick_seconds)(self._tick)
         if self.drain is not None:
             app.timer(0.5)(self._check_drained)
@@ -289,6 +292,31 @@ class FaustStage:
             set_floor(max(self.epochs.values()) << EPOCH_SHIFT)
         log.info("%s: epochs %s", self.stage, self.epochs)
 
+    def _on_assigned(self, _sender: Any, *args: Any, **_kwargs: Any) -> None:
+        """After a rebalance: let go of the partitions another process of this stage holds now.
+
+        faust restores the partitions given to this process from their
+        changelogs, but keeps in memory whatever this process wrote for the
+        ones it lost. Left there, a drain flush or a timer would act on them
+        (another process's persons) and, should they come back, stale keys
+        would outlive their tombstones. So their keys go, and the handler
+        drops what it derived from them (watermarks, deadline heaps, held
+        events); it rebuilds that from the restored state when they are back.
+        Runs between two steps (a step never awaits), before any restore.
+        """
+        assigned: set[Any] = args[0]
+        own = set(self.inputs)
+        held = {tp.partition for tp in assigned if tp.topic in own}
+        lost, self._held = self._held - held, held
+        if not lost:
+            return
+        dropped = sum(cache.release(lost) for cache in self._caches.values())
+        release = getattr(self.handler, "release_partitions", None)
+        if release is not None:
+            release(lost)
+        log.info("%s: partitions %s moved to another process; %d state keys dropped here, %s kept",
+                 self.stage, sorted(lost), dropped, sorted(held))  # fmt: skip
+
     def _restoring(self, apply: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a table's changelog apply with the ``during_restore`` fault point."""
 
@@ -313,8 +341,19 @@ class FaustStage:
         return bool(self._owned())
 
     async def _check_drained(self) -> None:
+        """Drain mode: once the group has committed all input, flush the partitions held here.
+
+        The stage has drained once its processes together flushed every
+        input partition (:meth:`DrainGate.mark_copy_done`); each process
+        stays until then, so no partition moves while the others finish. A
+        process holding none of the handler's input (another one does the
+        work; this one forwards, or has nothing) flushes nothing.
+        """
         assert self.drain is not None
         if self._finished or not self.drain.upstream_done():
+            return
+        if self.drain.stage_done():
+            self._finish("drained (the other processes of the stage flushed the rest)")
             return
         if not self.app.consumer.assignment():
             return
@@ -325,19 +364,21 @@ class FaustStage:
         if lag:
             await self._note_drain_wait(lag)
             return
-        self._finished = True
-        if not self._owned():
-            # another process of this stage owns the input that does the work: it
-            # flushes and leaves the marker; this one only forwarded
-            log.info("%s: drained (forwarding only) after %d records", self.stage, self.processed)
-            if self._worker is not None:
-                self._worker._schedule_shutdown(signal.SIGTERM)
-            return
-        self._guarded(self._run_flush)
+        owned = self._owned()
+        if owned - self._flushed:
+            self._guarded(self._run_flush)
+            self._flushed |= owned
         took, records = self.longest_step
-        self.drain.mark_done({"longest_step_seconds": took, "longest_step_records": records})
-        log.info("%s: drained after %d records; longest step %.0f ms (%d records)",
-                 self.stage, self.processed, took * 1000, records)  # fmt: skip
+        figures = {"longest_step_seconds": took, "longest_step_records": records}
+        every = [str(p) for p in range(self.source_partitions)]
+        if self.drain.mark_copy_done(map(str, self._flushed), every, figures):
+            self._finish("drained")
+
+    def _finish(self, how: str) -> None:
+        self._finished = True
+        took, records = self.longest_step
+        log.info("%s: %s after %d records here; longest step %.0f ms (%d records)",
+                 self.stage, how, self.processed, took * 1000, records)  # fmt: skip
         if self._worker is not None:
             self._worker._schedule_shutdown(signal.SIGTERM)
 

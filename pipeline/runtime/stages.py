@@ -39,8 +39,15 @@ log = logging.getLogger(__name__)
 RAW_FETCH = {"max.partition.fetch.bytes": 64 * 1024}
 
 
-def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequence[str] = ()) -> None:
-    """Run one stage in this process until stopped, or until drained with ``drain``."""
+def run_stage(
+    settings: Settings, stage: str, drain: bool = False, after: Sequence[str] = (), copy: int = 0
+) -> None:
+    """Run one stage in this process until stopped, or until drained with ``drain``.
+
+    ``copy`` numbers the processes of a stage that runs several (from 0): it
+    picks the metrics port. Which partitions a process works on is the
+    consumer group's choice, not the number's.
+    """
     gate = DrainGate(settings, stage, after) if drain else None
     from pipeline.metrics import counter_of, serve_metrics
 
@@ -58,11 +65,11 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         loop = ConfluentStageLoop(
             settings, stage, raw, ingest, gate, report_ends=True, consumer_options=RAW_FETCH
         )
-        serve_metrics(settings, stage, {"": counter_of(ingest.counts)}, lag_gauges)
+        serve_metrics(settings, stage, {"": counter_of(ingest.counts)}, lag_gauges, copy)
         loop.install_signal_handlers()
         loop.run()
     elif stage == "sink":
-        _run_sink(settings, gate, lag_gauges)
+        _run_sink(settings, gate, lag_gauges, copy)
     elif stage in ("identity", "journeys", "attribution", "activation"):
         from pipeline.runtime.faust_stage import FaustStage
 
@@ -78,7 +85,7 @@ def run_stage(settings: Settings, stage: str, drain: bool = False, after: Sequen
         counts = getattr(handler, "counts", None)
         if counts is not None:
             sources[f"{stage}_stage" if stage in sources else stage] = counter_of(counts)
-        serve_metrics(settings, stage, sources, lag_gauges)
+        serve_metrics(settings, stage, sources, lag_gauges, copy)
         faust_stage.run()
     else:
         raise FatalError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -128,7 +135,7 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
     return AttributionHandler(settings, FittedModelFeed(settings))
 
 
-def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[Collector]) -> None:
+def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[Collector], copy: int) -> None:
     from pipeline.clickhouse.query_server import QueryServer, endpoint_file
     from pipeline.sink.stage import SinkHandler
 
@@ -152,7 +159,9 @@ def _run_sink(settings: Settings, gate: DrainGate | None, collectors: Sequence[C
                 settings, "sink", handler.topics, handler, gate, batch_size=5000, poll_seconds=0.2
             )
             sink_collectors = [*collectors, inserts, ClickHouseCollector(ch)]
-            serve_metrics(settings, "sink", {"rows": counter_of(handler.batcher.written)}, sink_collectors)
+            serve_metrics(
+                settings, "sink", {"rows": counter_of(handler.batcher.written)}, sink_collectors, copy
+            )
             loop.install_signal_handlers()
             if stop.stopped:  # a SIGTERM while connecting or starting: honour it
                 loop.stop()
@@ -224,8 +233,11 @@ def run_all(
             for upstream in UPSTREAM[stage]:
                 if upstream in stages:
                     args += ["--after", upstream]
-        copies = settings.identity_workers if stage == "identity" else 1
-        children += [ChildStage(stage, start_stage_process(args, env)) for _ in range(copies)]
+        copies = settings.workers(stage)
+        children += [
+            ChildStage(stage, start_stage_process([*args, "--copy", str(copy)] if copy else args, env))
+            for copy in range(copies)
+        ]
     stopping = False
 
     def stop_all(*_args: object) -> None:

@@ -9,7 +9,7 @@ which the runtime makes durable after the batch's outputs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,18 @@ class BatchCache(MutableMapping[str, Any]):
             return self[key]
         except KeyError:
             return default
+
+    def release(self, partitions: Collection[int]) -> int:
+        """Drop the keys of ``partitions`` from memory (another process holds them now); how many.
+
+        Nothing is written: the changelog keeps them for their new owner.
+        """
+        gone = [key for key in self.table if key_partition(key, self.partitions) in partitions]
+        for key in gone:
+            del self.table[key]
+        for key in [key for key in self.dirty if key_partition(key, self.partitions) in partitions]:
+            del self.dirty[key]
+        return len(gone)
 
     def discard(self) -> None:
         """Forget the batch's changes (nothing of them was applied)."""
