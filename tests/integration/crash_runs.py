@@ -108,9 +108,14 @@ def run_undisturbed(
         partitions=2, sink_flush_seconds=0.3, allowed_lateness_minutes=LATENESS_MINUTES,
         group_session_timeout_seconds=TEST_GROUP_SESSION_TIMEOUT,
     )  # fmt: skip
+    return drained_views(settings, events_file, "undisturbed")
+
+
+def drained_views(settings: Settings, events_file: Path, name: str) -> dict[str, list[tuple[object, ...]]]:
+    """Init, produce all of the input, `run all --drain` (its log kept as ``name``), read the views."""
     o2o(settings, "init")
     produce_piece(settings, events_file.read_bytes())
-    keep_log(settings, "undisturbed", o2o(settings, "run", "all", "--drain", timeout=300).stderr)
+    keep_log(settings, name, o2o(settings, "run", "all", "--drain", timeout=300).stderr)
     views = snapshot(settings)
     assert views["events"] and views["conversions"] and views["attribution"] and views["person_merges"]
     return views
