@@ -284,6 +284,14 @@ def query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
+def query_each(settings: Settings, sqls: list[str]) -> list[list[tuple[Any, ...]]]:
+    """Rows of each query, ClickHouse (the chDB folder) opened once for all of them."""
+    from pipeline.clickhouse.query_server import query_many
+
+    statements = [sql.replace("{db}", settings.clickhouse_database) for sql in sqls]
+    return [[tuple(r) for r in rows] for _cols, rows in query_many(settings, statements)]
+
+
 STORY_T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
 

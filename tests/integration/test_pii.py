@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.admin import admin_client
-from tests.conftest import o2o, query
+from tests.conftest import o2o, query, query_each
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +93,9 @@ def test_no_raw_pii_after_ingest(settings: Settings, tmp_path: Path) -> None:
 
     tables = [r[0] for r in query(settings, "SELECT name FROM system.tables WHERE database = '{db}'")]
     assert {"events_store", "dead_letters_store", "identities_store"} <= set(tables)
-    for table in tables:
-        text = orjson.dumps(query(settings, f"SELECT * FROM {{db}}.{table}"), default=str)
+    contents = query_each(settings, [f"SELECT * FROM {{db}}.{table}" for table in tables])
+    for table, rows in zip(tables, contents, strict=True):
+        text = orjson.dumps(rows, default=str)
         for needle in NEEDLES:
             assert needle not in text, f"raw PII {needle!r} in table {table}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Settings
-from tests.conftest import query
+from tests.conftest import query, query_each
 
 VIEWS = (
     "events",
@@ -41,22 +41,23 @@ def _normalised(value: Any) -> Any:
 
 
 def snapshot(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    """Every analyst view's rows, sorted (call it while no pipeline runs)."""
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    for view in VIEWS:
-        columns = [
-            name
-            for (name,) in query(
-                settings,
-                "SELECT name FROM system.columns WHERE database = '{db}' "
-                f"AND table = '{view}' ORDER BY position",
-            )
-        ]
-        kept = ", ".join(f"`{c}`" for c in columns if c not in LEFT_OUT)
-        out[view] = sorted(
-            (_normalised(row) for row in query(settings, f"SELECT {kept} FROM {{db}}.{view}")), key=repr
-        )
-    return out
+    """Every analyst view's rows, sorted (call it while no pipeline runs).
+
+    Two rounds of queries, each opening the test run's shared chDB folder
+    once: an open reads every database's metadata, and the crash tests take
+    many snapshots late in a run.
+    """
+    names = ", ".join(f"'{view}'" for view in VIEWS)
+    columns: dict[str, list[str]] = {view: [] for view in VIEWS}
+    for table, name in query(
+        settings,
+        f"SELECT table, name FROM system.columns WHERE database = '{{db}}' AND has([{names}], table) "
+        "ORDER BY table, position",
+    ):
+        if name not in LEFT_OUT:
+            columns[table].append(f"`{name}`")
+    answers = query_each(settings, [f"SELECT {', '.join(columns[v])} FROM {{db}}.{v}" for v in VIEWS])
+    return {view: sorted(map(_normalised, rows), key=repr) for view, rows in zip(VIEWS, answers, strict=True)}
 
 
 def differences(
