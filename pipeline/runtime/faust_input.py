@@ -50,6 +50,7 @@ class OrderedInput:
         self.topics = frozenset(topics)  # the stage's inputs; the consumer also holds the tables' changelogs
         self.faults = faults
         self.order: InputOrder[TP] = InputOrder(stage)
+        self.moved_away = 0  # records fetched before a rebalance moved their partition away, not handled
         self._start_of: dict[TP, int] = {}  # where reading started on partitions held now
         self._shorten_fetch_wait()
         self._keep_holes_open()
@@ -57,20 +58,27 @@ class OrderedInput:
         app.timer(REREAD_CHECK_SECONDS)(self._check)
 
     async def admit(self, events: Sequence[Any]) -> list[bytes]:
-        """The values of ``events`` the stage must handle now, in order; holds the rest unacknowledged."""
-        events = self._misread(events)
+        """The values of ``events`` the stage must handle now, in order; holds the rest unacknowledged.
+
+        Records of a partition this process no longer holds (fetched before a
+        rebalance moved it) are left to its new owner: handled here, they would
+        meet state this process has let go of and write over the owner's.
+        """
+        events = self._moved_away(self._misread(events))
         starts = await self._starts({event.message.tp for event in events})
-        values: list[bytes] = []
+        admitted = []
         for event in events:
             message = event.message
             verdict = self.order.sort(message.tp, message.offset, starts.get(message.tp, 0))
             if verdict is Verdict.HANDLE:
-                values.append(event.value)
+                admitted.append(event)
             elif verdict is Verdict.HOLD:
                 self._hold(message)
         if self.order.open_holes:
             await self.reread_holes()
-        return values
+        # a rebalance may have come during the awaits: the caller handles what
+        # this returns without awaiting again, so this is the last look
+        return [event.value for event in self._moved_away(admitted)]
 
     async def _starts(self, partitions: set[TP]) -> dict[TP, int]:
         """Where reading starts on partitions new here: the group's committed offset, else the log's first.
@@ -170,6 +178,18 @@ class OrderedInput:
         # set, a clean stop does not wait for it.
         message.acked = True
         self.app.consumer._unacked_messages.discard(message)  # type: ignore[attr-defined]
+
+    def _moved_away(self, events: Sequence[Any]) -> Sequence[Any]:
+        held = self.owned()
+        kept = [event for event in events if event.message.tp in held]
+        if len(kept) < len(events):
+            for event in events:
+                if event.message.tp not in held:
+                    self._hold(event.message)
+            self.moved_away += len(events) - len(kept)
+            log.info("%s: %d records of partitions moved to another process left to it", self.stage,
+                     len(events) - len(kept))  # fmt: skip
+        return kept
 
     def _misread(self, events: Sequence[Any]) -> Sequence[Any]:
         """The ``misread`` fault point: the batch's first record is not handed over, nor acknowledged."""
