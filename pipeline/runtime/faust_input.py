@@ -51,10 +51,12 @@ class OrderedInput:
         self.faults = faults
         self.order: InputOrder[TP] = InputOrder(stage)
         self.moved_away = 0  # records fetched before a rebalance moved their partition away, not handled
+        self._assigned: set[TP] | None = None  # the last completed assignment (None: none yet)
         self._start_of: dict[TP, int] = {}  # where reading started on partitions held now
         self._shorten_fetch_wait()
         self._keep_holes_open()
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # mode types it too narrowly
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.timer(REREAD_CHECK_SECONDS)(self._check)
 
     async def admit(self, events: Sequence[Any]) -> list[bytes]:
@@ -180,7 +182,12 @@ class OrderedInput:
         self.app.consumer._unacked_messages.discard(message)  # type: ignore[attr-defined]
 
     def _moved_away(self, events: Sequence[Any]) -> Sequence[Any]:
-        held = self.owned()
+        # the last completed assignment, not the consumer's own: during a rebalance
+        # that one is empty for a moment, and a partition kept throughout would
+        # lose records to a hole read again later (identity then resolves late)
+        held = self._assigned
+        if held is None:
+            return events
         kept = [event for event in events if event.message.tp in held]
         if len(kept) < len(events):
             for event in events:
@@ -200,6 +207,9 @@ class OrderedInput:
                     message.offset, message.tp)  # fmt: skip
         self._hold(message)
         return events[1:]
+
+    def _on_assigned(self, _sender: Any, *args: Any, **_kwargs: Any) -> None:
+        self._assigned = set(args[0])
 
     def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0]

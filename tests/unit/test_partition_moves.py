@@ -147,10 +147,14 @@ def test_records_fetched_before_their_partition_moved_are_left_to_its_new_owner(
     """Handled here, they would meet state this process let go of and write over the new owner's."""
     kept, moved = TP("t.journeys", 0), TP("t.journeys", 1)
     app = SimpleNamespace(
-        consumer=_Consumer({kept}), on_partitions_revoked=_Signal(), timer=lambda _s: lambda f: f
+        consumer=_Consumer(set()),  # empty, as for a moment during a rebalance
+        on_partitions_revoked=_Signal(),
+        on_partitions_assigned=_Signal(),
+        timer=lambda _s: lambda f: f,
     )
     settings = load_settings(topic_prefix="t.")
     ordered = OrderedInput(app, settings, "attribution", ["t.journeys"], FaultPlan("attribution", ""))  # type: ignore[arg-type]
+    app.on_partitions_assigned.receiver(None, {kept})  # the rebalance that moved partition 1 away
     ordered._start_of.update({kept: 0, moved: 0})  # where reading starts, without asking a broker
     events = [SimpleNamespace(message=_Message(tp), value=tp.partition) for tp in (kept, moved)]
 
