@@ -81,6 +81,78 @@ def stack_up(ctx: click.Context, secure: bool) -> None:
         console.print(f"SASL_SSL at {status.secure_bootstrap}: `set -a; . {env}; set +a` sets the clients up")
 
 
+@stack.command("certs")
+@click.option(
+    "--out",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the files (created; existing files are kept).",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="A name (or IP address) the broker is reached by; repeat for each.",
+)
+@click.option(
+    "--shared",
+    is_flag=True,
+    help="Leave the certificates and passwords readable by every user (private keys of the CA and "
+    "the OAuth issuer stay 0600): for a volume only the broker's and the pipeline's containers "
+    "mount, when they run as different users.",
+)
+@handle_errors
+def stack_certs(folder: Path, hosts: tuple[str, ...], shared: bool) -> None:
+    """Make a CA, a broker certificate for HOSTs and the user `o2o`'s password in a folder, once.
+
+    The files of `o2o stack up --secure`, for a broker elsewhere: the SASL_SSL
+    option of docker compose (deploy/compose-kafka-sasl-ssl.yml) runs it in a
+    one-shot container. Reruns keep what exists, so clients keep their trust.
+    """
+    from pipeline.stack.secure_listener import ensure_secure_folder
+
+    files = ensure_secure_folder(folder, hosts, shared=shared)
+    for path in sorted(files.folder.iterdir()):
+        click.echo(f"{path} {oct(path.stat().st_mode & 0o777)}")
+
+
+@stack.command("oauth-issuer")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port on loopback (0: any)."
+)
+@click.option(
+    "--lifetime", type=click.IntRange(60, 86400), default=3600, show_default=True, help="Token lifetime, s."
+)
+@click.pass_context
+@handle_errors
+def stack_oauth_issuer(ctx: click.Context, port: int, lifetime: int) -> None:
+    """Serve OAuth tokens for the secure listener's OAUTHBEARER login, on 127.0.0.1, until stopped.
+
+    The client-credentials grant for the client `o2o` (its secret in <state
+    dir>/kafka/secure/oauth-client-secret); tokens are JWTs signed with the key
+    whose public half the broker of `o2o stack up --secure` trusts. Prints the
+    O2O_ settings that switch a client of client.env from SCRAM to OAUTHBEARER.
+    """
+    import signal
+
+    from pipeline.stack.oauth_issuer import OAuthIssuer, oauth_client_settings
+    from pipeline.stack.secure_listener import ensure_secure_files
+
+    files = ensure_secure_files(settings_of(ctx).state_dir).issuer
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before the server's threads inherit the mask
+    issuer = OAuthIssuer(files, port=port, lifetime=lifetime).start()
+    for name, value in oauth_client_settings(files, issuer.token_endpoint).items():
+        click.echo(f"{name}={value}")
+    sys.stdout.flush()
+    stopped = signal.sigwait(stop_signals)
+    issuer.stop()
+    figures = (signal.Signals(stopped).name, issuer.issued, issuer.refused)
+    log.info("token endpoint stopped by %s: %d tokens issued, %d refused", *figures)
+
+
 @stack.command("status")
 @click.pass_context
 @handle_errors

@@ -234,10 +234,14 @@ class OAuthTokenError(RuntimeError):
 def faust_credentials(s: KafkaSecuritySettings) -> Any:
     """faust's ``broker_credentials`` for these settings, or None for PLAINTEXT."""
     import faust
+    from aiokafka.abc import AbstractTokenProvider
 
     context = ssl_context(s)
     if s.kafka_uses_sasl:
         if s.kafka_sasl_mechanism == "OAUTHBEARER":
+            # aiokafka accepts only its own provider type; registering keeps aiokafka out of
+            # the imports of the confluent-kafka commands
+            AbstractTokenProvider.register(OAuthTokenProvider)
             return faust.OAuthCredentials(oauth_cb=OAuthTokenProvider(s), ssl_context=context)
         return faust.SASLCredentials(
             username=s.kafka_sasl_username,
@@ -260,6 +264,9 @@ def security_failure(err: KafkaError) -> str | None:
     against a TLS listener never heal by retrying, unlike a broker that is away.
     """
     text = err.str()
+    if "OAUTHBEARER token" in text:  # librdkafka got no token: the endpoint refused or is away
+        return (f"no OAuth token from O2O_KAFKA_OAUTH_TOKEN_ENDPOINT (check it, O2O_KAFKA_OAUTH_CLIENT_ID "
+                f"and O2O_KAFKA_OAUTH_CLIENT_SECRET): {text}")  # fmt: skip
     if err.code() == KafkaError._AUTHENTICATION or "Authentication failed" in text:
         return (f"Kafka refused the credentials (O2O_KAFKA_SASL_MECHANISM, O2O_KAFKA_SASL_USERNAME, "
                 f"O2O_KAFKA_SASL_PASSWORD or the OAuth settings): {text}")  # fmt: skip

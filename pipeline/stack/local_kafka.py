@@ -42,6 +42,7 @@ from pipeline.stack.secure_listener import (
     USER,
     create_scram_user,
     ensure_secure_files,
+    jvm_properties,
     listener_properties,
     write_client_env,
 )
@@ -112,12 +113,20 @@ class LocalKafka:
         dist_cache: folder caching the broker classpath per version; default
             ``$O2O_KAFKA_DIST_CACHE`` when set, else ``<state_dir>/kafka/dist``.
         start_timeout: seconds ``up`` waits for the broker to answer.
+        overrides: server properties that replace or add to the generated ones (a deployment's
+            broker settings tried on this machine); ``up`` still waits for a plain-text listener
+            on ``kafka_port``.
     """
 
     def __init__(
-        self, settings: Settings, dist_cache: Path | None = None, start_timeout: float = START_TIMEOUT_S
+        self,
+        settings: Settings,
+        dist_cache: Path | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+        overrides: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self.overrides = dict(overrides or {})
         self.root = settings.state_dir / "kafka"
         self.dist_cache = (
             dist_cache.resolve() if dist_cache is not None else default_dist_cache(settings.state_dir)
@@ -208,7 +217,7 @@ class LocalKafka:
             say("formatting the broker storage (first start)")
             self._format(java, classpath)
         say(f"starting Apache Kafka {self.settings.kafka_version} on {HOST}:{port}")
-        return self._spawn(java, classpath)
+        return self._spawn(java, classpath, secure)
 
     def status(self) -> StackStatus:
         """The broker's state now; ``topics`` is set only when it answers within a few seconds."""
@@ -323,7 +332,7 @@ class LocalKafka:
             time.sleep(0.2)
         return False
 
-    def _spawn(self, java: str, classpath: str) -> int:
+    def _spawn(self, java: str, classpath: str, secure: bool) -> int:
         heap = self.settings.kafka_heap
         cmd = [
             java,
@@ -337,6 +346,8 @@ class LocalKafka:
         ]
         if LOG4J_FILE.is_file():
             cmd.append(f"-Dlog4j2.configurationFile={LOG4J_FILE}")
+        if secure:
+            cmd += jvm_properties(ensure_secure_files(self.settings.state_dir))
         cmd += ["-cp", classpath, "kafka.Kafka", str(self.properties_file)]
         log.info("starting Kafka: %s", " ".join(cmd))
         self._log_offsets = {path: _size(path) for path in (self.out_file, self.log_file)}
@@ -433,6 +444,7 @@ class LocalKafka:
             props["advertised.listeners"] += f",{LISTENER}://{HOST}:{sport}"
             props["listener.security.protocol.map"] += f",{LISTENER}:{LISTENER}"
             props |= listener_properties(files, sport, HOST)
+        props |= self.overrides
         lines = [
             "# Written by `o2o stack up` (pipeline/stack/local_kafka.py) at every start; edits are lost."
         ]

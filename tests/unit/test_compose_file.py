@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = (ROOT / "docker-compose.yml").read_text()
 
@@ -39,3 +41,21 @@ def test_clickhouse_password_is_generated_and_read_from_a_file() -> None:
     assert len(pipeline) == 6, pipeline  # init and the five stages
     for name in [*pipeline, "clickhouse"]:
         assert "- secrets:/secrets:ro" in blocks[name], f"{name} does not mount the secrets read-only"
+
+
+def test_the_sasl_ssl_overlay_mounts_its_secrets_read_only_and_publishes_nothing_new() -> None:
+    overlay = yaml.safe_load((ROOT / "deploy" / "compose-kafka-sasl-ssl.yml").read_text())
+    services = overlay["services"]
+    assert all("ports" not in block for block in services.values())
+    for name in ("kafka", "init", "ingest", "identity", "journeys", "attribution", "sink"):
+        assert "kafka-secrets:/kafka-secrets:ro" in services[name]["volumes"], name
+    assert services["kafka-secrets"]["volumes"] == ["kafka-secrets:/kafka-secrets"]
+    env = services["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    plain = [name for name, protocol in protocols.items() if protocol == "PLAINTEXT"]
+    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    # plain text only for the controller (never published) and on the container's own loopback
+    assert sorted(plain) == ["BROKER", "CONTROLLER"] and listeners["BROKER"].startswith("127.0.0.1:")
+    for name, protocol in protocols.items():
+        if protocol == "SASL_SSL":
+            assert "${file:" in env[f"KAFKA_LISTENER_NAME_{name}_PLAIN_SASL_JAAS_CONFIG"], name

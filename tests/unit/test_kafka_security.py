@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import faust
+import httpx
+import orjson
 import pytest
+from aiokafka.abc import AbstractTokenProvider
 from confluent_kafka import KafkaError
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
@@ -28,7 +31,14 @@ from pipeline.kafka.security import (
     ssl_context,
 )
 from pipeline.runtime.stages import settings_env
-from pipeline.stack.secure_listener import client_settings, ensure_secure_files, listener_properties
+from pipeline.stack.oauth_issuer import AUDIENCE, ISSUER, OAuthIssuer
+from pipeline.stack.secure_listener import (
+    SecureFiles,
+    client_settings,
+    ensure_secure_files,
+    jvm_properties,
+    listener_properties,
+)
 
 
 @pytest.fixture
@@ -104,6 +114,7 @@ def test_oauthbearer_uses_the_token_endpoint() -> None:
     credentials = faust_credentials(settings)
     assert isinstance(credentials, faust.OAuthCredentials)
     assert isinstance(credentials.oauth_cb, OAuthTokenProvider)
+    assert isinstance(credentials.oauth_cb, AbstractTokenProvider)  # aiokafka refuses any other type
     assert credentials.protocol.value == "SASL_SSL"
 
 
@@ -163,59 +174,79 @@ def test_sasl_credentials_for_faust(pem: Path) -> None:
     assert credentials.ssl_context is None
 
 
-class TokenEndpoint(BaseHTTPRequestHandler):
-    """A client-credentials token endpoint that counts its requests."""
-
-    calls: list[dict[str, Any]] = []
-    status = 200
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        user, _, secret = base64.b64decode(self.headers["Authorization"].split()[1]).decode().partition(":")
-        type(self).calls.append({"form": parse_qs(body), "user": user, "secret": secret})
-        answer = b'{"access_token": "tok-%d", "expires_in": 3600}' % len(type(self).calls)
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *_args: Any) -> None:
-        return
-
-
 @pytest.fixture
-def token_endpoint() -> Iterator[str]:
-    TokenEndpoint.calls, TokenEndpoint.status = [], 200
-    server = HTTPServer(("127.0.0.1", 0), TokenEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def issuer(tmp_path: Path) -> Iterator[OAuthIssuer]:
+    """The local OAuth issuer of `o2o stack oauth-issuer`, on a free loopback port."""
+    running = OAuthIssuer(ensure_secure_files(tmp_path).issuer, lifetime=600).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/token"
+        yield running
     finally:
-        server.shutdown()
-        server.server_close()
+        running.stop()
 
 
-def test_oauth_tokens_are_fetched_once_and_kept(token_endpoint: str, tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("shh\n")
-    settings = load_settings(
+def oauth_settings(issuer: OAuthIssuer, secret_file: Path | None = None) -> Any:
+    return load_settings(
         kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER",
-        kafka_oauth_token_endpoint=token_endpoint, kafka_oauth_client_id="pipeline",
-        kafka_oauth_client_secret_file=secret, kafka_oauth_scope="kafka",
+        kafka_oauth_token_endpoint=issuer.token_endpoint, kafka_oauth_client_id="o2o",
+        kafka_oauth_client_secret_file=secret_file or issuer.files.secret_file, kafka_oauth_scope="kafka",
     )  # fmt: skip
-    provider = OAuthTokenProvider(settings)
-    assert provider.fetch() == "tok-1"
-    assert provider.fetch() == "tok-1"  # still valid: not asked again
-    assert len(TokenEndpoint.calls) == 1
-    call = TokenEndpoint.calls[0]
-    assert (call["user"], call["secret"]) == ("pipeline", "shh")
-    assert call["form"] == {"grant_type": ["client_credentials"], "scope": ["kafka"]}
-    TokenEndpoint.status = 401
+
+
+def test_oauth_tokens_are_fetched_once_and_kept(issuer: OAuthIssuer, tmp_path: Path) -> None:
+    provider = OAuthTokenProvider(oauth_settings(issuer))
+    token = provider.fetch()
+    assert provider.fetch() == token  # still valid: not asked again
+    assert issuer.issued == 1
+    assert jwt_claims(issuer, token)["scope"] == "kafka"
     provider._expires = 0.0  # the token ran out
-    with pytest.raises(OAuthTokenError, match="no OAUTHBEARER token from"):
-        provider.fetch()
+    provider.fetch()
+    assert issuer.issued == 2
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-secret\n")
+    with pytest.raises(OAuthTokenError, match=r"no OAUTHBEARER token from .*401"):
+        OAuthTokenProvider(oauth_settings(issuer, wrong)).fetch()
+    assert (issuer.issued, issuer.refused) == (2, 1)
+
+
+def b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_claims(issuer: OAuthIssuer, token: str) -> dict[str, Any]:
+    """The claims of ``token``, its signature checked against the issuer's key set (as the broker does)."""
+    (jwk,) = orjson.loads(issuer.files.jwks_file.read_bytes())["keys"]
+    header, claims, signature = (b64url(part) for part in token.split("."))
+    assert orjson.loads(header) == {"alg": "RS256", "typ": "JWT", "kid": jwk["kid"]}
+    n, e = (int.from_bytes(b64url(jwk[k]), "big") for k in "ne")
+    key = rsa.RSAPublicNumbers(e, n).public_key()
+    key.verify(signature, token.rsplit(".", 1)[0].encode(), padding.PKCS1v15(), hashes.SHA256())
+    return dict(orjson.loads(claims))
+
+
+def test_the_local_issuer_signs_for_the_broker_and_refuses_strangers(issuer: OAuthIssuer) -> None:
+    token = OAuthTokenProvider(oauth_settings(issuer)).fetch()
+    claims = jwt_claims(issuer, token)
+    assert (claims["sub"], claims["aud"], claims["iss"]) == ("o2o", AUDIENCE, ISSUER)
+    assert claims["exp"] - claims["iat"] == 600
+    forged = token[:-8] + ("AAAAAAAA" if not token.endswith("AAAAAAAA") else "BBBBBBBB")
+    with pytest.raises(InvalidSignature):
+        jwt_claims(issuer, forged)
+    answers = {
+        "no grant": ({"client_id": "o2o"}, 400, "unsupported_grant_type"),
+        "unknown client": ({"grant_type": "client_credentials", "client_id": "x", "client_secret": "y"}, 401,
+                           "invalid_client"),
+    }  # fmt: skip
+    for form, status, error in answers.values():
+        answer = httpx.post(issuer.token_endpoint, data=form, timeout=5)
+        assert (answer.status_code, answer.json()) == (status, {"error": error})
+    props = listener_properties(SecureFiles(issuer.files.folder), 9094, "127.0.0.1")
+    assert "OAUTHBEARER" in props["sasl.enabled.mechanisms"].split(",")
+    assert props["sasl.oauthbearer.jwks.endpoint.url"] == issuer.files.jwks_file.as_uri()
+    assert jvm_properties(SecureFiles(issuer.files.folder)) == [
+        f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={issuer.files.jwks_file.as_uri()}"
+    ]
+    for path in (issuer.files.key_file, issuer.files.jwks_file, issuer.files.secret_file):
+        assert path.stat().st_mode & 0o077 == 0, path
 
 
 @pytest.mark.parametrize(
@@ -227,6 +258,11 @@ def test_oauth_tokens_are_fetched_once_and_kept(token_endpoint: str, tmp_path: P
             "refused the credentials",
         ),
         (KafkaError._SSL, "SSL handshake failed: certificate verify failed", "O2O_KAFKA_SSL_CA_FILE"),
+        (
+            KafkaError._AUTHENTICATION,
+            "Failed to acquire SASL OAUTHBEARER token: Failed to connect to 127.0.0.1:1",
+            "no OAuth token from O2O_KAFKA_OAUTH_TOKEN_ENDPOINT",
+        ),
         (KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:1 failed: Connection refused", None),
         (KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down", None),
     ],
