@@ -9,30 +9,14 @@ import orjson
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import DeliveryTracker, flush_within, make_producer, produce
-from pipeline.kafka.topics import RAW_TOPICS
-from pipeline.model.contract import ID_PRIORITY
+from pipeline.kafka.topics import raw_key, raw_topic_name
 
-UNKNOWN_SOURCE_TOPIC = RAW_TOPICS["web"]
-
-
-def raw_key(event: Any) -> bytes | None:
-    """Partition key of a raw event: its strongest identifier, so a person's events stay in order."""
-    if isinstance(event, dict):
-        ids = event.get("ids")
-        if isinstance(ids, dict):
-            for id_type in ID_PRIORITY:
-                value = ids.get(id_type)
-                if isinstance(value, str) and value:
-                    return f"{id_type}:{value}".encode()
-    return None
+__all__ = ["raw_key", "raw_topic_for", "raw_topic_name", "send_events"]
 
 
 def raw_topic_for(settings: Settings, event: Any) -> str:
     """The raw topic of an event's source; unknown sources go to the web topic, ingest rejects them."""
-    source = event.get("source") if isinstance(event, dict) else None
-    return settings.topic(
-        RAW_TOPICS.get(source, UNKNOWN_SOURCE_TOPIC) if isinstance(source, str) else UNKNOWN_SOURCE_TOPIC
-    )
+    return settings.topic(raw_topic_name(event))
 
 
 def send_events(

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Container
-from dataclasses import dataclass
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.activation.rules import MARKETING_CHANNELS, ActivationRules, Rule
+from pipeline.model.contract import COUPON_ISSUED, PII_ID_TYPES
 
 HOUR_MS = 3_600_000
 GUARDS = ("restricted", "consent", "quiet_hours", "frequency_cap", "duplicate")
@@ -42,6 +43,8 @@ class Trigger:
     triggered_at: int
     store_id: str
     order_id: str = ""
+    ids: Mapping[str, str] = field(default_factory=dict)
+    """The trigger event's identifiers as stored (for a coupon's ``coupon_issued`` event)."""
 
     @property
     def decision_id(self) -> str:
@@ -167,3 +170,24 @@ class Decider:
             "message": message,
             "version": 1,
         }
+
+
+def coupon_issued_event(row: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ``coupon_issued`` contract event of a decision that sent a coupon, or None.
+
+    It carries the trigger event's identifiers (hashed ones marked
+    ``sha256:``, which ingest keeps as they are), so identity links the code
+    to the person as if they had claimed it in the app. Its id derives from
+    the decision's, so a replayed decision sends the same event.
+    """
+    if row["outcome"] != "sent" or not row["coupon"] or not ids:
+        return None
+    occurred = datetime.fromtimestamp(row["decided_at"] / 1000, UTC)
+    return {
+        "event_id": f"coupon_issued_{row['decision_id']}",
+        "source": "app",
+        "type": COUPON_ISSUED,
+        "occurred_at": occurred.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ids": {t: f"sha256:{v}" if t in PII_ID_TYPES else v for t, v in ids.items() if v},
+        "properties": {"coupon_code": row["coupon"], "decision_id": row["decision_id"], "rule": row["rule"]},
+    }

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.config import read_toml_file
 from pipeline.errors import ConfigError
-from pipeline.model.contract import SOURCES
+from pipeline.model.contract import COUPON_ISSUED, SOURCES
 
 CHANNELS = ("push", "email", "sms", "staff_alert", "webhook")
 MARKETING_CHANNELS = frozenset({"push", "email", "sms", "webhook"})
@@ -176,6 +176,9 @@ def _rule(entry: Any, where: str, holdout: float, window: float, problems: list[
         source, etype = str(trigger.get("source", "")), str(trigger.get("type", ""))
         if source not in SOURCES or etype not in SOURCES[source]:
             problems.append(f"{where}: trigger {source}/{etype} is not an event type of the contract")
+        elif etype == COUPON_ISSUED:
+            problems.append(f"{where}: trigger {source}/{etype} is written by activation itself (for its "
+                            "coupons); a rule on it would act on its own decisions")  # fmt: skip
         raw = trigger.get("stores", [])
         if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
             problems.append(f"{where}: trigger.stores must be a list of store ids")

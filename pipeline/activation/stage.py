@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from pipeline.activation.decide import Decider, Trigger
+from pipeline.activation.decide import Decider, Trigger, coupon_issued_event
 from pipeline.activation.history import (
     conditions_hold,
     forget_before,
@@ -162,18 +162,19 @@ class ActivationHandler:
                 history["pending"].remove(pending)
                 trigger = self._trigger(person, pending)
                 if trigger is not None:
-                    out.extend(self._emit(self.decider.cancelled(trigger)))
+                    out.extend(self._emit(self.decider.cancelled(trigger), trigger))
         for rule in self.by_trigger.get((event.get("source", ""), etype), ()):
             store = store_of(event)
             if not rule.triggered_by(event.get("source", ""), etype, store):
                 continue
             if not conditions_hold(rule.conditions, history, event):
                 continue
-            trigger = Trigger(rule, person, event["event_id"], at, store, waiting_order(history))
+            ids = (event.get("ids") or {}) if rule.coupons else {}
+            trigger = Trigger(rule, person, event["event_id"], at, store, waiting_order(history), ids)
             if rule.delay_ms:
                 self._hold(person, history, trigger)
             else:
-                out.extend(self._emit(self._decide(person, trigger, history)))
+                out.extend(self._emit(self._decide(person, trigger, history), trigger))
         observe(history, event)
         forget_before(history, at - self.keep_ms)
         self._store(person, history)
@@ -187,6 +188,7 @@ class ActivationHandler:
             "decision_id": trigger.decision_id, "rule": trigger.rule.name, "event_id": trigger.event_id,
             "at": trigger.triggered_at, "due": trigger.decided_at, "store_id": trigger.store_id,
             "order_id": trigger.order_id, "cancel_if": sorted(trigger.rule.cancel_if),
+            **({"ids": dict(trigger.ids)} if trigger.ids else {}),
         })  # fmt: skip
         self.clock.schedule(self.partition_of(person), trigger.decided_at, person)
 
@@ -204,7 +206,7 @@ class ActivationHandler:
             for pending in sorted(ready, key=lambda p: (p["due"], p["decision_id"])):
                 trigger = self._trigger(person, pending)
                 if trigger is not None:
-                    out.extend(self._emit(self._decide(person, trigger, history)))
+                    out.extend(self._emit(self._decide(person, trigger, history), trigger))
             self._store(person, history)
 
     def _decide(self, person: str, trigger: Trigger, history: dict[str, Any]) -> dict[str, Any]:
@@ -236,12 +238,18 @@ class ActivationHandler:
             self.counts["rule_removed"] += 1
             return None
         return Trigger(
-            rule, person, pending["event_id"], pending["at"], pending["store_id"], pending["order_id"]
-        )
+            rule, person, pending["event_id"], pending["at"], pending["store_id"], pending["order_id"],
+            pending.get("ids") or {},
+        )  # fmt: skip
 
-    def _emit(self, row: dict[str, Any]) -> list[Emission]:
-        """The decision's record, and for a message sent to the person a touchpoint for attribution."""
+    def _emit(self, row: dict[str, Any], trigger: Trigger) -> list[Emission]:
+        """The decision's record; for a message sent to the person a touchpoint for attribution; for a
+        coupon sent, the ``coupon_issued`` event that links the code to the person in identity."""
         out: list[Emission] = [(ACTIVATIONS.topic, row["decision_id"], row)]
+        issued = coupon_issued_event(row, trigger.ids)
+        if issued is not None:
+            out.append((topics.raw_topic_name(issued), (topics.raw_key(issued) or b"").decode(), issued))
+            self.counts["coupons_issued"] += 1
         if row["outcome"] == "sent" and row["channel"] in TOUCH_CHANNELS:
             touch = {
                 "record": "touch", "person_id": row["person_id"], "kind": "message",

@@ -12,8 +12,9 @@ Rules (the brief's defaults):
   event makes another identifier the root, the person is renamed (an alias
   to the new id, like a merge). So the ids are a function of the events, not
   of the order they arrive in (docs/identity.md);
-* a coupon code claimed in the app and redeemed at the till links too, as
-  the weakest identifier.
+* a coupon code claimed in the app, or sent to the person by the activation
+  stage (``coupon_issued``), and redeemed at the till links too, as the
+  weakest identifier.
 
 State lives in two mappings the caller provides (plain dicts in tests, faust
 tables in the stage): ``ids`` maps ``"type:value"`` to ``[person_id,
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.identity.consent import merged_history
-from pipeline.model.contract import ID_PRIORITY, STRONG_ID_TYPES, Event
+from pipeline.model.contract import COUPON_CLAIM_TYPES, ID_PRIORITY, STRONG_ID_TYPES, Event
 from pipeline.model.rows import IDENTITIES, IDENTITY_CONFLICTS, PERSON_ALIASES
 
 UNIQUE_ID_TYPES = ("user_id", "loyalty_id")
@@ -256,7 +257,8 @@ class IdentityGraph:
     def _coupon_keys(self, event: Event) -> list[str]:
         """A coupon links its claim in the app to its first redemption, weakest of all links.
 
-        Claiming makes ``coupon_code:<code>`` an identifier of the claimer (a code
+        A coupon the activation stage sent (``coupon_issued``) counts as claimed by
+        the person it was sent to. Claiming makes ``coupon_code:<code>`` an identifier of the claimer (a code
         many persons claim stops linking like any shared identifier). A purchase
         or order carrying the code joins the claimer's person, once: a code
         nobody claimed (a printed voucher) or one already redeemed links nothing.
@@ -265,7 +267,7 @@ class IdentityGraph:
         if not code:
             return []
         key, at = f"coupon_code:{code}", event["occurred_at"]
-        if event.get("type") == "coupon_claimed":
+        if event.get("type") in COUPON_CLAIM_TYPES:
             return [key]
         redeemed = f"coupon_redeemed:{code}"
         if event.get("type") not in REDEEMING_TYPES or redeemed in self.ids:
@@ -288,7 +290,7 @@ class IdentityGraph:
         The redemption must be at or after the claim in event time, so the
         outcome is the same as if the claim had arrived first.
         """
-        if event.get("type") != "coupon_claimed":
+        if event.get("type") not in COUPON_CLAIM_TYPES:
             return []
         code = coupon_code(event)
         if not code or f"coupon_code:{code}" in self.ids:

@@ -21,7 +21,7 @@ from pipeline.journeys.sessions import Output, SessionRules, event_row
 from pipeline.journeys.timeline import JourneyTimeline, release_oldest_session
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
-from pipeline.model.contract import CONSENT_UPDATED
+from pipeline.model.contract import STATEMENT_TYPES
 from pipeline.model.event_clock import PROGRESS, PartitionClock, watermark_key
 from pipeline.model.handler import Emission, trimmed
 from pipeline.model.rows import EVENTS, SESSIONS
@@ -77,7 +77,7 @@ class JourneysHandler:
             control = record.get("record")
             person = record["person_id"]
             if control is None:
-                if record["type"] == CONSENT_UPDATED:  # a statement, not a visit: no session
+                if record["type"] in STATEMENT_TYPES:  # a statement, not a visit: no session
                     out.append(("event", event_row(record, "")))  # type: ignore[arg-type]
                     continue
                 pending.setdefault(person, []).append(record)

@@ -7,9 +7,10 @@ them for a :class:`~pipeline.config.Settings`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.config import Settings
-from pipeline.model.contract import SOURCES
+from pipeline.model.contract import ID_PRIORITY, SOURCES
 from pipeline.model.limits import message_bytes
 from pipeline.model.rows import ROW_TABLES
 
@@ -107,11 +108,12 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 
 COMPACTED = frozenset(spec.name for spec in TOPICS if spec.cleanup_policy == "compact")
-ONE_RECORD_PER_MESSAGE = COMPACTED | {ACTIVATIONS}
+ONE_RECORD_PER_MESSAGE = COMPACTED | {ACTIVATIONS} | frozenset(RAW_TOPICS.values())
 """Topics whose records travel one per Kafka message, keyed, instead of in envelopes.
 
 Compaction needs a keyed message per record; the activation decisions are
-read one by one by other systems (``o2o activations tail``, webhooks).
+read one by one by other systems (``o2o activations tail``, webhooks); the
+raw topics carry one contract event per message (activation's ``coupon_issued``).
 """
 
 
@@ -182,3 +184,24 @@ def stage_topics(settings: Settings, stage: str) -> list[str]:
     if stage == "activation":
         names.append(ACTIVATION_HANDOFFS)
     return [settings.topic(name) for name in names]
+
+
+UNKNOWN_SOURCE_TOPIC = RAW_TOPICS["web"]
+
+
+def raw_key(event: Any) -> bytes | None:
+    """Partition key of a raw event: its strongest identifier, so a person's events stay in order."""
+    if isinstance(event, dict):
+        ids = event.get("ids")
+        if isinstance(ids, dict):
+            for id_type in ID_PRIORITY:
+                value = ids.get(id_type)
+                if isinstance(value, str) and value:
+                    return f"{id_type}:{value}".encode()
+    return None
+
+
+def raw_topic_name(event: Any) -> str:
+    """The raw topic of an event's source, without the prefix; unknown sources go to the web topic."""
+    source = event.get("source") if isinstance(event, dict) else None
+    return RAW_TOPICS.get(source, UNKNOWN_SOURCE_TOPIC) if isinstance(source, str) else UNKNOWN_SOURCE_TOPIC

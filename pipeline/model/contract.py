@@ -34,6 +34,7 @@ SOURCES: dict[str, frozenset[str]] = {
             "screen_view",
             "push_opened",
             "coupon_claimed",
+            "coupon_issued",
             "qr_scanned",
             "add_to_cart",
             "login",
@@ -49,6 +50,12 @@ SOURCES: dict[str, frozenset[str]] = {
 
 CONSENT_UPDATED = "consent_updated"
 """The type (in every source) of an event that states the person's consent: its ``consent`` flags."""
+COUPON_ISSUED = "coupon_issued"
+"""An app event the activation stage writes when it sends a person a coupon: it links the code to them."""
+COUPON_CLAIM_TYPES = frozenset({"coupon_claimed", COUPON_ISSUED})
+"""Events that make their coupon code an identifier of the person (identity's coupon links)."""
+STATEMENT_TYPES = frozenset({CONSENT_UPDATED, COUPON_ISSUED})
+"""Events that state something about the person rather than record a visit: stored, in no session."""
 PURPOSES: tuple[str, ...] = ("analytics", "marketing", "personalisation")
 """The consent purposes: analytics (linking, sessions, attribution), marketing, personalisation."""
 

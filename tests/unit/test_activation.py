@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline.activation.decide import Decider, Trigger, in_holdout, in_quiet_hours, over_cap
@@ -14,6 +15,8 @@ from pipeline.activation.rules import ActivationRules, load_activation_rules, pa
 from pipeline.activation.stage import HANDOFF, ActivationHandler
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
+from pipeline.ingest.normalize import EventNormalizer
+from pipeline.ingest.schemas import default_registry
 from pipeline.kafka import topics
 from pipeline.model.event_clock import progress_records
 
@@ -74,6 +77,7 @@ class Stage:
         self.handler.bind(self.tables, partitions=partitions)  # type: ignore[arg-type]
         self.rows: list[dict[str, Any]] = []
         self.touches: list[dict[str, Any]] = []
+        self.raw: list[tuple[str, str, dict[str, Any]]] = []  # contract events for ingest (coupon_issued)
 
     def send(self, *records: dict[str, Any]) -> list[dict[str, Any]]:
         before = len(self.rows)
@@ -83,6 +87,7 @@ class Stage:
             pending = [v for t, _k, v in out if t == topics.ACTIVATION_HANDOFFS]
             self.rows += [v for t, _k, v in out if t == "activations"]
             self.touches += [v for t, k, v in out if t == topics.JOURNEYS and k == v["person_id"]]
+            self.raw += [(t, k, v) for t, k, v in out if t in topics.RAW_TOPICS.values()]
         return self.rows[before:]
 
     def tick(self) -> list[dict[str, Any]]:
@@ -246,6 +251,7 @@ def test_an_open_cart_near_a_store_sends_a_push_with_a_coupon_and_the_holdout_ge
     assert {row["reason"] for row in sent if not row["coupon"]} <= set()
     exhausted = [row for row in decisions.values() if row["reason"] == "coupons_exhausted"]
     assert len(exhausted) + len(coupons) == len(persons) - len(held)
+    assert stage.raw == []  # the trigger events had no identifiers: nothing to link the codes by
     # bought since the cart: no trigger any more
     stage.send(ev("o", persons[0], NOON + HOUR, "web", "order_completed", properties={"revenue": 5}))
     assert stage.send(enter("g-again", persons[0], NOON + 2 * DAY)) == []
@@ -466,3 +472,48 @@ def test_attribution_passes_a_touch_for_a_merged_person_to_the_survivor() -> Non
     # and one replayed after a crash must not add a session that no longer exists
     visit = {**touch, "session_id": "s_old", "kind": "store_visit", "channel": "store"}
     assert handler.process([visit]) == [] and list(paths["kept"]["touches"]) == ["msg_1"]
+
+
+def hashed_email(i: int) -> str:
+    """A person's e-mail as ingest stores it: a salted SHA-256, in hex."""
+    return f"{i:02d}" + "ab" * 31
+
+
+def coupon_stage() -> Stage:
+    """Twelve carts, then each person near the store with their identifiers; event time moved on after."""
+    codes = [f"K{i}" for i in range(40)]
+    cart = rule("cart", conditions={"cart_open_days": 7}, holdout=0.5,
+                action={"channel": "push", "template": "{coupon}", "coupons": codes})  # fmt: skip
+    later = rule("later", delay_minutes=30,
+                 action={"channel": "email", "template": "{coupon}", "coupons": ["L1"]})  # fmt: skip
+    stage = Stage(rules_of(cart, later))
+    for i in range(12):
+        p, ids = f"p{i}", {"email": hashed_email(i), "device_id": f"d{i}"}
+        stage.send(granted(f"c{i}", p, NOON - DAY), ev(f"a{i}", p, NOON - DAY + MIN, "web", "add_to_cart"))
+        stage.send({**enter(f"g{i}", p, NOON), "ids": ids})
+    stage.send(ev("late", "p0", NOON + HOUR, "web", "page_view"))  # p0's partition passes the delay
+    return stage
+
+
+def test_each_coupon_sent_goes_to_identity_as_a_coupon_issued_event_of_the_person() -> None:
+    stage = coupon_stage()
+    sent = {row["decision_id"]: row for row in stage.rows if row["outcome"] == "sent" and row["coupon"]}
+    assert {row["rule"] for row in sent.values()} == {"cart", "later"}
+    assert len(stage.raw) == len(sent)  # one per coupon sent; none for the holdout or a message without one
+    normaliser = EventNormalizer(salt="another-salt", max_bytes=10_000, max_future_ms=DAY,
+                                 max_age_ms=400 * DAY, registry=default_registry())  # fmt: skip
+    for topic, key, event in stage.raw:
+        row = sent[event["properties"]["decision_id"]]
+        i = int(row["person_id"][1:])
+        assert topic == "raw.app" and event["type"] == "coupon_issued"
+        assert event["properties"]["coupon_code"] == row["coupon"]
+        stored = normaliser.normalise(orjson.dumps(event), NOON + DAY)  # what ingest makes of it
+        assert stored["ids"] == {"email": hashed_email(i), "device_id": f"d{i}"}  # not hashed again
+        assert stored["occurred_at"] == row["decided_at"] and key == f"email:sha256:{hashed_email(i)}"
+    replayed = coupon_stage().raw  # the same input again: the same events, which ingest drops as repeats
+    assert sorted(e["event_id"] for _t, _k, e in replayed) == sorted(e["event_id"] for _t, _k, e in stage.raw)
+
+
+def test_a_rule_cannot_trigger_on_the_coupons_activation_issues() -> None:
+    with pytest.raises(ConfigError, match="written by activation itself"):
+        rules_of(rule("loop", trigger={"source": "app", "type": "coupon_issued"}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pipeline.identity.graph import IdentityGraph, person_id_for
 
 
@@ -122,13 +124,14 @@ def test_identifier_shared_by_too_many_persons_stops_linking() -> None:
     assert g.resolve(ev(11, user_id="u9", device_id="tablet")).person_id == person_id_for("user_id:u9")
 
 
-def test_a_coupon_claimed_in_the_app_and_redeemed_at_the_till_links_the_two() -> None:
+@pytest.mark.parametrize("claim", ["coupon_claimed", "coupon_issued"])  # claimed, or sent by activation
+def test_a_coupon_claimed_in_the_app_and_redeemed_at_the_till_links_the_two(claim: str) -> None:
     g = graph()
     app = g.resolve(
         {
             **ev(10, device_id="d1"),
             "source": "app",
-            "type": "coupon_claimed",
+            "type": claim,
             "properties": {"coupon_code": "C-42"},
         }
     ).person_id
@@ -170,9 +173,10 @@ def test_a_coupon_links_its_first_redemption_only_and_an_unclaimed_voucher_nothi
     assert g.resolve(till(30, "someone-else", "P-1")).person_id != app  # redeemed once already
 
 
-def test_a_claim_arriving_after_its_redemption_still_joins_the_redeemer() -> None:
+@pytest.mark.parametrize("claim_type", ["coupon_claimed", "coupon_issued"])
+def test_a_claim_arriving_after_its_redemption_still_joins_the_redeemer(claim_type: str) -> None:
     def claim(at: int) -> dict[str, Any]:
-        return {**ev(at, device_id="d1"), "source": "app", "type": "coupon_claimed",
+        return {**ev(at, device_id="d1"), "source": "app", "type": claim_type,
                 "properties": {"coupon_code": "C-7"}}  # fmt: skip
 
     till = {**ev(20, payment_token="tok"), "source": "pos", "type": "purchase",
