@@ -224,6 +224,12 @@ class Settings(BaseSettings, KafkaSecuritySettings):
     identity_max_persons_per_id: int = Field(
         5, ge=1, description="an identifier seen with more persons (a shared tablet) stops linking"
     )
+    identity_max_ids_per_person: int = Field(
+        1000,
+        ge=1,
+        description="identifiers one person may hold; past it an event's new ones link nothing "
+        "(at most what fits a state record, 600 bytes each in 2 x max_event_bytes)",
+    )
     identity_workers: int = Field(
         1,
         ge=1,

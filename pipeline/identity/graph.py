@@ -12,6 +12,13 @@ Rules (the brief's defaults):
   event makes another identifier the root, the person is renamed (an alias
   to the new id, like a merge). So the ids are a function of the events, not
   of the order they arrive in (docs/identity.md);
+* a person holds at most ``max_ids_per_person`` identifiers (a bot or a store
+  kiosk's device can bring thousands): an identifier that would be one more,
+  or a merge that would go past it, links nothing; the event goes to its
+  strongest identifier's person and the refusal is recorded
+  (``too_many_identifiers``). Nothing already linked is dropped, so every
+  identifier keeps pointing at a person that exists, merges stay whole and
+  ``o2o forget`` finds all of a person's identifiers;
 * a coupon code claimed in the app, or sent to the person by the activation
   stage (``coupon_issued``), and redeemed at the till links too, as the
   weakest identifier.
@@ -93,11 +100,13 @@ class IdentityGraph:
         persons: MutableMapping[str, Any],
         unique_types: tuple[str, ...] = UNIQUE_ID_TYPES,
         max_persons_per_id: int = 5,
+        max_ids_per_person: int = 1000,
     ) -> None:
         self.ids = ids
         self.persons = persons
         self.unique_types = unique_types
         self.max_persons_per_id = max_persons_per_id
+        self.max_ids_per_person = max_ids_per_person
         self.counts: Counter[str] = Counter()
 
     def next_merge_sequence(self) -> int:
@@ -144,6 +153,9 @@ class IdentityGraph:
             if not self._compatible(current, other):
                 self._conflict(event, key, other, "unique_id", result)
                 continue
+            if self._too_many(current, len(self.persons[other].get("ids") or ())):
+                self._conflict(event, key, other, "too_many_identifiers", result)
+                continue
             result.person_id = self._merge(current, other, at, result)
         for key, other in found:
             unmerged = other != result.person_id and other in self.persons and other not in result.merged
@@ -156,6 +168,9 @@ class IdentityGraph:
             if not self._may_hold(result.person_id, id_type, value):
                 held = self._unique(result.person_id).get(id_type, "")
                 self._conflict(event, key, self.ids.get(f"{id_type}:{held}", [""])[0], "unique_id", result)
+                continue
+            if self._too_many(result.person_id, 1):
+                self._conflict(event, key, result.person_id, "too_many_identifiers", result)
                 continue
             self._link(key, result.person_id, at, result)
         self._refresh_root(result.person_id, keys, at, result)
@@ -343,6 +358,13 @@ class IdentityGraph:
             "version": 1,
         }
         result.rows.append((IDENTITY_CONFLICTS.name, row))
+
+    def _too_many(self, person: str, adding: int) -> bool:
+        """True (counted) when ``adding`` more identifiers would take the person past the cap."""
+        if len(self.persons[person].get("ids") or ()) + adding <= self.max_ids_per_person:
+            return False
+        self.counts["too_many_identifiers"] += 1
+        return True
 
     def _unique(self, person: str) -> dict[str, str]:
         return dict(self.persons[person].get("unique") or {})

@@ -42,6 +42,7 @@ class IdentityHandler:
         idle_seconds: float = 30.0,
         consent_defaults: Mapping[str, bool] | None = None,
         keep_without_consent: bool = True,
+        max_ids_per_person: int = 1000,
     ) -> None:
         # One process: the graph is updated straight from events.valid. Several:
         # every process forwards its events.valid partitions to the one-partition
@@ -52,6 +53,7 @@ class IdentityHandler:
         self.needs_every_partition = workers == 1
         self.valid_partitions = valid_partitions
         self.max_persons_per_id = max_persons_per_id
+        self.max_ids_per_person = max_ids_per_person
         self.origins = tuple(origins)  # "<source>/<raw partition>" of every raw partition
         self.suppressions = suppressions  # the erasure list (o2o forget), if any
         self.suppressed: set[str] = set()
@@ -71,8 +73,9 @@ class IdentityHandler:
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Build the graph over the given state tables."""
         self.graph = IdentityGraph(
-            tables["identity_ids"], tables["identity_persons"], max_persons_per_id=self.max_persons_per_id
-        )
+            tables["identity_ids"], tables["identity_persons"],
+            max_persons_per_id=self.max_persons_per_id, max_ids_per_person=self.max_ids_per_person,
+        )  # fmt: skip
         self.consent = ConsentLedger(tables["identity_persons"], self.consent_defaults)
         self.reorder.bind(tables["identity_pending"])
         self.partitions = self.valid_partitions or partitions

@@ -13,6 +13,8 @@ raw bytes plus its reason in headers. So:
   Kafka's own default. ``o2o init`` sets it as every topic's
   ``max.message.bytes``, every producer as ``message.max.bytes``, and the
   faust stages fetch up to it per partition.
+- :func:`identifiers_per_person`, the most identifiers identity links to one
+  person, so that a person's state stays within a record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ MARGIN = 64 * 1024
 
 KAFKA_DEFAULT_MESSAGE_BYTES = 1_048_588
 """The broker's default ``message.max.bytes``; the pipeline never asks for less."""
+
+
+IDENTIFIER_STATE_BYTES = 600
+"""Room one identifier can take in a person's identity record: its key (up to 512 characters) and an alias."""
+
+
+def identifiers_per_person(settings: Settings) -> int:
+    """How many identifiers identity links to one person: the setting, at most what fits a state record.
+
+    A person's record lists every identifier it holds; it must stay within
+    what a changelog record may hold (:func:`record_bytes`), whatever the
+    identifiers' lengths.
+    """
+    fits = max((record_bytes(settings) - MARGIN) // IDENTIFIER_STATE_BYTES, 1)
+    return min(settings.identity_max_ids_per_person, fits)
 
 
 def record_bytes(settings: Settings) -> int:

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from pipeline.config import STAGES, Settings, default_salt_warning
 from pipeline.errors import ConfigError, DrainInterrupted, FatalError, RetryableError
 from pipeline.kafka import topics
+from pipeline.model.limits import identifiers_per_person
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
 from pipeline.runtime.lag_watch import LagCollector, LagWatch
@@ -109,6 +110,7 @@ def _stateful_handler(settings: Settings, stage: str) -> StatefulHandler:
             settings.identity_max_persons_per_id,
             origins,
             suppressions,
+            max_ids_per_person=identifiers_per_person(settings),
             workers=settings.identity_workers,
             valid_partitions=counts.get(settings.topic(topics.VALID), settings.partitions),
             idle_seconds=settings.reorder_idle_seconds,

@@ -217,3 +217,28 @@ def test_an_identifier_turning_shared_is_reported_once() -> None:
         reported += [row for table, row in res.rows if table == "identity_conflicts"]
     shared = [r for r in reported if r["reason"] == "shared_identifier"]
     assert len(shared) == 1 and (shared[0]["id_type"], shared[0]["id_value"]) == ("device_id", "tablet")
+
+
+def test_a_person_at_the_identifier_cap_links_nothing_more_and_keeps_what_it_has() -> None:
+    g = IdentityGraph({}, {}, max_ids_per_person=3)
+    bot = g.resolve(ev(1, user_id="bot", anonymous_id="c1")).person_id
+    assert g.resolve(ev(2, user_id="bot", anonymous_id="c2")).person_id == bot  # third identifier: linked
+    refused = g.resolve(ev(3, user_id="bot", anonymous_id="c3"))
+    assert refused.person_id == bot and "anonymous_id:c3" not in g.ids  # a fourth: not linked
+    rows = [row for table, row in refused.rows if table == "identity_conflicts"]
+    assert [(r["id_value"], r["other_person"], r["reason"]) for r in rows] == [
+        ("c3", bot, "too_many_identifiers")
+    ]
+    # the cookie alone later is somebody of its own, as if it were never seen with the bot
+    assert g.resolve(ev(4, anonymous_id="c3")).person_id == person_id_for("anonymous_id:c3")
+    # a merge that would take the bot past the cap does not happen: the event goes to its strongest
+    # identifier's person, the other keeps its identifiers
+    walker = g.resolve(ev(5, device_id="d9", anonymous_id="c9")).person_id
+    joined = g.resolve(ev(6, device_id="d9", anonymous_id="c1"))
+    assert joined.person_id == walker and bot in g.persons and walker in g.persons
+    assert ("anonymous_id", "c1", "too_many_identifiers") in {
+        (r["id_type"], r["id_value"], r["reason"]) for t, r in joined.rows if t == "identity_conflicts"
+    }
+    assert sorted(g.persons[bot]["ids"]) == ["anonymous_id:c1", "anonymous_id:c2", "user_id:bot"]
+    assert g.counts["too_many_identifiers"] == 2 and g.counts["merges"] == 0
+    assert all(entry[0] in g.persons for entry in g.ids.values())

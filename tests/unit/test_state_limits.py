@@ -9,8 +9,11 @@ import pytest
 
 from pipeline.activation.history import new_history, trim_history
 from pipeline.attribution.paths import drop_oldest_touches
+from pipeline.config import load_settings
 from pipeline.errors import StateTooLarge
+from pipeline.identity.graph import IdentityGraph
 from pipeline.journeys.timeline import JourneyTimeline, release_oldest_session
+from pipeline.model.limits import identifiers_per_person, record_bytes
 from pipeline.runtime.state import BatchCache
 from tests.unit.test_late_events import MIN, RULES, ev, live_sessions
 
@@ -103,3 +106,27 @@ def test_the_journeys_stage_trims_only_its_person_state_and_counts_it() -> None:
     assert smaller is not None and len(smaller["events"]) == 1
     assert handler.counts["state_trimmed"] == 1  # exported as journeys.state_trimmed
     assert handler.trim_state("journeys_watermarks", "w", {"0": 5}) is None
+
+
+@pytest.mark.parametrize("max_event_bytes", [1024, 4096, 1_000_000])
+def test_a_bots_person_stays_within_a_record_whatever_its_identifiers(max_event_bytes: int) -> None:
+    settings = load_settings(max_event_bytes=max_event_bytes)
+    cap = identifiers_per_person(settings)
+    assert cap == min(settings.identity_max_ids_per_person, (record_bytes(settings) - 64 * 1024) // 600)
+    graph = IdentityGraph({}, {}, max_ids_per_person=cap)
+    long = "x" * 500  # near the contract's 512 characters
+    # one login, a new cookie and device on every request, and another visitor's cookie and device
+    # seen with the login each time (each would merge another person in)
+    for i in range(cap + 200):
+        ids = {"user_id": "bot", "anonymous_id": f"{long}-{i}", "device_id": f"{long}-d{i}"}
+        graph.resolve({"event_id": f"e{i}", "occurred_at": i, "ids": ids})
+        other = {"anonymous_id": f"{long}-o{i}", "device_id": f"{long}-od{i}"}
+        graph.resolve({"event_id": f"o{i}", "occurred_at": i, "ids": other})
+        graph.resolve({"event_id": f"m{i}", "occurred_at": i, "ids": {"user_id": "bot", **other}})
+    bot = graph.ids["user_id:bot"][0]
+    assert len(graph.persons[bot]["ids"]) <= cap
+    assert graph.counts["too_many_identifiers"] > 0
+    for person, record in graph.persons.items():
+        if isinstance(record, dict):
+            assert len(orjson.dumps(record)) <= record_bytes(settings), person
+    assert all(entry[0] in graph.persons for entry in graph.ids.values())  # no identifier points nowhere
