@@ -53,6 +53,9 @@ TAKE_WITHIN_SECONDS = 0.05
 STEP_BYTES = 16 << 20
 """A step also ends once its messages reach this many bytes (a few records near the size limit)."""
 
+LONG_STEP_SECONDS = 1.0
+"""A step that held the event loop longer is logged, with how long handling and committing took."""
+
 STEP_RECORDS = 5000
 """Records decoded and handled per step; outputs and state are made durable once per step.
 
@@ -247,6 +250,10 @@ class FaustStage:
         took = time.monotonic() - started
         if took > self.longest_step[0]:
             self.longest_step = (took, len(records))
+        if took > LONG_STEP_SECONDS:  # heartbeats and timers waited behind it
+            log.warning("%s: a step of %d records held the event loop %.1f s (%.1f s handling, %.1f s "
+                        "making outputs and state durable, %d outputs)", self.stage, len(records), took,
+                        processed - started, took - (processed - started), len(emitted))  # fmt: skip
         if log.isEnabledFor(logging.DEBUG):
             now = time.monotonic()
             log.debug("%s: step of %d records (from a batch of %d messages): %.0f ms processing, "
