@@ -217,6 +217,17 @@ COORDINATOR_BUSY = frozenset(
 )
 """Errors of a group coordinator that is loading or moving: worth asking again."""
 
+BROKER_AWAY = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+    }
+)
+"""Errors librdkafka raises itself while the brokers are away (restarting): not marked retriable,
+but they pass when the broker is back."""
+
 
 def offsets_consumer(settings: Settings, group: str) -> Consumer:
     """A consumer that only asks what ``group`` committed (it never joins the group)."""

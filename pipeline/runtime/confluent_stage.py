@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.config import Settings
 from pipeline.errors import DrainInterrupted, RetryableError
 from pipeline.kafka.admin import (
+    BROKER_AWAY,
     COORDINATOR_BUSY,
     admin_client,
     group_offsets,
@@ -238,7 +239,8 @@ class ConfluentStageLoop:
                 self._uncommitted = {key: o for key, o in self._uncommitted.items() if key in owned}
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
-        """Commit, retrying while the coordinator is busy; False when this process left the group.
+        """Commit, retrying while the coordinator is busy or the broker away (up to
+        ``COMMIT_RETRY_SECONDS``); False when this process left the group.
 
         A process that spent longer than ``max.poll.interval.ms`` on one step
         (the sink waiting for ClickHouse) is out of the group, and the broker
@@ -262,7 +264,8 @@ class ConfluentStageLoop:
                                 "worked; the partitions' next owner reads those records again",
                                 self.stage, err.str())  # fmt: skip
                     return False
-                if not (err.retriable() or err.code() in COORDINATOR_BUSY) or time.monotonic() > deadline:
+                passing = err.retriable() or err.code() in COORDINATOR_BUSY or err.code() in BROKER_AWAY
+                if not passing or time.monotonic() > deadline:
                     raise
                 self.stats.retries += 1
                 log.warning("%s: commit failed (%s); retrying in %.1f s", self.stage, err.str(), delay)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from confluent_kafka import Message, TopicPartition
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.config import load_settings
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
@@ -48,3 +49,32 @@ def test_offsets_of_partitions_taken_away_are_never_committed(tmp_path: Path) ->
         assert handler.revoked_partitions == [("t", 1), ("u", 1)]
     finally:
         loop._consumer.close()
+
+
+class BrokerAwayConsumer:
+    """A consumer whose commits fail as librdkafka's do while the broker restarts, then pass."""
+
+    def __init__(self, failures: list[int]) -> None:
+        self.failures = failures
+        self.committed: list[list[TopicPartition]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        if self.failures:
+            raise KafkaException(KafkaError(self.failures.pop(0)))
+        self.committed.append(offsets)
+
+
+def test_a_commit_while_the_broker_restarts_is_retried_not_fatal(tmp_path: Path) -> None:
+    settings = load_settings(bootstrap_servers="127.0.0.1:9", state_dir=tmp_path)
+    loop = ConfluentStageLoop(settings, "sink", ["t"], Recorder())
+    real = loop._consumer
+    try:
+        away = [KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN]
+        loop._consumer = BrokerAwayConsumer(list(away))  # type: ignore[assignment]
+        assert loop._commit([TopicPartition("t", 0, 5)]) is True
+        assert loop.stats.retries == 3 and len(loop._consumer.committed) == 1  # type: ignore[attr-defined]
+        loop._consumer = BrokerAwayConsumer([KafkaError.INVALID_COMMIT_OFFSET_SIZE])  # type: ignore[assignment]
+        with pytest.raises(KafkaException):  # not about the broker being away: stops the stage
+            loop._commit([TopicPartition("t", 0, 6)])
+    finally:
+        real.close()
