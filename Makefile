@@ -33,13 +33,14 @@ integration: install ## tests against the real broker and chDB
 # Tests wait more than they compute (group joins, session timeouts): 4 beat 2 even on 2 cores.
 TEST_WORKERS ?= 4
 
-test: lint ## every test but the long outages (CI runs test-chaos too)
-	$(BIN)/python -m pytest tests -q --durations=20 -n $(TEST_WORKERS) --dist loadfile -m "not outage"
+test: lint ## every test but the long outages and second brokers (CI runs test-chaos too)
+	$(BIN)/python -m pytest tests -q --durations=20 -n $(TEST_WORKERS) --dist loadfile -m "not outage and not own_broker"
 
 # Outages that last minutes by nature (a stage down longer than the allowed lateness, the broker
-# stopped and restarted): apart, so `make test` stays under 10 minutes.
-test-chaos: install ## the long outage and restart tests (CI runs them after make test)
-	$(BIN)/python -m pytest tests -q --durations=10 -n 2 --dist loadfile -m outage
+# stopped and restarted) and tests that start a broker of their own: apart, so `make test` stays
+# under 10 minutes.
+test-chaos: install ## the long outage and restart tests, and the second brokers (CI runs them after make test)
+	$(BIN)/python -m pytest tests -q --durations=10 -n 2 --dist loadfile -m "outage or own_broker"
 
 bench: install ## throughput and memory against a bare confluent-kafka passthrough
 	$(BIN)/o2o bench --events 100000

@@ -28,7 +28,7 @@ from pipeline.stack.kafka_net import free_port
 from pipeline.stack.local_kafka import LocalKafka
 from tests.conftest import REPO, o2o, query
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 BASE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 OVERLAY = yaml.safe_load((REPO / "deploy" / "compose-kafka-sasl-ssl.yml").read_text())
@@ -114,7 +114,7 @@ def test_the_pipeline_runs_over_the_compose_sasl_ssl_broker(
     stages = stage_settings(moved, settings, "ingest")
     assert stages.bootstrap_servers == f"localhost:{moved.ports[9092]}"  # the containers' listener
     assert (stages.kafka_security_protocol, stages.kafka_sasl_mechanism) == ("SASL_SSL", "PLAIN")
-    for service in ("init", "identity", "journeys", "attribution", "sink"):
+    for service in ("init", "identity", "journeys", "attribution", "sink", "activation"):
         assert stage_settings(moved, settings, service) == stages, f"{service} reaches Kafka differently"
     o2o(stages, "init")
     # from the host: the published listener, as the overlay's header says

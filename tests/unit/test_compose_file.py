@@ -38,7 +38,7 @@ def test_clickhouse_password_is_generated_and_read_from_a_file() -> None:
     pipeline = [
         name for name, block in blocks.items() if "o2o-stage" in block or 'command: ["init"]' in block
     ]
-    assert len(pipeline) == 6, pipeline  # init and the five stages
+    assert len(pipeline) == 7, pipeline  # init and the six stages
     for name in [*pipeline, "clickhouse"]:
         assert "- secrets:/secrets:ro" in blocks[name], f"{name} does not mount the secrets read-only"
 
@@ -47,7 +47,7 @@ def test_the_sasl_ssl_overlay_mounts_its_secrets_read_only_and_publishes_nothing
     overlay = yaml.safe_load((ROOT / "deploy" / "compose-kafka-sasl-ssl.yml").read_text())
     services = overlay["services"]
     assert all("ports" not in block for block in services.values())
-    for name in ("kafka", "init", "ingest", "identity", "journeys", "attribution", "sink"):
+    for name in ("kafka", "init", "ingest", "identity", "journeys", "attribution", "sink", "activation"):
         assert "kafka-secrets:/kafka-secrets:ro" in services[name]["volumes"], name
     assert services["kafka-secrets"]["volumes"] == ["kafka-secrets:/kafka-secrets"]
     env = services["kafka"]["environment"]
