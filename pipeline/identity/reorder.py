@@ -38,8 +38,10 @@ class ReorderBuffer:
         idle_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         stream_of: Callable[[dict[str, Any]], str] | None = None,
+        stall_seconds: float = 3.0,
     ) -> None:
         self.idle_seconds = idle_seconds
+        self.stall_seconds = stall_seconds  # a source that spoke before and not since this long has stalled
         self.clock = clock
         self.stream_of = stream_of or (lambda event: str(event["source"]))
         self._heap: list[tuple[int, str, int, dict[str, Any]]] = []
@@ -136,10 +138,14 @@ class ReorderBuffer:
         """The event time up to which every active stream has arrived."""
         now = self.clock()
         quiet = self._quiet
+        # A quiet stream stops holding back only while its source keeps saying where it stands:
+        # when the source has fallen silent (the broker away, the source stopped) the quiet
+        # is a stall, and events still on their way would all come late.
+        stalled = bool(self._marked_at) and now - max(self._marked_at.values()) >= self.stall_seconds
         active = [
             quiet.get(s, t) if quiet else t
             for s, t in self._newest.items()
-            if now - self._last_seen.get(s, now) < self.idle_seconds and s not in self._caught_up
+            if s not in self._caught_up and (stalled or now - self._last_seen.get(s, now) < self.idle_seconds)
         ]
         if not active:
             return max(self._newest.values()) if self._newest else None
@@ -185,7 +191,10 @@ class DurableReorder:
     def reset(self) -> None:
         """Empty the buffer as at a start: the table's events are read back on the next call."""
         old = self.buffer
-        self.buffer = ReorderBuffer(idle_seconds=old.idle_seconds, clock=old.clock, stream_of=old.stream_of)
+        self.buffer = ReorderBuffer(
+            idle_seconds=old.idle_seconds, clock=old.clock, stream_of=old.stream_of,
+            stall_seconds=old.stall_seconds,
+        )  # fmt: skip
         self._restored = False
 
     def add_all(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -44,7 +44,9 @@ def test_a_stream_reading_again_holds_back_and_its_idle_clock_restarts() -> None
     buf.progress("pos", caught_up=False)  # still reading: not idle at 5 s after its last event
     clock.now = 6.0
     assert buf.release() == []
-    clock.now = 9.5  # 5.5 s since pos last said anything: idle
+    clock.now = 9.5  # 5.5 s since the source last said anything: a stall (a broker away), not idle
+    assert buf.release() == []
+    buf.progress("web", caught_up=False)  # the source speaks again, pos stays quiet: now pos is idle
     assert times(buf.release()) == [100]
 
 

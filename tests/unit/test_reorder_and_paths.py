@@ -68,6 +68,24 @@ def test_an_expected_stream_holds_back_from_the_first_input_until_it_sends_or_id
     assert buf.release() == [ev(10, "web")]  # pos idle
 
 
+def test_a_source_fallen_silent_is_a_stall_and_its_quiet_streams_keep_holding_back() -> None:
+    clock = FakeClock()
+    buf = ReorderBuffer(idle_seconds=5, clock=clock, stall_seconds=3)
+    buf.add(ev(10, "pos"))
+    buf.add(ev(100, "web"))
+    buf.progress("pos", False)
+    buf.progress("web", False)  # the source is reading both
+    assert [e["occurred_at"] for e in buf.release()] == [10]
+    clock.now = 10  # neither sent for 10 s, nor did the source say anything since: a broker away
+    assert buf.release() == []  # web's 100 waits: pos may still have older events on their way
+    buf.add(ev(50, "pos"))  # it had: in order, not late
+    buf.progress("pos", False)
+    assert [e["occurred_at"] for e in buf.release()] == [50] and buf.late == 0
+    clock.now = 20  # the source speaks again and pos stays quiet: now it is idle
+    buf.progress("web", False)
+    assert [e["occurred_at"] for e in buf.release()] == [100]
+
+
 def test_caught_up_only_while_the_source_keeps_saying_everything_was_read() -> None:
     clock = FakeClock()
     buffer = ReorderBuffer(idle_seconds=5, clock=clock)
