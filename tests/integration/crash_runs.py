@@ -203,16 +203,16 @@ def expect_same(
     settings: Settings,
     expected: dict[str, list[tuple[object, ...]]],
     drain: bool = True,
-    merge_steps_may_differ: bool = False,
+    late_events_possible: bool = False,
 ) -> None:
     """After a final undisturbed drain (unless the last run was one), every view equals ``expected``.
 
-    ``merge_steps_may_differ``: see :func:`tests.integration.views.differences`.
+    ``late_events_possible``: see :func:`tests.integration.views.differences`.
     """
     if drain:
         o2o(settings, "run", "all", "--drain", timeout=300)
     actual = snapshot(settings)
-    diffs = differences(expected, actual, merge_steps_may_differ)
+    diffs = differences(expected, actual, late_events_possible)
     if diffs:
         report = settings.state_dir / "view-differences.txt"
         report.parent.mkdir(parents=True, exist_ok=True)

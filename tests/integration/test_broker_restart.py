@@ -6,8 +6,8 @@ SIGTERM (a clean shutdown), once with SIGKILL. It is started again each
 time on the same ports and data. Every stage rides through (`run all` keeps
 running), the clients' reconnect errors are logged once in a while rather
 than at every attempt, and after a final drain every analyst view equals
-the undisturbed run of the same input, row for row
-(tests/integration/crash_runs.py).
+the undisturbed run of the same input, row for row, the two history views
+(merges and consent) by their end state (tests/integration/views.py).
 """
 
 from __future__ import annotations
@@ -80,4 +80,7 @@ def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_ru
     assert run.returncode == 0 and "failed; stopped the others" not in text, text[-3000:]
     refused = text.count("Connection refused")
     assert 0 < refused < 300, f"{refused} lines about refused connections"  # repeats are counted, not logged
-    expect_same(settings, undisturbed)  # a final drain, then every view
+    # Each piece comes after a quiet spell in which ingest read every raw partition to its end, so
+    # identity may resolve some of a piece's events after newer ones of another partition: the
+    # history views are compared by their end state (tests/integration/views.py)
+    expect_same(settings, undisturbed, late_events_possible=True)  # a final drain, then every view

@@ -119,7 +119,7 @@ def test_random_kills_of_any_stage(
     # the whole stack restarts while input keeps coming, so identity may resolve an event after
     # newer ones and the merge history take a step more or fewer: seen once in a loaded full run
     # (one merge step missing, every other view equal)
-    expect_same(settings, undisturbed, merge_steps_may_differ=True)
+    expect_same(settings, undisturbed, late_events_possible=True)
 
 
 def _pending(offsets: _Offsets) -> bool:
