@@ -55,6 +55,7 @@ class ReorderBuffer:
         self._caught_up: set[str] = set()
         self._quiet: dict[str, int] = {}  # not sent yet, source being read: up to the source's mark
         self._marked_at: dict[str, float] = {}  # when the source last said where a stream stands
+        self._last_mark: float | None = None  # when the source last said anything
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -84,7 +85,7 @@ class ReorderBuffer:
         said so. A stream that has not sent yet holds back only up to it: the
         mark follows everything sent its way, and the source is read in event-time order.
         """
-        self._marked_at[stream] = self.clock()
+        self._marked_at[stream] = self._last_mark = self.clock()
         if caught_up:
             self._caught_up.add(stream)
         elif stream in self._newest:
@@ -141,7 +142,7 @@ class ReorderBuffer:
         # A quiet stream stops holding back only while its source keeps saying where it stands:
         # when the source has fallen silent (the broker away, the source stopped) the quiet
         # is a stall, and events still on their way would all come late.
-        stalled = bool(self._marked_at) and now - max(self._marked_at.values()) >= self.stall_seconds
+        stalled = self._last_mark is not None and now - self._last_mark >= self.stall_seconds
         active = [
             quiet.get(s, t) if quiet else t
             for s, t in self._newest.items()
@@ -151,16 +152,26 @@ class ReorderBuffer:
             return max(self._newest.values()) if self._newest else None
         return min(active)
 
-    def release(self, everything: bool = False) -> list[dict[str, Any]]:
-        """Events at or before the watermark (all of them with ``everything``), oldest first."""
+    def release(self, everything: bool = False, at_most: int = 0) -> list[dict[str, Any]]:
+        """Events at or before the watermark (all of them with ``everything``), oldest first.
+
+        ``at_most`` (0: no bound) caps how many go in one call; the rest stay held,
+        in order, for the next call (:meth:`releasable` says whether any is left).
+        """
         limit = None if everything else self.watermark()
+        cap = 0 if everything else at_most
         out: list[dict[str, Any]] = []
         heap = self._heap
-        while heap and (limit is None or heap[0][0] <= limit):
+        while heap and (limit is None or heap[0][0] <= limit) and not (cap and len(out) >= cap):
             at, _eid, _seq, event = heapq.heappop(heap)
             self.released_up_to = max(self.released_up_to, at)
             out.append(event)
         return out
+
+    def releasable(self) -> bool:
+        """True when a held event is at or before the watermark (a bounded release left it)."""
+        limit = self.watermark()
+        return bool(self._heap) and limit is not None and self._heap[0][0] <= limit
 
 
 class DurableReorder:
@@ -178,8 +189,10 @@ class DurableReorder:
         key_of: Callable[[dict[str, Any]], str],
         idle_seconds: float = 5.0,
         stream_of: Callable[[dict[str, Any]], str] | None = None,
+        at_most: int = 0,
     ) -> None:
         self.buffer = ReorderBuffer(idle_seconds=idle_seconds, stream_of=stream_of)
+        self.at_most = at_most  # events released per call (0: all that may go); the rest next call
         self.key_of = key_of
         self.table: Any = {}
         self._restored = False
@@ -208,12 +221,12 @@ class DurableReorder:
             else:
                 key = self.key_of(event)
                 self.table[key] = [*(self.table.get(key) or ()), event]
-        return self._forget(ready + self.buffer.release())
+        return self._forget(ready + self.buffer.release(at_most=self.at_most))
 
     def release(self, everything: bool = False) -> list[dict[str, Any]]:
-        """Events the watermark (or the end of input) lets through."""
+        """Events the watermark (or the end of input) lets through, at most ``at_most`` unless everything."""
         self._restore()
-        return self._forget(self.buffer.release(everything=everything))
+        return self._forget(self.buffer.release(everything=everything, at_most=self.at_most))
 
     def _restore(self) -> None:
         """After a restart, put the events held before it back in the buffer (once)."""

@@ -23,6 +23,10 @@ from pipeline.model.rows import CONSENT, EVENTS, ROW_TABLES_BY_NAME
 
 log = logging.getLogger(__name__)
 
+RELEASE_PER_STEP = 4000
+"""Held events resolved per step at most: a backlog the watermark frees at once (every source caught
+up after a pause) goes over several steps and ticks, so no step holds the event loop for seconds."""
+
 PROGRESS_FRESH_SECONDS = 3.0
 """How recent ingest's marks must be for identity to vouch (ingest repeats them every second)."""
 
@@ -68,7 +72,9 @@ class IdentityHandler:
         # what happened, and hands journeys its events in order.
         self.partitions = 1
         self._expected: list[str] = []  # the streams of every raw partition, through each valid one
-        self.reorder = DurableReorder(key_of=source_key, stream_of=self._stream, idle_seconds=idle_seconds)
+        self.reorder = DurableReorder(
+            key_of=source_key, stream_of=self._stream, idle_seconds=idle_seconds, at_most=RELEASE_PER_STEP
+        )
 
     def bind(self, tables: Mapping[str, MutableMapping[str, Any]], partitions: int = 1) -> None:
         """Build the graph over the given state tables."""
@@ -230,9 +236,14 @@ class IdentityHandler:
             self.suppressions.refresh()
             self.suppressed |= self.suppressions.identifiers
         out = self._resolve(self.reorder.release())
+        # nothing held (a bounded release's rest included): ingest vouched for every stream
         if self.reorder.buffer.caught_up(PROGRESS_FRESH_SECONDS):
             out += [(topics.IDENTIFIED, key, record) for key, record in progress_records(self.partitions)]
         return out
+
+    def backlog(self) -> bool:
+        """True when held events the watermark lets through are left for the next step (a bounded one)."""
+        return self.reorder.buffer.releasable()
 
     def flush(self) -> list[Emission]:
         """End of input: resolve every held event."""

@@ -47,6 +47,11 @@ class StatefulHandler(Protocol):
     # first, counted), or None when it cannot (the stage then stops with
     # StateTooLarge). See pipeline/runtime/state.py.
 
+    # Optional: ``backlog() -> bool``. True when a bounded step left work that
+    # needs no new input (identity's held events a watermark freed at once);
+    # the runtime then runs ticks, the event loop free between them, until it
+    # is False.
+
     # Optional: ``release_partitions(partitions)``. After a rebalance gave
     # these input partitions to another process of the stage, forget what was
     # derived from them in memory (watermarks, deadline heaps, held events);

@@ -182,10 +182,11 @@ class FaustStage:
             async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
                 batch = await self._admitted(events)
                 if batch:
-                    # The step runs without an await: nothing can interrupt it half
-                    # way, and take_events() acknowledges the batch only after it returned.
-                    self._guarded(self._run_batch, batch)
+                    # Each step runs without an await (nothing interrupts it half way);
+                    # take_events() acknowledges the batch only after the last one.
+                    await self._run_batch(batch)
                     self.faults.reach("before_ack")
+                    await self._work_off_backlog()
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
         if forward_from:
@@ -232,9 +233,24 @@ class FaustStage:
     def _changes(self) -> list[ChangelogRecord]:
         return [record for cache in self._caches.values() for record in cache.write_back()]
 
-    def _run_batch(self, batch: Sequence[bytes]) -> None:
-        for records in record_steps(batch, STEP_RECORDS, STEP_BYTES):
-            self._run_step(len(batch), records)
+    async def _run_batch(self, batch: Sequence[bytes]) -> None:
+        """The batch's records in steps, the event loop free between them (heartbeats, timers).
+
+        Between two steps the state is whole (each step's outputs and state are
+        durable), so a timer's tick may run there; a rebalance waits for the
+        batch to be acknowledged (faust's ``stream_wait_empty``), and a drain
+        for it to be committed. A failure anywhere stops the process unacknowledged.
+        """
+        steps = record_steps(batch, STEP_RECORDS, STEP_BYTES)
+        while True:
+            try:
+                records = next(steps, None)  # decoding happens here: a bad record fails here
+            except BaseException as exc:
+                self._exit_unacknowledged(exc)
+            if records is None:
+                return
+            self._guarded(self._run_step, len(batch), records)
+            await asyncio.sleep(0)
 
     def _run_step(self, messages: int, records: list[dict[str, Any]]) -> None:
         started = time.monotonic()
@@ -332,6 +348,14 @@ class FaustStage:
             return apply(*args, **kwargs)
 
         return apply_batch
+
+    async def _work_off_backlog(self) -> None:
+        """Run ticks, one step each and the event loop free between them, while the handler holds
+        work its bounded steps left (``backlog()``: identity's events a watermark freed all at once)."""
+        backlog = getattr(self.handler, "backlog", None)
+        while backlog is not None and backlog() and not self._finished and self._ready():
+            await asyncio.sleep(0)  # heartbeats and timers run between the steps
+            self._guarded(self._run_tick)
 
     async def _tick(self) -> None:
         if getattr(self.handler, "needs_every_partition", False):

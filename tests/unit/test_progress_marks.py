@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.identity.reorder import ReorderBuffer
-from pipeline.identity.stage import IdentityHandler
+from pipeline.identity.stage import RELEASE_PER_STEP, IdentityHandler
 from pipeline.ingest.progress import ProgressMarks
 from tests.unit.test_reorder_and_paths import FakeClock
 
@@ -196,3 +196,23 @@ def test_identity_applies_a_marks_time_to_a_stream_that_never_sent() -> None:
     assert handler.process([mark]) == []  # a mark without times holds on
     out = handler.process([{**mark, "times": {"app/1": 1_500}}])  # web/0>0, at 1,000, holds e1500
     assert [record["event_id"] for _t, _k, record in out if "event_id" in record] == ["e1000"]
+
+
+def test_identity_resolves_a_backlog_freed_at_once_in_bounded_steps_and_says_what_is_left() -> None:
+    handler = IdentityHandler(origins=["web/0", "pos/0"], valid_partitions=1)
+    tables: dict[str, dict[str, Any]] = {name: {} for name in handler.table_names}
+    handler.bind(tables, partitions=1)  # type: ignore[arg-type]
+    step = RELEASE_PER_STEP
+    held = [page_view(1_000 + i, "web/0", f"a{i % 50}") for i in range(step * 2 + 10)]
+    assert handler.process(held) == [] and not handler.backlog()  # pos/0 holds everything
+    resolved: list[str] = []
+    out = handler.process([{"record": "progress", "partition": 0, "marks": {"pos/0": True}}])
+    steps = [out]
+    while handler.backlog():  # what the runtime does: ticks until nothing freed is left
+        steps.append(handler.tick())
+    for emitted in steps:
+        ids = [record["event_id"] for topic, _k, record in emitted if topic == "events.identified"]
+        assert 0 < len(ids) <= step
+        resolved += ids
+    assert len(steps) == 3 and resolved == [e["event_id"] for e in held]  # all of them, oldest first
+    assert not tables["identity_pending"]

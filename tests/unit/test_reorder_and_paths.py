@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.attribution.models import Touch
 from pipeline.attribution.paths import PathAttributor, conversion_id_for, new_state, o2o_label
-from pipeline.identity.reorder import ReorderBuffer
+from pipeline.identity.reorder import DurableReorder, ReorderBuffer
 
 DAY = 86_400_000
 
@@ -110,6 +110,24 @@ def test_release_everything_sorts_all() -> None:
         buf.add(ev(at, source))
     assert [e["occurred_at"] for e in buf.release(everything=True)] == [3, 4, 5]
     assert len(buf) == 0
+
+
+def test_a_bounded_release_lets_the_rest_go_next_time_in_the_same_order() -> None:
+    clock = FakeClock()
+    unbounded, bounded = ReorderBuffer(clock=clock), DurableReorder(lambda e: e["event_id"], at_most=4)
+    bounded.buffer.clock = clock
+    events = [ev(at, source) for at in range(30, 0, -1) for source in ("web", "pos")] + [ev(40, "web")]
+    for event in events:
+        unbounded.add(event)
+    everything = unbounded.release()  # up to pos's 30: web's 40 waits
+    first = bounded.add_all(events)
+    assert len(first) == 4 and bounded.buffer.releasable() and len(bounded.table) == 57
+    chunks = [first]
+    while bounded.buffer.releasable():
+        chunks.append(bounded.release())
+        assert 0 < len(chunks[-1]) <= 4
+    assert [e for chunk in chunks for e in chunk] == everything  # oldest first, as in one release
+    assert len(everything) == 60 and bounded.table == {"web40": [ev(40, "web")]}
 
 
 def touch(sid: str, started_at: int, kind: str = "digital", channel: str = "email") -> dict[str, Any]:
