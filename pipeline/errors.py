@@ -67,5 +67,10 @@ class MigrationError(FatalError):
     """A ClickHouse migration failed or the recorded history disagrees with the files."""
 
 
+class CommitNotMade(FatalError):
+    """Asked to stop while the broker was away: the last offsets are not committed, the next run reads
+    those records again."""
+
+
 class DrainInterrupted(FatalError):
     """A drain was stopped (a signal) before it finished: nothing is marked drained, the exit is non-zero."""

@@ -229,6 +229,11 @@ BROKER_AWAY = frozenset(
 but they pass when the broker is back."""
 
 
+def broker_away(err: KafkaError) -> bool:
+    """True for an error that passes once the broker is back or its group coordinator has loaded."""
+    return err.code() in BROKER_AWAY or err.code() in COORDINATOR_BUSY
+
+
 def offsets_consumer(settings: Settings, group: str) -> Consumer:
     """A consumer that only asks what ``group`` committed (it never joins the group)."""
     return Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
@@ -261,7 +266,7 @@ def group_offsets(
             except KafkaException as exc:
                 # a coordinator still loading or moving answers with a retriable error
                 err = exc.args[0]
-                if not (err.retriable() or err.code() in COORDINATOR_BUSY) or time.monotonic() > deadline:
+                if not (err.retriable() or broker_away(err)) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
     finally:

@@ -19,11 +19,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
-from pipeline.errors import DrainInterrupted, RetryableError
+from pipeline.errors import CommitNotMade, DrainInterrupted, RetryableError
 from pipeline.kafka.admin import (
-    BROKER_AWAY,
-    COORDINATOR_BUSY,
     admin_client,
+    broker_away,
     group_offsets,
     partition_counts,
     partition_offsets,
@@ -58,7 +57,7 @@ class BatchHandler(Protocol):
 
 
 COMMIT_RETRY_SECONDS = 60.0
-"""How long a commit is retried through retriable errors before the process stops."""
+"""How long a commit is retried through retriable errors other than the broker being away."""
 
 LEFT_GROUP = frozenset(
     {
@@ -239,8 +238,13 @@ class ConfluentStageLoop:
                 self._uncommitted = {key: o for key, o in self._uncommitted.items() if key in owned}
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
-        """Commit, retrying while the coordinator is busy or the broker away (up to
-        ``COMMIT_RETRY_SECONDS``); False when this process left the group.
+        """Commit; False when this process left the group.
+
+        Retried for as long as the broker is away or its group coordinator
+        loading (a restart takes what it takes; the outputs are durable, so
+        waiting loses nothing), unless the process is asked to stop
+        (:class:`~pipeline.errors.CommitNotMade`); other retriable errors for
+        up to ``COMMIT_RETRY_SECONDS``.
 
         A process that spent longer than ``max.poll.interval.ms`` on one step
         (the sink waiting for ClickHouse) is out of the group, and the broker
@@ -264,8 +268,12 @@ class ConfluentStageLoop:
                                 "worked; the partitions' next owner reads those records again",
                                 self.stage, err.str())  # fmt: skip
                     return False
-                passing = err.retriable() or err.code() in COORDINATOR_BUSY or err.code() in BROKER_AWAY
-                if not passing or time.monotonic() > deadline:
+                away = broker_away(err)
+                if self._stop and away:
+                    raise CommitNotMade(f"{self.stage}: stopped while the broker was away; the offsets "
+                                        "of its last records are not committed, the next run reads "
+                                        "them again") from exc  # fmt: skip
+                if not (away or err.retriable()) or (not away and time.monotonic() > deadline):
                     raise
                 self.stats.retries += 1
                 log.warning("%s: commit failed (%s); retrying in %.1f s", self.stage, err.str(), delay)

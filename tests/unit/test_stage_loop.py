@@ -9,6 +9,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.config import load_settings
+from pipeline.errors import CommitNotMade
+from pipeline.runtime import confluent_stage
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 
 
@@ -76,5 +78,30 @@ def test_a_commit_while_the_broker_restarts_is_retried_not_fatal(tmp_path: Path)
         loop._consumer = BrokerAwayConsumer([KafkaError.INVALID_COMMIT_OFFSET_SIZE])  # type: ignore[assignment]
         with pytest.raises(KafkaException):  # not about the broker being away: stops the stage
             loop._commit([TopicPartition("t", 0, 6)])
+    finally:
+        real.close()
+
+
+def test_a_commit_waits_out_a_broker_away_longer_than_the_retry_bound_and_a_stop_ends_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(confluent_stage, "COMMIT_RETRY_SECONDS", 0.0)  # any wait is past the bound
+    monkeypatch.setattr(confluent_stage.time, "sleep", lambda _seconds: None)
+    settings = load_settings(bootstrap_servers="127.0.0.1:9", state_dir=tmp_path)
+    loop = ConfluentStageLoop(settings, "sink", ["t"], Recorder())
+    real = loop._consumer
+    try:
+        # two restarts in a row: waiting for the coordinator, then the coordinator loading
+        away = [KafkaError._WAIT_COORD] * 30 + [KafkaError.COORDINATOR_LOAD_IN_PROGRESS] * 5
+        loop._consumer = BrokerAwayConsumer(away)  # type: ignore[assignment]
+        assert loop._commit([TopicPartition("t", 0, 5)]) is True
+        assert loop.stats.retries == 35
+        loop._consumer = BrokerAwayConsumer([KafkaError.REQUEST_TIMED_OUT] * 2)  # type: ignore[assignment]
+        with pytest.raises(KafkaException):  # retriable, but not the broker away: bounded
+            loop._commit([TopicPartition("t", 0, 6)])
+        loop._consumer = BrokerAwayConsumer([KafkaError._TRANSPORT] * 3)  # type: ignore[assignment]
+        loop.stop()
+        with pytest.raises(CommitNotMade, match="reads them again"):
+            loop._commit([TopicPartition("t", 0, 7)])
     finally:
         real.close()
