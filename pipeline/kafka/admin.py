@@ -184,13 +184,28 @@ def partition_offsets(
 
     One ListOffsets round trip for all of them: a consumer's watermark query
     asks per partition, which for a sink's twenty partitions took two seconds.
+    Partitions whose answer is a retriable error (a broker just restarted:
+    "leader epoch is newer than broker epoch") are asked again, within ``timeout``.
     """
     spec = OffsetSpec.earliest if earliest else OffsetSpec.latest
     request = {TopicPartition(t, p): spec() for t, p in partitions}  # type: ignore[no-untyped-call]
-    if not request:
-        return {}
-    futures = admin.list_offsets(request, request_timeout=timeout)
-    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    deadline = time.monotonic() + timeout
+    offsets: dict[tuple[str, int], int] = {}
+    while request:
+        futures = admin.list_offsets(request, request_timeout=max(deadline - time.monotonic(), 0.5))
+        again = {}
+        for tp, future in futures.items():
+            try:
+                offsets[(tp.topic, tp.partition)] = future.result().offset
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or broker_away(err)) or time.monotonic() > deadline:
+                    raise
+                again[tp] = request[tp]
+        if again:
+            time.sleep(0.2)
+        request = again
+    return offsets
 
 
 def committed_offsets(
@@ -229,9 +244,22 @@ BROKER_AWAY = frozenset(
 but they pass when the broker is back."""
 
 
+LEADER_SETTLING = frozenset(
+    {
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+    }
+)
+"""Answers about a partition whose leadership is settling (a broker just restarted): ask again."""
+
+
 def broker_away(err: KafkaError) -> bool:
-    """True for an error that passes once the broker is back or its group coordinator has loaded."""
-    return err.code() in BROKER_AWAY or err.code() in COORDINATOR_BUSY
+    """True for an error that passes once the broker is back, its partitions' leaders settled and its
+    group coordinator loaded."""
+    return err.code() in BROKER_AWAY or err.code() in COORDINATOR_BUSY or err.code() in LEADER_SETTLING
 
 
 def offsets_consumer(settings: Settings, group: str) -> Consumer:
