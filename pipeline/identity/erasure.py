@@ -301,10 +301,11 @@ class Suppressions:
         self.restricted: set[str] = set()
         self._polled = 0.0
 
-    def load(self, timeout: float = 10.0) -> Suppressions:
+    def load(self, timeout: float = 60.0) -> Suppressions:
         """Read the whole list (at start-up); KafkaUnavailable if it is not read whole within ``timeout`` s.
 
-        A stage that started with part of the list would let erased persons back in.
+        A stage that started with part of the list would let erased persons back in. The
+        minute lets a stage that starts while the broker restarts wait for it.
         """
         self._take(self.reader.load(timeout, whole=True))
         self.reader.acknowledge()

@@ -29,13 +29,13 @@ class CompactedReader:
         self._consumer: Any = None
         self._ends: dict[int, int] = {}
 
-    def _open(self) -> Any:
+    def _open(self, timeout: float = 10.0) -> Any:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         from pipeline.kafka.admin import end_offsets
         from pipeline.kafka.clients import make_consumer
 
-        ends = end_offsets(self.settings, [self.topic])
+        ends = end_offsets(self.settings, [self.topic], timeout=timeout)
         consumer = make_consumer(self.settings, self.group, **{"enable.auto.commit": False})
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for (_t, p) in ends])
         self._consumer = consumer
@@ -48,8 +48,8 @@ class CompactedReader:
         With ``whole``, a topic not read to its end within ``timeout`` raises
         KafkaUnavailable instead of returning what was read by then.
         """
-        consumer = self._consumer or self._open()
         deadline = time.monotonic() + timeout
+        consumer = self._consumer or self._open(timeout)
         left = dict(self._ends)
         taken: list[tuple[str, Any]] = []
         while left and time.monotonic() < deadline:
