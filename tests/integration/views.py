@@ -109,10 +109,12 @@ _PERSON, _PURPOSE, _GRANTED, _PREVIOUS, _AT, _TYPE = 1, 2, 3, 4, 5, 7
 
 def consent_end_state(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """What no resolving order may change in the consent view: the explicit statements (without
-    ``previous``) and each person's newest flag per purpose."""
+    ``previous``) and each person's newest flag per purpose (not its time: a repeat resolved before
+    the statement it repeats is a row of its own, later than the in-order run's newest)."""
     explicit = [r[:_PREVIOUS] + r[_PREVIOUS + 1 :] for r in rows if r[_TYPE] == "consent_updated"]
     newest: dict[tuple[Any, Any], tuple[Any, Any]] = {}
     for r in rows:
         key = (r[_PERSON], r[_PURPOSE])
         newest[key] = max(newest.get(key, (r[_AT], r[_GRANTED])), (r[_AT], r[_GRANTED]))
-    return sorted(explicit, key=repr) + sorted((("newest", *k, *v) for k, v in newest.items()), key=repr)
+    flags = (("newest", *key, granted) for key, (_at, granted) in newest.items())
+    return sorted(explicit, key=repr) + sorted(flags, key=repr)
