@@ -23,7 +23,7 @@ from pipeline.model.rows import CONSENT, EVENTS, ROW_TABLES_BY_NAME
 
 log = logging.getLogger(__name__)
 
-RELEASE_PER_STEP = 4000
+RELEASE_PER_STEP = 2000
 """Held events resolved per step at most: a backlog the watermark frees at once (every source caught
 up after a pause) goes over several steps and ticks, so no step holds the event loop for seconds."""
 

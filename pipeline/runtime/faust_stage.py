@@ -56,7 +56,7 @@ STEP_BYTES = 16 << 20
 LONG_STEP_SECONDS = 1.0
 """A step that held the event loop longer is logged, with how long handling and committing took."""
 
-STEP_RECORDS = 5000
+STEP_RECORDS = 2000
 """Records decoded and handled per step; outputs and state are made durable once per step.
 
 A message may be an envelope of a thousand records, and a batch of a backlog
