@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import faust
 
@@ -41,6 +41,8 @@ from pipeline.runtime.faust_input import OrderedInput
 from pipeline.runtime.state import BatchCache, ChangelogRecord, key_partition, register_codecs
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 EPOCH_SHIFT = 32
 """Versions a stage emits after its partitions' n-th start are at least ``n << EPOCH_SHIFT``."""
@@ -209,10 +211,10 @@ class FaustStage:
             app.timer(0.5)(self._check_drained)
         return app
 
-    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
-        """Run one step; on any failure stop the process before anything more is acknowledged."""
+    def _guarded(self, step: Callable[..., T], *args: Any) -> T:
+        """Run (or read) one step; on any failure stop the process before anything more is acknowledged."""
         try:
-            step(*args)
+            return step(*args)
         except BaseException as exc:
             self._exit_unacknowledged(exc)
 
@@ -243,10 +245,7 @@ class FaustStage:
         """
         steps = record_steps(batch, STEP_RECORDS, STEP_BYTES)
         while True:
-            try:
-                records = next(steps, None)  # decoding happens here: a bad record fails here
-            except BaseException as exc:
-                self._exit_unacknowledged(exc)
+            records = self._guarded(next, steps, None)  # decoding happens here: a bad record fails here
             if records is None:
                 return
             self._guarded(self._run_step, len(batch), records)
