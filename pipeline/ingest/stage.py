@@ -126,16 +126,18 @@ class IngestHandler:
             produce(self.producer, topic, value, partition=partition)
         self.producer.poll(0)
 
-    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+    def progress(self, at_end: Sequence[tuple[str, int]], final: bool = False) -> None:
         """Tell identity, in order with the events, how far each raw partition has got.
 
         See pipeline/ingest/progress.py. Called at every poll, input or not: new
         suppressions are read here too while no input comes (``o2o forget`` waits for it).
+        ``final`` (a drain's end): the marks go out now, whatever their interval, so a
+        drained ingest leaves every origin it read marked as read to its end.
         """
         self.suppressions.refresh()
         for topic, partition in at_end:
             self.marks.reached_end(f"{self._source_of.get(topic, topic)}/{partition}")
-        if self.marks.due():
+        if final or self.marks.due():
             for record in self.marks.records(self.partitions[self.valid_topic]):
                 produce(self.producer, self.valid_topic, orjson.dumps(record), partition=record["partition"])
             self.producer.poll(0)

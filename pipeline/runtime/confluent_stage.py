@@ -43,8 +43,12 @@ class BatchHandler(Protocol):
     def due(self) -> bool:
         """True when buffered work should be made durable now."""
 
-    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
-        """Called once per poll: the partitions that reached their end in it (may be empty)."""
+    def progress(self, at_end: Sequence[tuple[str, int]], final: bool = False) -> None:
+        """Called once per poll: the partitions that reached their end in it (may be empty).
+
+        ``final``: the stage drained; ``at_end`` is every partition it holds,
+        each read to its end and committed, and nothing is consumed after it.
+        """
 
     def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         """A rebalance took these partitions away from this process."""
@@ -156,6 +160,10 @@ class ConfluentStageLoop:
                 if self._uncommitted and (self.handler.due() or not batch):
                     self._checkpoint()
                 if not batch and self.drain is not None and self._drained():
+                    # a drain can end before the consumer reported every end (an empty
+                    # partition's comes when its first fetch does): say them all, last
+                    held = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+                    self.handler.progress(held, final=True)
                     self.stats.drained = True
                     break
             self._checkpoint()

@@ -66,7 +66,7 @@ class SinkHandler:
         """Write when the batch is full or old enough."""
         return self.batcher.due()
 
-    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+    def progress(self, at_end: Sequence[tuple[str, int]], final: bool = False) -> None:
         """Called at every poll, input or not: read new suppressions (``o2o forget`` waits for it)."""
         self.suppressions.refresh()
 

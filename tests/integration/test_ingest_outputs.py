@@ -126,6 +126,28 @@ def test_ingest_drops_repeats_keeps_the_kafka_time_and_applies_consent(settings:
     assert counts_logged(ran.stderr) == {"duplicate": 1, "no_analytics_consent": 1, "valid": 1}
 
 
+def test_a_drained_ingest_leaves_every_origin_marked_as_read_to_its_end(settings: Settings) -> None:
+    # identity holds events until every stream is marked or goes idle, and a silent ingest's
+    # quiet is a stall (pipeline/identity/reorder.py): a drain that ended before its last
+    # marks went out would leave identity holding what it was given, for good
+    ensure_topics(settings)
+    now = int(time.time() * 1000)
+    produce_raw(settings, [(page_view("m1", now - HOUR_MS), now)])
+    o2o(settings, "run", "ingest", "--drain", timeout=60)
+    last: dict[int, dict[str, bool]] = {}
+    for _key, value in messages(settings, settings.topic(topics.VALID)):
+        for record in unpack(value or b"[]"):
+            if record.get("record") == "progress":
+                last[record["partition"]] = record["marks"]
+    counts = partition_counts(settings)
+    origins = {
+        f"{source}/{p}": True
+        for source, name in topics.RAW_TOPICS.items()
+        for p in range(counts[settings.topic(name)])
+    }
+    assert last == dict.fromkeys(range(counts[settings.topic(topics.VALID)]), origins)
+
+
 def set_max_message_bytes(settings: Settings, names: list[str], value: str | None) -> None:
     """Make the broker refuse messages above ``value`` bytes on these topics (None: the default again)."""
     op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE

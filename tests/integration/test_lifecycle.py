@@ -74,7 +74,7 @@ class SlowFirstCheckpoint:
     def due(self) -> bool:
         return True
 
-    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+    def progress(self, at_end: Sequence[tuple[str, int]], final: bool = False) -> None:
         pass
 
     def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:

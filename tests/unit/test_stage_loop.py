@@ -26,7 +26,7 @@ class Recorder:
     def due(self) -> bool:
         return False
 
-    def progress(self, at_end: Sequence[tuple[str, int]]) -> None:
+    def progress(self, at_end: Sequence[tuple[str, int]], final: bool = False) -> None:
         pass
 
     def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
