@@ -75,8 +75,7 @@ class SinkHandler:
 
     def make_durable(self) -> None:
         """Insert everything buffered (raises ClickHouseUnavailable to retry)."""
-        if self.batcher.pending:
-            self.batcher.write()
+        self.batcher.flush()
 
     def close(self) -> None:
         """Report what was written."""

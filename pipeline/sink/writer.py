@@ -61,7 +61,8 @@ class RowBatcher:
         self.pending = 0
         self.written: Counter[str] = Counter()
         self.tombstones = 0  # empty messages of compacted topics, skipped
-        self._first_at = 0.0
+        self._first_at = 0.0  # when the first message since the last flush() was added
+        self._unflushed = False  # messages added since the last flush(): their offsets are not committed
 
     def add(
         self,
@@ -95,8 +96,9 @@ class RowBatcher:
                     if doc.get(default_column) is None:
                         doc[default_column] = default
             rows = [[doc.get(column) for column in columns] for doc in docs]
-        if not self.pending:
+        if not self._unflushed:
             self._first_at = time.monotonic()
+            self._unflushed = True
         self.buffers.setdefault(table, []).extend(rows)
         self.pending += len(rows)
 
@@ -105,10 +107,21 @@ class RowBatcher:
         return self.pending >= self.batch_rows
 
     def due(self) -> bool:
-        """True when the buffer is full or its oldest row waited long enough."""
+        """True when the buffer is full, or the first row added since the last flush waited long enough.
+
+        Rows inserted early (a full batch as it came) count too: their offsets
+        are committed only after a flush, and under steady input the sink would
+        otherwise insert for ever without committing.
+        """
         return self.pending >= self.batch_rows or (
-            self.pending > 0 and time.monotonic() - self._first_at >= self.flush_seconds
+            self._unflushed and time.monotonic() - self._first_at >= self.flush_seconds
         )
+
+    def flush(self) -> None:
+        """Insert what is buffered: everything added so far is in ClickHouse (the sink commits next)."""
+        if self.pending:
+            self.write()
+        self._unflushed = False
 
     def write(self) -> None:
         """Insert every buffered table; a table leaves the buffer only once inserted."""

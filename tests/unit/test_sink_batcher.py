@@ -52,6 +52,18 @@ def test_due_when_full() -> None:
     assert batcher.due()
 
 
+def test_rows_inserted_as_they_came_still_make_a_commit_due() -> None:
+    # under steady input the sink inserts each full batch at once; the offsets of
+    # those rows are committed only at a flush, which must come within flush_seconds
+    batcher = RowBatcher(FlakyInserter(0), batch_rows=2, flush_seconds=0)
+    batcher.add(SESSIONS, orjson.dumps([{"session_id": "a"}, {"session_id": "b"}]))
+    assert batcher.full()
+    batcher.write()
+    assert batcher.pending == 0 and batcher.due()
+    batcher.flush()
+    assert not batcher.due()
+
+
 def test_dead_letter_row_keeps_original_bytes_and_source_position() -> None:
     inserter = FlakyInserter(0)
     batcher = RowBatcher(inserter, batch_rows=10, flush_seconds=60)
