@@ -6,7 +6,10 @@ final flush, a hand-over -- ends with :meth:`DurableWriter.commit_step`:
 1. the step's outputs are produced and flushed; every one must be
    acknowledged by the broker (acks=all, idempotent producer);
 2. then the step's state changes are produced to the tables' changelog
-   topics and flushed the same way;
+   topics and flushed the same way -- within a batch, by the next step's
+   flush of its outputs (a flush waits for everything produced before it),
+   and after the batch's last step by :meth:`DurableWriter.settle`: one
+   round trip per step instead of two;
 3. only then does the caller return to faust, which acknowledges the input
    and commits it later.
 
@@ -19,7 +22,11 @@ step is acknowledged or committed. A crash anywhere in between is safe:
   on the old state and produces the outputs again (same ids; a replay's
   versions win, see ``docs/architecture.md``);
 * between 2 and 3: outputs and state are durable; the replayed input finds
-  its effects in the state and produces nothing new.
+  its effects in the state and produces nothing new;
+* in a later step of the batch before its flush: a step's outputs and part
+  of the step before's state are durable, as a crash in the middle of one
+  step's state flush leaves it; the replay finds what the state holds and
+  produces the rest again (under a newer epoch, see ``faust_stage.py``).
 
 Why not Kafka transactions: faust's changelog recovery reads each partition
 up to its high watermark minus one, which a transaction's closing marker
@@ -78,6 +85,7 @@ class DurableWriter:
         self.steps = 0
         self.records_out = 0
         self.state_records = 0
+        self._unsettled = False  # state records produced and not yet known acknowledged
 
     def send_outputs(self, emissions: Sequence[Emission]) -> None:
         """Produce the outputs of a step and wait until every one is acknowledged."""
@@ -96,28 +104,50 @@ class DurableWriter:
         self.records_out += len(emissions)
         self._flush("outputs")
 
-    def write_state(self, changes: Iterable[ChangelogRecord]) -> None:
-        """Produce a step's changelog records and wait until every one is acknowledged."""
+    def write_state(self, changes: Iterable[ChangelogRecord], wait: bool = True) -> None:
+        """Produce a step's changelog records; with ``wait``, wait until every one is acknowledged.
+
+        Without ``wait`` the records are acknowledged by the next flush: the
+        next step's outputs or :meth:`settle`.
+        """
         count = 0
         for change in changes:
             produce(self.producer, change.topic, change.value, change.key, partition=change.partition)  # type: ignore[arg-type]
             count += 1
         if count:
             self.state_records += count
-            self._flush("state")
+            self._unsettled = True
+            if wait:
+                self._flush("state")
 
     def commit_step(
-        self, emissions: Sequence[Emission], changes: Iterable[ChangelogRecord], points: Sequence[str]
+        self,
+        emissions: Sequence[Emission],
+        changes: Iterable[ChangelogRecord],
+        points: Sequence[str],
+        settle: bool = True,
     ) -> None:
-        """Outputs durable, then state durable; the named fault ``points`` lie between the two."""
+        """Outputs durable, then state produced, and durable too unless ``settle`` is False.
+
+        The named fault ``points`` lie between the two. ``settle=False`` (the
+        steps of a batch): the state is acknowledged together with the next
+        step's outputs, whose flush waits for everything produced before them;
+        the caller calls :meth:`settle` before the batch's input is acknowledged.
+        """
         self.send_outputs(emissions)
         for point in points:
             self.faults.reach(point)
-        self.write_state(changes)
+        self.write_state(changes, wait=settle)
         self.steps += 1
+
+    def settle(self) -> None:
+        """Wait until every record produced so far is acknowledged (state left unsettled included)."""
+        if self._unsettled:
+            self._flush("state")
 
     def _flush(self, what: str) -> None:
         left = self.producer.flush(FLUSH_TIMEOUT_SECONDS)
+        self._unsettled = False  # a flush waits for everything produced before it
         if left:
             raise DeliveryFailed(f"{self.stage}: {left} {what} records not acknowledged within "
                                  f"{FLUSH_TIMEOUT_SECONDS:.0f} s")  # fmt: skip

@@ -187,8 +187,10 @@ class FaustStage:
                     # Each step runs without an await (nothing interrupts it half way);
                     # take_events() acknowledges the batch only after the last one.
                     await self._run_batch(batch)
-                    self.faults.reach("before_ack")
                     await self._work_off_backlog()
+                    # each step's state went with the next step's outputs; the last one's now
+                    self._guarded(self.writer.settle)
+                    self.faults.reach("before_ack")
 
         app.agent(source, name=f"{self.stage}_agent")(agent)
         if forward_from:
@@ -238,8 +240,10 @@ class FaustStage:
     async def _run_batch(self, batch: Sequence[bytes]) -> None:
         """The batch's records in steps, the event loop free between them (heartbeats, timers).
 
-        Between two steps the state is whole (each step's outputs and state are
-        durable), so a timer's tick may run there; a rebalance waits for the
+        Between two steps the state in memory is whole (each step's outputs are
+        durable, its state produced and flushed with the next step's outputs,
+        the last one's by ``settle`` before the batch is acknowledged), so a
+        timer's tick may run there (it flushes everything); a rebalance waits for the
         batch to be acknowledged (faust's ``stream_wait_empty``), and a drain
         for it to be committed. A failure anywhere stops the process unacknowledged.
         """
@@ -259,7 +263,7 @@ class FaustStage:
         if any(record.get("record") in HANDOVER_RECORDS for record in records):
             points.append("mid_handover")
         processed = time.monotonic()
-        self.writer.commit_step(emitted, self._changes(), points)
+        self.writer.commit_step(emitted, self._changes(), points, settle=False)
         self.faults.reach("after_state")
         self.processed += len(records)
         took = time.monotonic() - started
@@ -276,9 +280,9 @@ class FaustStage:
                       self.stage, len(records), messages, (processed - started) * 1000,
                       (now - processed) * 1000, len(emitted))  # fmt: skip
 
-    def _run_tick(self) -> None:
+    def _run_tick(self, settle: bool = True) -> None:
         self._open_epochs()
-        self.writer.commit_step(self.handler.tick(), self._changes(), ["mid_tick"])
+        self.writer.commit_step(self.handler.tick(), self._changes(), ["mid_tick"], settle=settle)
 
     def _run_flush(self) -> None:
         self._open_epochs()
@@ -354,7 +358,7 @@ class FaustStage:
         backlog = getattr(self.handler, "backlog", None)
         while backlog is not None and backlog() and not self._finished and self._ready():
             await asyncio.sleep(0)  # heartbeats and timers run between the steps
-            self._guarded(self._run_tick)
+            self._guarded(self._run_tick, False)  # settled with the batch, before its input is acknowledged
 
     async def _tick(self) -> None:
         if getattr(self.handler, "needs_every_partition", False):
