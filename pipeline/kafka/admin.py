@@ -198,8 +198,7 @@ def partition_offsets(
             try:
                 offsets[(tp.topic, tp.partition)] = future.result().offset
             except KafkaException as exc:
-                err = exc.args[0]
-                if not (err.retriable() or broker_away(err)) or time.monotonic() > deadline:
+                if not worth_asking_again(exc.args[0], deadline):
                     raise
                 again[tp] = request[tp]
         if again:
@@ -262,6 +261,12 @@ def broker_away(err: KafkaError) -> bool:
     return err.code() in BROKER_AWAY or err.code() in COORDINATOR_BUSY or err.code() in LEADER_SETTLING
 
 
+def worth_asking_again(err: KafkaError, deadline: float) -> bool:
+    """True for an error that passes when asked again (retriable, or the broker away), before ``deadline``
+    (a ``time.monotonic()`` time)."""
+    return (err.retriable() or broker_away(err)) and time.monotonic() <= deadline
+
+
 def offsets_consumer(settings: Settings, group: str) -> Consumer:
     """A consumer that only asks what ``group`` committed (it never joins the group)."""
     return Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
@@ -293,8 +298,7 @@ def group_offsets(
                 break
             except KafkaException as exc:
                 # a coordinator still loading or moving answers with a retriable error
-                err = exc.args[0]
-                if not (err.retriable() or broker_away(err)) or time.monotonic() > deadline:
+                if not worth_asking_again(exc.args[0], deadline):
                     raise
                 time.sleep(0.2)
     finally:
