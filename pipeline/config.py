@@ -156,6 +156,13 @@ class Settings(BaseSettings, KafkaSecuritySettings):
         le=300,
         description="a group member silent this long (a crashed stage) loses its partitions to the others",
     )
+    max_poll_interval_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="a stage that does not ask for input this long (the sink retrying a ClickHouse that "
+        "is away) leaves its group; its partitions move on and its next commit is refused",
+    )
 
     # Local broker (o2o stack)
     state_dir: Path = Field(Path(".state"), description="folder for broker data, logs, chDB data")
@@ -415,6 +422,12 @@ class Settings(BaseSettings, KafkaSecuritySettings):
             load_activation_rules(self.activation_rules)
         if not self.clickhouse_dsn:
             self.clickhouse_dsn = f"chdb://{self.state_dir / 'clickhouse'}"
+        if self.max_poll_interval_seconds < self.group_session_timeout_seconds:
+            raise ValueError(
+                "O2O_MAX_POLL_INTERVAL_SECONDS must be at least O2O_GROUP_SESSION_TIMEOUT_SECONDS "
+                f"({self.max_poll_interval_seconds} < {self.group_session_timeout_seconds}): Kafka "
+                "clients refuse it"
+            )
         if self.workers_sink > 1 and self.embedded_clickhouse:
             raise ValueError(
                 "O2O_WORKERS_SINK above 1 needs a ClickHouse server DSN (http(s)://...): the embedded "

@@ -103,6 +103,7 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
         # a crashed member's partitions move on after this (librdkafka heartbeats every third of it)
         "session.timeout.ms": int(settings.group_session_timeout_seconds * 1000),
         "heartbeat.interval.ms": max(int(settings.group_session_timeout_seconds * 1000 / 3), 100),
+        "max.poll.interval.ms": int(settings.max_poll_interval_seconds * 1000),
     }
     conf.update(extra)
     return conf

@@ -149,6 +149,7 @@ class FaustStage:
             table_standby_replicas=0,
             # faust's default of 60 s would delay every restart after a crash
             broker_session_timeout=settings.group_session_timeout_seconds,
+            broker_max_poll_interval=settings.max_poll_interval_seconds,
             broker_heartbeat_interval=settings.group_session_timeout_seconds / 3,
             stream_buffer_maxsize=8192,
             broker_client_id=process_client_id(settings, self.stage),

@@ -9,7 +9,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.config import load_settings
-from pipeline.errors import CommitNotMade
+from pipeline.errors import CommitNotMade, ConfigError
+from pipeline.kafka.clients import consumer_config
 from pipeline.runtime import confluent_stage
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 
@@ -105,3 +106,13 @@ def test_a_commit_waits_out_a_broker_away_longer_than_the_retry_bound_and_a_stop
             loop._commit([TopicPartition("t", 0, 7)])
     finally:
         real.close()
+
+
+def test_consumers_leave_their_group_after_the_max_poll_interval_of_the_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        state_dir=tmp_path, max_poll_interval_seconds=20, group_session_timeout_seconds=10
+    )
+    conf = consumer_config(settings, "g")
+    assert conf["max.poll.interval.ms"] == 20_000 and conf["session.timeout.ms"] == 10_000
+    with pytest.raises(ConfigError, match="O2O_MAX_POLL_INTERVAL_SECONDS"):  # librdkafka would refuse it
+        load_settings(state_dir=tmp_path, max_poll_interval_seconds=5, group_session_timeout_seconds=10)
