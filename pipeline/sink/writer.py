@@ -61,8 +61,9 @@ class RowBatcher:
         self.pending = 0
         self.written: Counter[str] = Counter()
         self.tombstones = 0  # empty messages of compacted topics, skipped
-        self._first_at = 0.0  # when the first message since the last flush() was added
-        self._unflushed = False  # messages added since the last flush(): their offsets are not committed
+        # when the first message since the last flush() was added (None: none was; their
+        # offsets are committed only after a flush)
+        self._first_at: float | None = None
 
     def add(
         self,
@@ -96,9 +97,8 @@ class RowBatcher:
                     if doc.get(default_column) is None:
                         doc[default_column] = default
             rows = [[doc.get(column) for column in columns] for doc in docs]
-        if not self._unflushed:
+        if self._first_at is None:
             self._first_at = time.monotonic()
-            self._unflushed = True
         self.buffers.setdefault(table, []).extend(rows)
         self.pending += len(rows)
 
@@ -114,14 +114,14 @@ class RowBatcher:
         otherwise insert for ever without committing.
         """
         return self.pending >= self.batch_rows or (
-            self._unflushed and time.monotonic() - self._first_at >= self.flush_seconds
+            self._first_at is not None and time.monotonic() - self._first_at >= self.flush_seconds
         )
 
     def flush(self) -> None:
         """Insert what is buffered: everything added so far is in ClickHouse (the sink commits next)."""
         if self.pending:
             self.write()
-        self._unflushed = False
+        self._first_at = None
 
     def write(self) -> None:
         """Insert every buffered table; a table leaves the buffer only once inserted."""
