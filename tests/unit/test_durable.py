@@ -77,6 +77,21 @@ def test_unflushed_records_count_as_not_durable() -> None:
         _writer(producer).commit_step([("events", "e1", {"event_id": "e1"})], _state(1), [])
 
 
+def test_a_step_left_unsettled_flushes_its_state_with_the_next_outputs_or_at_settle() -> None:
+    producer = RecordingProducer()
+    writer = _writer(producer)
+    writer.commit_step([("events", "e1", {"event_id": "e1"})], _state(2), [], settle=False)
+    assert [kind for kind, _ in producer.calls].count("flush") == 1  # the outputs only
+    writer.commit_step([("events", "e2", {"event_id": "e2"})], _state(1), [], settle=False)
+    # the second step's one flush is the first step's state's too: produced before it
+    kinds = [kind if kind == "flush" else topic for kind, topic in producer.calls]
+    assert kinds[-3:] == ["t.events", "flush", "t.journeys-journeys_state-changelog"]
+    writer.settle()  # before the batch is acknowledged
+    assert producer.calls[-1] == ("flush", None)
+    writer.settle()  # nothing left unsettled: no flush
+    assert [kind for kind, _ in producer.calls].count("flush") == 3
+
+
 def test_batch_cache_writes_each_changed_key_once_with_its_partition_and_tombstones() -> None:
     store: dict[str, Any] = {"gone": {"x": 1}, "kept": {"y": 2}}
     cache = BatchCache(store, "t.changelog", partitions=4)
