@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import subprocess
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -197,6 +198,16 @@ def stage_offsets(settings: Settings, stage: str) -> tuple[int, int]:
     ends = end_offsets(settings, inputs)
     done = committed_offsets(settings, settings.group(stage), inputs)
     return sum(done.values()), sum(ends.values())
+
+
+def wait_until_the_sink_commits(settings: Settings, run: subprocess.Popen[bytes], beyond: int) -> None:
+    """Until the sink has committed past ``beyond`` (the input reached ClickHouse) while ``run`` runs:
+    a fixed sleep let a slow machine disturb the pipeline while the stages were still starting."""
+    deadline = time.monotonic() + 180
+    while stage_offsets(settings, "sink")[0] <= beyond:
+        assert run.poll() is None, "run all stopped"
+        assert time.monotonic() < deadline, "the sink committed nothing new within 180 s"
+        time.sleep(0.5)
 
 
 def expect_same(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,13 @@ from pipeline.config import Settings, load_settings
 from pipeline.stack.local_kafka import LocalKafka, free_port
 from tests.conftest import REPO, o2o, start_o2o_logged
 from tests.integration import crash_runs
-from tests.integration.crash_runs import chunks, expect_same, produce_piece, stage_offsets
+from tests.integration.crash_runs import (
+    chunks,
+    expect_same,
+    produce_piece,
+    stage_offsets,
+    wait_until_the_sink_commits,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.outage, pytest.mark.timeout(900)]
 
@@ -59,13 +64,13 @@ def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_ru
     run = start_o2o_logged(settings, log, "run", "all")
     try:
         produce_piece(settings, pieces[0])
-        _wait_until_the_sink_commits(settings, run, beyond=0)  # every stage up and at work
+        wait_until_the_sink_commits(settings, run, beyond=0)  # every stage up and at work
         broker.down()  # a clean stop (SIGTERM) under load
         time.sleep(6)
         broker.up()
         sunk = stage_offsets(settings, "sink")[0]
         produce_piece(settings, pieces[1])
-        _wait_until_the_sink_commits(settings, run, beyond=sunk)  # the second piece on its way
+        wait_until_the_sink_commits(settings, run, beyond=sunk)  # the second piece on its way
         pid = broker._running_pid()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)  # and a crash
@@ -86,13 +91,3 @@ def test_broker_stopped_and_killed_under_load_then_views_equal_an_undisturbed_ru
     # identity may resolve some of a piece's events after newer ones of another partition: the
     # history views are compared by their end state (tests/integration/views.py)
     expect_same(settings, undisturbed, late_events_possible=True)  # a final drain, then every view
-
-
-def _wait_until_the_sink_commits(settings: Settings, run: subprocess.Popen[bytes], beyond: int) -> None:
-    """Until the sink has committed past ``beyond`` (the input reached ClickHouse): a fixed sleep let
-    a slow machine stop the broker while the stages were still starting, which tests nothing here."""
-    deadline = time.monotonic() + 180
-    while stage_offsets(settings, "sink")[0] <= beyond:
-        assert run.poll() is None, "run all stopped"
-        assert time.monotonic() < deadline, "the sink committed nothing new within 180 s"
-        time.sleep(0.5)

@@ -26,7 +26,13 @@ import pytest
 from pipeline.config import Settings
 from tests.conftest import TEST_GROUP_SESSION_TIMEOUT, o2o, query, start_o2o_logged
 from tests.integration import crash_runs
-from tests.integration.crash_runs import chunks, expect_same, produce_piece, stage_offsets
+from tests.integration.crash_runs import (
+    chunks,
+    expect_same,
+    produce_piece,
+    stage_offsets,
+    wait_until_the_sink_commits,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.outage, pytest.mark.timeout(900)]
 
@@ -51,7 +57,7 @@ def test_clickhouse_away_longer_than_the_poll_interval_then_views_equal_an_undis
     frozen: list[str] = []
     try:
         produce_piece(settings, pieces[0])
-        _wait_until_the_sink_commits(settings, run, beyond=0)  # every stage up and at work
+        wait_until_the_sink_commits(settings, run, beyond=0)  # every stage up and at work
         frozen = _storage_folders(settings)
         subprocess.run(["chattr", "+i", *frozen], check=True)
         produce_piece(settings, pieces[1])
@@ -60,7 +66,7 @@ def test_clickhouse_away_longer_than_the_poll_interval_then_views_equal_an_undis
         subprocess.run(["chattr", "-i", *frozen], check=True)
         frozen = []
         sunk = stage_offsets(settings, "sink")[0]
-        _wait_until_the_sink_commits(settings, run, beyond=sunk)
+        wait_until_the_sink_commits(settings, run, beyond=sunk)
         produce_piece(settings, pieces[2])
         time.sleep(5)
     finally:
@@ -85,12 +91,3 @@ def _storage_folders(settings: Settings) -> list[str]:
     folders = [path.rstrip("/") for (paths,) in rows for path in paths]
     assert len(folders) >= 5, folders
     return folders
-
-
-def _wait_until_the_sink_commits(settings: Settings, run: subprocess.Popen[bytes], beyond: int) -> None:
-    """Until the sink has committed past ``beyond`` (the input reached ClickHouse)."""
-    deadline = time.monotonic() + 180
-    while stage_offsets(settings, "sink")[0] <= beyond:
-        assert run.poll() is None, "run all stopped"
-        assert time.monotonic() < deadline, "the sink committed nothing new within 180 s"
-        time.sleep(0.5)
