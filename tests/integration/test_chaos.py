@@ -115,7 +115,11 @@ def test_random_kills_of_any_stage(
         offsets.close()
     for stage, committed, end in kills:
         record_kill(settings, "chaos", stage, committed, end)
-    assert len(kills) >= 2 and all(0 < committed < end for _s, committed, end in kills), kills
+    # a stage picked while it had input pending may commit the rest in the moment before the
+    # signal lands (seen once: ingest at 636 of 636): such a kill interrupted nothing, so at least
+    # two others must have
+    interrupted = [kill for kill in kills if kill[1] < kill[2]]
+    assert all(committed > 0 for _s, committed, _end in kills) and len(interrupted) >= 2, kills
     # the whole stack restarts while input keeps coming, so identity may resolve an event after
     # newer ones and the merge history take a step more or fewer: seen once in a loaded full run
     # (one merge step missing, every other view equal)
