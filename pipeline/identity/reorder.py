@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
 NEVER = -(2**62)  # the time of a stream that has not sent yet
 
 
@@ -174,14 +176,40 @@ class ReorderBuffer:
         return bool(self._heap) and limit is not None and self._heap[0][0] <= limit
 
 
+def held_key(source_key: str, event_id: str) -> str:
+    """The state key of one held event: its source message's key and its id, as a JSON pair.
+
+    One key per event, so holding or releasing an event writes that event
+    alone, not the whole list of its source key's held events again. The
+    table's changelog partition is the source key's (:func:`held_partition_key`).
+    """
+    return orjson.dumps([source_key, event_id]).decode()
+
+
+def held_partition_key(key: str) -> str:
+    """The part of a held event's state key that decides its partition: the source message's key.
+
+    Keys written before held events had keys of their own (a source key
+    holding a list of events) are their own partition key.
+    """
+    if key.startswith('["'):
+        try:
+            pair = orjson.loads(key)
+        except orjson.JSONDecodeError:
+            return key
+        if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
+            return pair[0]
+    return key
+
+
 class DurableReorder:
     """A :class:`ReorderBuffer` whose held events are also kept in a state table.
 
     The input offsets of held events are committed like any other, so the
-    events themselves must survive a restart: they are written to ``table``
-    under ``key_of(event)`` (the key of their source message, so the table's
-    changelog partition matches) and put back in the buffer on the first call
-    after a restart.
+    events themselves must survive a restart: each is written to ``table``
+    under its own key (:func:`held_key`; its changelog partition is that of
+    its source message, :func:`held_partition_key`), deleted when released,
+    and put back in the buffer on the first call after a restart.
     """
 
     def __init__(
@@ -219,8 +247,7 @@ class DurableReorder:
             if late:
                 ready.extend(late)
             else:
-                key = self.key_of(event)
-                self.table[key] = [*(self.table.get(key) or ()), event]
+                self.table[held_key(self.key_of(event), event["event_id"])] = event
         return self._forget(ready + self.buffer.release(at_most=self.at_most))
 
     def release(self, everything: bool = False) -> list[dict[str, Any]]:
@@ -233,18 +260,21 @@ class DurableReorder:
         if self._restored:
             return
         self._restored = True
-        for held in list(self.table.values()):
-            for event in held or ():
-                self.buffer.add(event)
+        table = self.table
+        for key, held in list(table.items()):
+            if isinstance(held, list):
+                # written by a version that kept a list per source key: one key per event from now on
+                del table[key]
+                for event in held:
+                    table[held_key(self.key_of(event), event["event_id"])] = event
+                    self.buffer.add(event)
+            elif held is not None:
+                self.buffer.add(held)
 
     def _forget(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        by_key: dict[str, set[str]] = {}
+        table = self.table
         for event in events:
-            by_key.setdefault(self.key_of(event), set()).add(event["event_id"])
-        for key, ids in by_key.items():
-            left = [e for e in self.table.get(key) or () if e["event_id"] not in ids]
-            if left:
-                self.table[key] = left
-            elif key in self.table:
-                del self.table[key]
+            key = held_key(self.key_of(event), event["event_id"])
+            if key in table:
+                del table[key]
         return events

@@ -12,7 +12,7 @@ from pipeline.config import BUILT_IN_CONSENT
 from pipeline.identity.consent import ConsentLedger, stated
 from pipeline.identity.erasure import carries
 from pipeline.identity.graph import IdentityGraph, identified_by
-from pipeline.identity.reorder import DurableReorder
+from pipeline.identity.reorder import DurableReorder, held_partition_key
 from pipeline.journeys.sessions import unlinked_event_row
 from pipeline.kafka import topics
 from pipeline.kafka.envelopes import partition_for
@@ -35,6 +35,8 @@ class IdentityHandler:
     """Resolves events with an :class:`IdentityGraph` over the stage's tables."""
 
     table_names = topics.STATE_TABLES["identity"]
+    # one key per held event, on the partition of its source message's key
+    partition_keys = {"identity_pending": held_partition_key}
 
     def __init__(
         self,

@@ -47,6 +47,11 @@ class StatefulHandler(Protocol):
     # first, counted), or None when it cannot (the stage then stops with
     # StateTooLarge). See pipeline/runtime/state.py.
 
+    # Optional: ``partition_keys: Mapping[str, Callable[[str], str]]``. For a
+    # table whose keys are not source message keys (identity's one key per
+    # held event), the part of a key that decides its partition; the runtime
+    # writes each changelog record to that partition.
+
     # Optional: ``backlog() -> bool``. True when a bounded step left work that
     # needs no new input (identity's held events a watermark freed at once);
     # the runtime then runs ticks, the event loop free between them, until it

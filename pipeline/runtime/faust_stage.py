@@ -38,7 +38,7 @@ from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
 from pipeline.runtime.faults import FaultPlan
 from pipeline.runtime.faust_input import OrderedInput
-from pipeline.runtime.state import BatchCache, ChangelogRecord, key_partition, register_codecs
+from pipeline.runtime.state import BatchCache, ChangelogRecord, register_codecs
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,9 @@ class FaustStage:
             consumer_max_fetch_size=message_bytes(settings),  # one whole message of any allowed size
         )
         partitions = self.source_partitions
+        partition_keys = getattr(self.handler, "partition_keys", {})
         for name in (*self.handler.table_names, epoch_table(self.stage)):
             table = app.Table(name, default=None, partitions=partitions)
-            # A key's changelog partition is the partition its source messages
-            # hash to (murmur2, like the producers'): the runtime writes the
-            # changelog itself (state.BatchCache), faust only reads it back.
-            table.partition_for_key = partial(key_partition, partitions=partitions)  # type: ignore[method-assign]
             table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
             table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
             # the changelog topic was already made (with JSON codecs) when the
@@ -173,7 +170,15 @@ class FaustStage:
             # a value too large for a record is trimmed by the handler's rule for the table
             trim_state = getattr(self.handler, "trim_state", None)
             trim = partial(trim_state, name) if trim_state is not None else None
-            self._caches[name] = BatchCache(table.data, changelog, partitions, record_bytes(settings), trim)
+            # A key's changelog partition is the partition its source messages
+            # hash to (murmur2, like the producers'; of the part of the key the
+            # handler's partition_keys name): the runtime writes the
+            # changelog itself (state.BatchCache), faust only reads it back.
+            cache = BatchCache(
+                table.data, changelog, partitions, record_bytes(settings), trim, partition_keys.get(name)
+            )
+            table.partition_for_key = cache.partition_of  # type: ignore[method-assign]
+            self._caches[name] = cache
         self.handler.bind(
             {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
         )

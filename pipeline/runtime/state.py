@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 Trim = Callable[[str, Any], Any]
 """``trim(key, value)``: a smaller value by the table's rule, or None when there is nothing left to drop."""
 
+PartitionKey = Callable[[str], str]
+"""``partition_key(key)``: the part of a table's key that decides its partition (the source message's key)."""
+
 
 class _Utf8KeyCodec(codecs.Codec):
     """Table keys as plain UTF-8, the same bytes as the source topic's keys.
@@ -92,10 +95,12 @@ class BatchCache(MutableMapping[str, Any]):
         partitions: int = 1,
         max_bytes: int = 0,
         trim: Trim | None = None,
+        partition_key: PartitionKey | None = None,
     ) -> None:
         self.table = store
         self.changelog = changelog
         self.partitions = partitions
+        self.partition_key = partition_key  # None: the whole key, like a source message's
         self.max_bytes = max_bytes  # 0: unbounded; else the largest value a changelog record may hold
         self.trim = trim
         self.dirty: dict[str, Any] = {}
@@ -142,12 +147,16 @@ class BatchCache(MutableMapping[str, Any]):
 
         Nothing is written: the changelog keeps them for their new owner.
         """
-        gone = [key for key in self.table if key_partition(key, self.partitions) in partitions]
+        gone = [key for key in self.table if self.partition_of(key) in partitions]
         for key in gone:
             del self.table[key]
-        for key in [key for key in self.dirty if key_partition(key, self.partitions) in partitions]:
+        for key in [key for key in self.dirty if self.partition_of(key) in partitions]:
             del self.dirty[key]
         return len(gone)
+
+    def partition_of(self, key: str) -> int:
+        """The changelog (and source) partition of ``key``."""
+        return key_partition(self.partition_key(key) if self.partition_key else key, self.partitions)
 
     def discard(self) -> None:
         """Forget the batch's changes (nothing of them was applied)."""
@@ -156,9 +165,10 @@ class BatchCache(MutableMapping[str, Any]):
     def write_back(self) -> list[ChangelogRecord]:
         """Apply every changed key to the store, once; the changelog records of those changes."""
         records: list[ChangelogRecord] = []
+        partition_key = self.partition_key
         for key, value in self.dirty.items():
             encoded_key = key.encode()
-            partition = key_partition(encoded_key, self.partitions)
+            partition = key_partition(partition_key(key) if partition_key else encoded_key, self.partitions)
             if value is _DELETED:
                 if key not in self.table:
                     continue  # written and deleted within the batch: the changelog never held it

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.attribution.models import Touch
 from pipeline.attribution.paths import PathAttributor, conversion_id_for, new_state, o2o_label
-from pipeline.identity.reorder import DurableReorder, ReorderBuffer
+from pipeline.identity.reorder import DurableReorder, ReorderBuffer, held_key
 
 DAY = 86_400_000
 
@@ -127,7 +127,7 @@ def test_a_bounded_release_lets_the_rest_go_next_time_in_the_same_order() -> Non
         chunks.append(bounded.release())
         assert 0 < len(chunks[-1]) <= 4
     assert [e for chunk in chunks for e in chunk] == everything  # oldest first, as in one release
-    assert len(everything) == 60 and bounded.table == {"web40": [ev(40, "web")]}
+    assert len(everything) == 60 and bounded.table == {held_key("web40", "web40"): ev(40, "web")}
 
 
 def touch(sid: str, started_at: int, kind: str = "digital", channel: str = "email") -> dict[str, Any]:
