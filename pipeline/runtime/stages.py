@@ -19,6 +19,7 @@ from pipeline.kafka import topics
 from pipeline.model.limits import identifiers_per_person
 from pipeline.runtime.confluent_stage import ConfluentStageLoop
 from pipeline.runtime.drain import UPSTREAM, DrainGate, clear_markers, marker
+from pipeline.runtime.gc_policy import LongLivedObjects
 from pipeline.runtime.lag_watch import LagCollector, LagWatch
 from pipeline.runtime.stage_child import StageProcess, start_stage_process, stop_fork_server
 from pipeline.stop_flag import StopFlag
@@ -51,6 +52,8 @@ def run_stage(
     """
     gate = DrainGate(settings, stage, after) if drain else None
     from pipeline.metrics import counter_of, serve_metrics
+
+    LongLivedObjects().install()  # full collections walk only what came after the last one
 
     watch = LagWatch(settings, stage).start()
     lag_gauges = [LagCollector(watch)]
