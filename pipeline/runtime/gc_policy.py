@@ -5,8 +5,8 @@ records, rows, encoded messages) next to its long-lived ones (the state
 tables, faust's and the clients' objects). CPython runs a full collection
 each time the objects that outlived the younger generations have grown by a
 quarter, and each full collection walks every tracked object: in the bench
-(``o2o bench --events 100000``) the stage processes spent 5 to 7 CPU seconds
-of about 23 in such collections, up to 200 ms each with the event loop held.
+(``o2o bench --events 100000``) the stage processes spent 5.7 s of about 24
+CPU seconds in full collections, up to 200 ms each with the event loop held.
 The long-lived objects are almost never cyclic garbage (state values are
 plain dicts and lists, freed by reference counting when replaced).
 
