@@ -41,11 +41,13 @@ class LongLivedObjects:
         self.last_full = clock()
         self.frozen_collections = 0  # full collections whose survivors were frozen
         self.true_full_collections = 0  # full collections that also walked the frozen objects
+        self.frozen = False  # whether objects are frozen now
 
     def install(self) -> LongLivedObjects:
         """Freeze what start-up made, and freeze the survivors of every later full collection."""
         gc.collect()
         gc.freeze()
+        self.frozen = True
         gc.callbacks.append(self.after_collection)
         return self
 
@@ -54,6 +56,7 @@ class LongLivedObjects:
         if self.after_collection in gc.callbacks:
             gc.callbacks.remove(self.after_collection)
         gc.unfreeze()
+        self.frozen = False
 
     def after_collection(self, phase: str, info: dict[str, Any]) -> None:
         """The collector's callback: after a full collection, freeze its survivors (or unfreeze, when due).
@@ -65,10 +68,13 @@ class LongLivedObjects:
         if phase != "stop" or info["generation"] != 2:
             return
         now = self.clock()
-        if gc.get_freeze_count() and now - self.last_full >= self.full_every:
+        # (not gc.get_freeze_count(): it walks every frozen object)
+        if self.frozen and now - self.last_full >= self.full_every:
             gc.unfreeze()
+            self.frozen = False
             self.last_full = now
             self.true_full_collections += 1
         else:
             gc.freeze()
+            self.frozen = True
             self.frozen_collections += 1
