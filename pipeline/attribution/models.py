@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pipeline.attribution.custom import CustomRules
 
@@ -69,8 +68,9 @@ DEFAULT_HALF_LIFE_MS = 7 * DAY_MS
 DIRECT_CHANNEL = "direct"
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+# Touches and credits are NamedTuples, immutable like a frozen dataclass and about three
+# times faster to build: attribution builds one per touch, model and remembered conversion.
+class Touch(NamedTuple):
     """One touchpoint (a session) on a person's path to a conversion.
 
     ``started_at`` is UTC epoch milliseconds. ``identified`` is True when the person was
@@ -85,8 +85,7 @@ class Touch:
     kind: str = "digital"  # or store_visit (the custom model may weight them)
 
 
-@dataclass(frozen=True, slots=True)
-class Credit:
+class Credit(NamedTuple):
     """The share of one conversion that one model gives to one touch of the path.
 
     ``position`` is the 0-based index of the touch in the (sorted) path; ``credit`` is the
