@@ -82,4 +82,5 @@ def test_random_bodies_get_a_4xx_never_a_crash() -> None:
         statuses[response.status_code] += 1
 
     check()
-    assert statuses[200] >= 10 and sum(n for code, n in statuses.items() if code >= 400) >= 10, statuses
+    # both answers occur: about 14 of 100 bodies are accepted (8 to 18 in six runs), so at least 3
+    assert statuses[200] >= 3 and sum(n for code, n in statuses.items() if code >= 400) >= 10, statuses
