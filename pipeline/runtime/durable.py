@@ -104,10 +104,10 @@ class DurableWriter:
         self.records_out += len(emissions)
         self._flush("outputs")
 
-    def write_state(self, changes: Iterable[ChangelogRecord], wait: bool = True) -> None:
-        """Produce a step's changelog records; with ``wait``, wait until every one is acknowledged.
+    def write_state(self, changes: Iterable[ChangelogRecord], settle: bool = True) -> None:
+        """Produce a step's changelog records; with ``settle``, wait until every one is acknowledged.
 
-        Without ``wait`` the records are acknowledged by the next flush: the
+        Without ``settle`` the records are acknowledged by the next flush: the
         next step's outputs or :meth:`settle`.
         """
         count = 0
@@ -117,7 +117,7 @@ class DurableWriter:
         if count:
             self.state_records += count
             self._unsettled = True
-            if wait:
+            if settle:
                 self._flush("state")
 
     def commit_step(
@@ -137,7 +137,7 @@ class DurableWriter:
         self.send_outputs(emissions)
         for point in points:
             self.faults.reach(point)
-        self.write_state(changes, wait=settle)
+        self.write_state(changes, settle=settle)
         self.steps += 1
 
     def settle(self) -> None:
