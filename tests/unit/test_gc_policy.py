@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.runtime.gc_policy import LongLivedObjects
+from tests.unit.hand_clock import HandClock
 
 
 class Node:
@@ -18,17 +19,9 @@ class Node:
         self.me: Node | None = self
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def policy() -> Iterator[tuple[LongLivedObjects, Clock]]:
-    clock = Clock()
+def policy() -> Iterator[tuple[LongLivedObjects, HandClock]]:
+    clock = HandClock()
     installed = LongLivedObjects(full_every=600, clock=clock).install()
     try:
         yield installed, clock
@@ -37,7 +30,7 @@ def policy() -> Iterator[tuple[LongLivedObjects, Clock]]:
 
 
 def test_what_survives_a_full_collection_is_frozen_and_later_ones_skip_it(
-    policy: tuple[LongLivedObjects, Clock],
+    policy: tuple[LongLivedObjects, HandClock],
 ) -> None:
     installed, _clock = policy
     frozen_before = gc.get_freeze_count()
@@ -48,7 +41,7 @@ def test_what_survives_a_full_collection_is_frozen_and_later_ones_skip_it(
 
 
 def test_a_cycle_frozen_while_alive_is_freed_by_the_true_full_collection_when_it_is_due(
-    policy: tuple[LongLivedObjects, Clock],
+    policy: tuple[LongLivedObjects, HandClock],
 ) -> None:
     installed, clock = policy
     cycle = Node()
