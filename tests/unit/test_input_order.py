@@ -7,18 +7,9 @@ import logging
 import pytest
 
 from pipeline.runtime.input_order import InputOrder, Verdict
+from tests.unit.hand_clock import HandClock
 
 HANDLE, REPEAT, HOLD = Verdict.HANDLE, Verdict.REPEAT, Verdict.HOLD
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_records_in_order_from_the_committed_offset_are_handled() -> None:
@@ -29,7 +20,7 @@ def test_records_in_order_from_the_committed_offset_are_handled() -> None:
 
 
 def test_a_hole_holds_everything_after_it_until_the_hole_is_read() -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     order: InputOrder[str] = InputOrder("journeys", reseek_seconds=1.0, clock=clock)
     assert order.sort("p0", 7, start=7) is HANDLE
     # offsets 8 and 9 were never handed over
@@ -94,7 +85,7 @@ def test_records_gone_from_the_log_are_given_up_with_an_error(caplog: pytest.Log
 
 
 def test_records_fetched_and_never_handed_over_at_the_tail_are_read_again() -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     order: InputOrder[str] = InputOrder("journeys", reseek_seconds=1.0, clock=clock)
     for offset in (4, 5):
         order.sort("p0", offset, start=4)
@@ -113,7 +104,7 @@ def test_records_fetched_and_never_handed_over_at_the_tail_are_read_again() -> N
 
 
 def test_a_quiet_partition_is_not_a_hole() -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     order: InputOrder[str] = InputOrder("journeys", reseek_seconds=1.0, clock=clock)
     order.sort("p0", 0, start=0)
     for _ in range(5):
@@ -124,7 +115,7 @@ def test_a_quiet_partition_is_not_a_hole() -> None:
 
 
 def test_a_partition_whose_fetched_records_never_came_is_read_again() -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     order: InputOrder[str] = InputOrder("attribution", reseek_seconds=1.0, clock=clock)
     order.watch({"p1": 12}, {"p1": 10})  # 10 and 11 fetched, nothing handed over yet
     clock.now += 0.5

@@ -15,6 +15,7 @@ from pipeline.journeys.stage import JourneysHandler, watermark_key
 from pipeline.journeys.timeline import JourneyTimeline
 from pipeline.kafka import topics
 from pipeline.model.event_clock import progress_records
+from tests.unit.hand_clock import HandClock
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -161,15 +162,7 @@ def test_zero_lateness_flags_every_out_of_order_event() -> None:
 # ---- the stage: per-partition watermarks and the idle timer, on a fake clock ----
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def handler(clock: FakeClock, partitions: int = 4) -> tuple[JourneysHandler, dict[str, dict[str, Any]]]:
+def handler(clock: HandClock, partitions: int = 4) -> tuple[JourneysHandler, dict[str, dict[str, Any]]]:
     settings = Settings(idle_partition_seconds=60)  # type: ignore[call-arg]
     h = JourneysHandler(settings, clock=clock)
     tables: dict[str, dict[str, Any]] = {"journeys_state": {}, "journeys_watermarks": {}}
@@ -189,7 +182,7 @@ def sessions_emitted(emissions: list[tuple[str, str, dict[str, Any]]]) -> list[d
 
 
 def test_each_partition_keeps_its_own_watermark() -> None:
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, tables = handler(clock)
     a, b = persons_on_two_partitions(h)
     h.process([store("enter", 0, person=a)])
@@ -205,7 +198,7 @@ def vouched(h: JourneysHandler) -> None:
 
 
 def test_the_idle_timer_closes_a_quiet_store_visit() -> None:
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, _ = handler(clock)
     h.process([store("enter", 0)])
     h.process([store("dwell", 5 * MIN)])
@@ -220,7 +213,7 @@ def test_the_idle_timer_closes_a_quiet_store_visit() -> None:
 
 def test_a_quiet_partition_moves_on_only_over_time_identity_vouched_for() -> None:
     """Identity down: no progress records, so the quiet partition's event time stands still."""
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, _ = handler(clock)
     h.process([store("enter", 0)])
     h.process([store("dwell", 5 * MIN)])  # changes the visit: published again when it closes
@@ -237,7 +230,7 @@ def test_a_quiet_partition_moves_on_only_over_time_identity_vouched_for() -> Non
 
 
 def test_a_restart_keeps_watermarks_and_held_events() -> None:
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, tables = handler(clock)
     h.process([ev(0)])
     h.process([ev(10 * MIN)])
@@ -250,7 +243,7 @@ def test_a_restart_keeps_watermarks_and_held_events() -> None:
 
 
 def test_touch_removals_go_to_attribution_keyed_by_person() -> None:
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, _ = handler(clock)
     h.process([ev(10 * MIN)])
     out = h.process([ev(0)])
@@ -284,7 +277,7 @@ def story(times: list[int], seed: int) -> list[dict[str, Any]]:
 
 
 def result(events: list[dict[str, Any]], batch_sizes: list[int]) -> tuple[dict[str, Any], dict[str, str]]:
-    clock = FakeClock()
+    clock = HandClock(1000.0)
     h, _ = handler(clock, partitions=2)
     emissions: list[tuple[str, str, dict[str, Any]]] = []
     i = 0

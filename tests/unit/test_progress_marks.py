@@ -7,7 +7,7 @@ from typing import Any
 from pipeline.identity.reorder import ReorderBuffer
 from pipeline.identity.stage import RELEASE_PER_STEP, IdentityHandler
 from pipeline.ingest.progress import ProgressMarks
-from tests.unit.test_reorder_and_paths import FakeClock
+from tests.unit.hand_clock import HandClock
 
 
 def ev(at: int, stream: str) -> dict[str, Any]:
@@ -19,7 +19,7 @@ def times(events: list[dict[str, Any]]) -> list[int]:
 
 
 def test_a_caught_up_stream_stops_holding_back_at_once_and_holds_again_with_its_next_event() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buf = ReorderBuffer(idle_seconds=60, clock=clock)
     buf.add(ev(10, "pos"))
     buf.add(ev(100, "web"))
@@ -33,7 +33,7 @@ def test_a_caught_up_stream_stops_holding_back_at_once_and_holds_again_with_its_
 
 
 def test_a_stream_reading_again_holds_back_and_its_idle_clock_restarts() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buf = ReorderBuffer(idle_seconds=5, clock=clock)
     buf.add(ev(10, "pos"))
     buf.progress("pos", caught_up=True)
@@ -51,7 +51,7 @@ def test_a_stream_reading_again_holds_back_and_its_idle_clock_restarts() -> None
 
 
 def test_an_expected_stream_read_to_its_end_without_events_holds_nothing() -> None:
-    buf = ReorderBuffer(idle_seconds=60, clock=FakeClock())
+    buf = ReorderBuffer(idle_seconds=60, clock=HandClock())
     buf.expect(["web", "pos"])
     buf.add(ev(10, "web"))
     assert buf.release() == []
@@ -62,7 +62,7 @@ def test_an_expected_stream_read_to_its_end_without_events_holds_nothing() -> No
 
 
 def test_marks_are_sent_when_changed_and_at_most_once_per_interval() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock)
     assert not marks.due()
     marks.passed("web/0", 10)
@@ -89,7 +89,7 @@ def test_marks_are_sent_when_changed_and_at_most_once_per_interval() -> None:
 
 
 def test_unchanged_marks_go_out_again_every_second_and_a_revoked_origin_is_forgotten() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock, refresh_seconds=1.0)
     marks.passed("web/0", 10)
     marks.reached_end("pos/1")
@@ -105,7 +105,7 @@ def test_unchanged_marks_go_out_again_every_second_and_a_revoked_origin_is_forgo
 
 
 def test_a_stream_its_reader_keeps_marking_as_reading_never_goes_idle() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buffer = ReorderBuffer(idle_seconds=5.0, clock=clock)
     buffer.add(ev(10, "web"))
     buffer.add(ev(20, "pos"))
@@ -137,7 +137,7 @@ def test_identity_applies_a_progress_record_to_the_stream_of_its_partition() -> 
 
 def test_a_stream_that_never_sent_holds_back_only_up_to_its_sources_mark() -> None:
     """app/1 reaches only events.valid partition 1: its stream on partition 0 must not hold everything."""
-    buffer = ReorderBuffer(idle_seconds=60, clock=FakeClock())
+    buffer = ReorderBuffer(idle_seconds=60, clock=HandClock())
     buffer.expect(["app/1>0", "app/1>1", "web/0>0"])
     for at, stream in ((10, "web/0>0"), (20, "app/1>1"), (30, "web/0>0")):
         buffer.add(ev(at, stream))
@@ -160,7 +160,7 @@ def test_a_stream_that_never_sent_holds_back_only_up_to_its_sources_mark() -> No
 
 
 def test_marks_carry_the_newest_event_time_of_each_origin_and_a_newer_time_is_a_change() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     marks = ProgressMarks(interval_seconds=0.1, clock=clock)
     marks.passed("app/1", 50)
     marks.passed("app/1", 40)  # a late upload does not take the time back

@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 from pipeline.attribution.models import Touch
 from pipeline.attribution.paths import PathAttributor, conversion_id_for, new_state, o2o_label
 from pipeline.identity.reorder import DurableReorder, ReorderBuffer, held_key
+from tests.unit.hand_clock import HandClock
 
 DAY = 86_400_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ev(at: int, source: str) -> dict[str, Any]:
@@ -28,7 +21,7 @@ def ev(at: int, source: str) -> dict[str, Any]:
 
 
 def test_buffer_waits_for_the_slowest_source() -> None:
-    buf = ReorderBuffer(idle_seconds=5, clock=FakeClock())
+    buf = ReorderBuffer(idle_seconds=5, clock=HandClock())
     for at in (10, 20, 30):
         buf.add(ev(at, "web"))
     assert buf.release() == [ev(10, "web"), ev(20, "web"), ev(30, "web")]  # only one source so far
@@ -41,7 +34,7 @@ def test_buffer_waits_for_the_slowest_source() -> None:
 
 
 def test_idle_source_stops_holding_back_and_late_events_pass_at_once() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buf = ReorderBuffer(idle_seconds=5, clock=clock)
     buf.add(ev(10, "pos"))
     buf.add(ev(100, "web"))
@@ -54,7 +47,7 @@ def test_idle_source_stops_holding_back_and_late_events_pass_at_once() -> None:
 
 
 def test_an_expected_stream_holds_back_from_the_first_input_until_it_sends_or_idles() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buf = ReorderBuffer(idle_seconds=5, clock=clock)
     buf.expect(["web", "pos"])
     clock.now = 100.0  # a slow start-up: the idle clock has not started yet
@@ -69,7 +62,7 @@ def test_an_expected_stream_holds_back_from_the_first_input_until_it_sends_or_id
 
 
 def test_a_source_fallen_silent_is_a_stall_and_its_quiet_streams_keep_holding_back() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buf = ReorderBuffer(idle_seconds=5, clock=clock, stall_seconds=3)
     buf.add(ev(10, "pos"))
     buf.add(ev(100, "web"))
@@ -87,7 +80,7 @@ def test_a_source_fallen_silent_is_a_stall_and_its_quiet_streams_keep_holding_ba
 
 
 def test_caught_up_only_while_the_source_keeps_saying_everything_was_read() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     buffer = ReorderBuffer(idle_seconds=5, clock=clock)
     buffer.expect(["web", "app"])
     assert not buffer.caught_up(3)  # nothing said yet: a stalled source looks the same
@@ -105,7 +98,7 @@ def test_caught_up_only_while_the_source_keeps_saying_everything_was_read() -> N
 
 
 def test_release_everything_sorts_all() -> None:
-    buf = ReorderBuffer(clock=FakeClock())
+    buf = ReorderBuffer(clock=HandClock())
     for at, source in ((5, "web"), (3, "app"), (4, "pos")):
         buf.add(ev(at, source))
     assert [e["occurred_at"] for e in buf.release(everything=True)] == [3, 4, 5]
@@ -113,7 +106,7 @@ def test_release_everything_sorts_all() -> None:
 
 
 def test_a_bounded_release_lets_the_rest_go_next_time_in_the_same_order() -> None:
-    clock = FakeClock()
+    clock = HandClock()
     unbounded, bounded = ReorderBuffer(clock=clock), DurableReorder(lambda e: e["event_id"], at_most=4)
     bounded.buffer.clock = clock
     events = [ev(at, source) for at in range(30, 0, -1) for source in ("web", "pos")] + [ev(40, "web")]
