@@ -77,6 +77,17 @@ class ReorderBuffer:
         heapq.heappush(self._heap, (at, event["event_id"], self._seq, event))
         return []
 
+    def put_back(self, event: dict[str, Any]) -> None:
+        """Hold an event kept from before a restart, without taking it as news of its stream.
+
+        Its stream's input is read again from the committed offset, which can
+        come after the events kept in state (a partition read again from a
+        hole). Counted as arrived, a kept event would let the other streams'
+        newer events go first, and its stream's older ones would then come late.
+        """
+        self._seq += 1
+        heapq.heappush(self._heap, (event["occurred_at"], event["event_id"], self._seq, event))
+
     def progress(self, stream: str, caught_up: bool, source_at: int | None = None) -> None:
         """What the source of ``stream`` says about it, in order with the stream's events.
 
@@ -151,7 +162,11 @@ class ReorderBuffer:
             if s not in self._caught_up and (stalled or now - self._last_seen.get(s, now) < self.idle_seconds)
         ]
         if not active:
-            return max(self._newest.values()) if self._newest else None
+            if not self._newest:
+                return None
+            # nothing holds back: every held event may go (events put back after a restart
+            # can be newer than anything their streams have sent since)
+            return max(max(self._newest.values()), max((held[0] for held in self._heap), default=NEVER))
         return min(active)
 
     def release(self, everything: bool = False, at_most: int = 0) -> list[dict[str, Any]]:
@@ -267,9 +282,9 @@ class DurableReorder:
                 del table[key]
                 for event in held:
                     table[held_key(self.key_of(event), event["event_id"])] = event
-                    self.buffer.add(event)
+                    self.buffer.put_back(event)
             elif held is not None:
-                self.buffer.add(held)
+                self.buffer.put_back(held)
 
     def _forget(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         table = self.table

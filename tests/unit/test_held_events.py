@@ -101,3 +101,23 @@ def test_the_partition_key_of_a_held_key_is_its_source_key_whatever_the_ids_hold
         assert held_partition_key(held_key(source_key, event_id)) == source_key
     assert held_partition_key("cookie:a") == "cookie:a"  # a key of the older layout
     assert held_partition_key('["not json') == '["not json'
+
+
+def test_events_kept_from_before_a_restart_wait_for_their_streams_older_events_read_again() -> None:
+    # before the restart: web had passed 100 (held, kept in state); offsets from 60 on were
+    # not committed, and the partition is read again from a hole after app's newer events
+    store: dict[str, Any] = {held_key("cookie:c1", "c1-100"): ev(100, "c1")}
+    reorder, _cache = reorder_over(store)
+    released = reorder.add_all([ev(at, "a1", source="app") for at in (70, 110, 150)])
+    assert released == []  # web, read again from its hole, has not sent yet: it holds everything
+    released += reorder.add_all([ev(60, "c1"), ev(80, "c1"), ev(100, "c1"), ev(160, "c1")])
+    assert [e["occurred_at"] for e in released] == [60, 70, 80, 100, 100, 110, 150]
+    assert reorder.buffer.late == 0
+
+
+def test_events_kept_from_before_a_restart_go_once_every_stream_says_it_is_caught_up() -> None:
+    reorder, _cache = reorder_over({held_key("cookie:c1", "c1-100"): ev(100, "c1")})
+    assert reorder.add_all([]) == []
+    reorder.buffer.progress("web", caught_up=True)
+    reorder.buffer.progress("app", caught_up=True)
+    assert [e["event_id"] for e in reorder.release()] == ["c1-100"]
