@@ -72,20 +72,20 @@ class ReorderBuffer:
             self.late += 1
             self.last_late = (stream, self.released_up_to - at)
             return [event]
-        self._seq += 1
-        # equal times go out by event id, not by arrival: the same order in every run
-        heapq.heappush(self._heap, (at, event["event_id"], self._seq, event))
+        self.put_back(event)
         return []
 
     def put_back(self, event: dict[str, Any]) -> None:
-        """Hold an event kept from before a restart, without taking it as news of its stream.
+        """Hold an event, without taking it as news of its stream (:meth:`add` notes that first).
 
-        Its stream's input is read again from the committed offset, which can
-        come after the events kept in state (a partition read again from a
-        hole). Counted as arrived, a kept event would let the other streams'
-        newer events go first, and its stream's older ones would then come late.
+        Events kept from before a restart are held through this alone: their
+        stream's input is read again from the committed offset, which can come
+        after the events kept in state (a partition read again from a hole).
+        Counted as arrived, a kept event would let the other streams' newer
+        events go first, and its stream's older ones would then come late.
         """
         self._seq += 1
+        # equal times go out by event id, not by arrival: the same order in every run
         heapq.heappush(self._heap, (event["occurred_at"], event["event_id"], self._seq, event))
 
     def progress(self, stream: str, caught_up: bool, source_at: int | None = None) -> None:
