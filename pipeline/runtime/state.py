@@ -165,10 +165,9 @@ class BatchCache(MutableMapping[str, Any]):
     def write_back(self) -> list[ChangelogRecord]:
         """Apply every changed key to the store, once; the changelog records of those changes."""
         records: list[ChangelogRecord] = []
-        partition_key = self.partition_key
         for key, value in self.dirty.items():
             encoded_key = key.encode()
-            partition = key_partition(partition_key(key) if partition_key else encoded_key, self.partitions)
+            partition = self.partition_of(key)
             if value is _DELETED:
                 if key not in self.table:
                     continue  # written and deleted within the batch: the changelog never held it
