@@ -61,7 +61,7 @@ def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage:
     left = recovery.active_remaining_total() if in_recovery else 0
     if not watch.stalled(in_recovery, left):
         return False
-    remaining = {f"{tp.topic}/{tp.partition}": n for tp, n in recovery.active_remaining().items() if n}
+    remaining = {name: n for name, n in _by_tp(recovery.active_remaining()).items() if n}
     try:  # faust's own pause list, and the Kafka client's beneath it
         paused = _names(consumer._paused_partitions), _names(consumer._thread._ensure_consumer().paused())
     except Exception as exc:  # a diagnostic: faust's consumer internals may differ between versions
@@ -76,9 +76,13 @@ def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage:
     return True
 
 
+def _name(tp: Any) -> str:
+    return f"{tp.topic}/{tp.partition}"
+
+
 def _by_tp(counter: Any) -> dict[str, Any]:
-    return {f"{tp.topic}/{tp.partition}": n for tp, n in dict(counter).items()}
+    return {_name(tp): n for tp, n in dict(counter).items()}
 
 
 def _names(tps: Any) -> list[str]:
-    return sorted(f"{tp.topic}/{tp.partition}" for tp in tps)
+    return sorted(map(_name, tps))
