@@ -21,7 +21,13 @@ One point does not kill: at ``misread`` the stage behaves as if its consumer
 had skipped the first record a batch holds of a partition (never handed
 over, the later ones were), which faust's fetcher can do around a seek; the
 stage must notice the hole and read the partition again from it
-(:mod:`pipeline.runtime.input_order`).
+(:mod:`pipeline.runtime.input_order`). Two more act on the first batch of
+changelog records a stage fetches while restoring its tables:
+``fetch_in_rebalance`` stops faust's flow as the batch comes back (faust
+drops it, as in a rebalance; :mod:`pipeline.runtime.unhanded` must put it
+back), and ``lost_fetch`` loses it without a trace and moves the client to
+the changelogs' ends (the restore stalls;
+:mod:`pipeline.runtime.recovery_watch` must read them again).
 
 The sink passes ``after_insert`` (rows in ClickHouse, offsets not committed)
 and ``mid_insert`` (some tables of a batch inserted, others not);
@@ -47,6 +53,8 @@ STATEFUL_POINTS = (
     "mid_handover",
     "mid_flush",
     "misread",
+    "fetch_in_rebalance",
+    "lost_fetch",
 )
 SINK_POINTS = ("after_insert", "mid_insert")
 DELIVERY_POINTS = ("after_post",)

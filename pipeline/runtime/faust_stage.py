@@ -38,8 +38,9 @@ from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
 from pipeline.runtime.faults import FaultPlan
 from pipeline.runtime.faust_input import OrderedInput
-from pipeline.runtime.recovery_watch import RecoveryWatch, report_if_stalled
+from pipeline.runtime.recovery_watch import RecoveryGuard
 from pipeline.runtime.state import BatchCache, ChangelogRecord, register_codecs
+from pipeline.runtime.unhanded import UnhandedRecords
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ bench, against about 210 MiB in steps of this size.
 
 DRAIN_WAIT_NOTE_SECONDS = 30.0
 """How long a drain waits on unchanged uncommitted input before it says where reading stands."""
-
-RECOVERY_CHECK_SECONDS = 5.0
-RECOVERY_STALL_SECONDS = 30.0
-"""A table recovery that restored nothing this long, with records left, is reported (recovery_watch.py)."""
 
 
 class _Worker(faust.Worker):
@@ -119,7 +116,6 @@ class FaustStage:
         self._consumed: list[str] = []
         self._caches: dict[str, BatchCache] = {}
         self.epochs: dict[int, int] = {}  # owned source partition -> the epoch it runs under here
-        self.recovery_watch = RecoveryWatch(RECOVERY_STALL_SECONDS)
         # keyed by the name without prefix, as handlers emit them
         prefix = settings.topic_prefix
         counts = partition_counts(settings, every=True)
@@ -191,6 +187,8 @@ class FaustStage:
         source = app.topic(*self.inputs, key_serializer="raw", value_serializer="raw")
         forward_from = [settings.topic(name) for name in getattr(self.handler, "forward_from", ())]
         self.input = OrderedInput(app, settings, self.stage, [*self.inputs, *forward_from], self.faults)
+        self.unhanded = UnhandedRecords(app, self.stage, self.faults)
+        self.recovery_guard = RecoveryGuard(app, self.stage)
 
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(self.batch_size, within=TAKE_WITHIN_SECONDS):
@@ -221,15 +219,9 @@ class FaustStage:
         self._consumed = [*self.inputs, *forward_from]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.timer(self.tick_seconds)(self._tick)
-        app.timer(RECOVERY_CHECK_SECONDS)(self._check_recovery)
         if self.drain is not None:
             app.timer(0.5)(self._check_drained)
         return app
-
-    async def _check_recovery(self) -> None:
-        recovery = getattr(self.app.tables, "recovery", None)
-        if recovery is not None:
-            report_if_stalled(recovery, self.app.consumer, self.recovery_watch, self.stage)
 
     def _guarded(self, step: Callable[..., T], *args: Any) -> T:
         """Run (or read) one step; on any failure stop the process before anything more is acknowledged."""

@@ -1,25 +1,37 @@
-"""Noticing a faust table recovery that makes no progress, and saying what the consumer was doing.
+"""Noticing a faust table recovery that makes no progress, and reading its changelogs again.
 
 After its partitions move, a faust stage restores their state from the
 changelogs before it handles input. Rarely (about one run in 30 of a
-fail-over experiment, docs/operations.md) that recovery waits for ever:
-faust logs ``No event received for active tp ...`` every few seconds and
-the records it still needs never come. The cause is not known yet; a
-restart of the process cures it. :class:`RecoveryWatch` notices when the
-records left to restore have not gone down for a while, and
-:func:`report_if_stalled` then logs one error with what would tell the
-cause apart: the changelog partitions' positions and highwaters, which of
-them the consumer has paused, and what it is assigned.
+fail-over experiment, docs/operations.md) that recovery waited for ever:
+faust logged ``No event received for active tp ...`` every few seconds and
+the records it still needed never came. The likely cause is faust's
+consumer dropping fetched changelog records with the client's position
+already past them (:mod:`pipeline.runtime.unhanded` puts those back); this
+module is the net under any cause. :class:`RecoveryWatch` notices when the
+records left to restore have not gone down for a while; :class:`RecoveryGuard`
+then logs what the consumer was doing and seeks the stalled changelog
+partitions back to where the recovery stands, as faust's recovery does when
+it starts (reading a changelog again from an earlier offset only writes the
+same values again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import faust
+
 log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 2.0
+"""How often the guard looks at the recovery."""
+
+STALL_SECONDS = 10.0
+"""A recovery that restored nothing this long, with records left, has its changelogs read again."""
 
 
 class RecoveryWatch:
@@ -30,11 +42,10 @@ class RecoveryWatch:
         self.clock = clock
         self.stalls = 0  # stalls noticed since the process started
         self._least_left: int | None = None  # the fewest records left seen in this recovery
-        self._progress_at = 0.0  # when this recovery began, or last had fewer records left
-        self._reported = False  # this stall was reported
+        self._since = 0.0  # when this recovery began, last had fewer records left, or last stalled
 
     def stalled(self, in_recovery: bool, left: int) -> bool:
-        """Called now and then with the recovery's state: True once per stall, when it is noticed.
+        """Called now and then with the recovery's state: True each ``stall_seconds`` without progress.
 
         ``left``: records the active partitions still need from their
         changelogs. Progress is fewer left than ever before in this recovery.
@@ -45,18 +56,58 @@ class RecoveryWatch:
             return False
         if self._least_left is None or left < self._least_left:
             self._least_left = left
-            self._progress_at = now
-            self._reported = False
+            self._since = now
             return False
-        if left > 0 and not self._reported and now - self._progress_at >= self.stall_seconds:
-            self._reported = True
+        if left > 0 and now - self._since >= self.stall_seconds:
+            self._since = now
             self.stalls += 1
             return True
         return False
 
 
+class RecoveryGuard:
+    """Watches a faust app's table recoveries from its first assignment; reads a stalled one's again."""
+
+    def __init__(self, app: faust.App, stage: str, stall_seconds: float = STALL_SECONDS) -> None:
+        self.app = app
+        self.stage = stage
+        self.watch = RecoveryWatch(stall_seconds)
+        self._started = False
+        # faust starts its timers only once the first recovery is over: a task of our own watches that one too
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode types it too narrowly
+
+    def _on_assigned(self, _sender: Any, *args: Any, **_kwargs: Any) -> None:
+        if not self._started:
+            self._started = True
+            self.app.add_future(self._run())
+
+    async def _run(self) -> None:
+        while not self.app.should_stop:
+            await asyncio.sleep(CHECK_SECONDS)
+            try:
+                await self.check()
+            except Exception as exc:  # a broker away, a rebalance under way: the next check tries again
+                log.warning("%s: checking the table recovery failed: %r", self.stage, exc)
+
+    async def check(self) -> bool:
+        """Look at the recovery once; if it stalled, say so and seek its stalled changelogs back."""
+        recovery = getattr(self.app.tables, "recovery", None)
+        if recovery is None:
+            return False
+        consumer: Any = self.app.consumer
+        if not report_if_stalled(recovery, consumer, self.watch, self.stage):
+            return False
+        if not consumer.flow_active:  # a rebalance is under way: its recovery seeks every changelog
+            return False
+        stalled = {tp for tp, n in recovery.active_remaining().items() if n > 0}
+        # faust's own seek at the start of a recovery, to the offsets it has restored up to
+        await recovery._seek_offsets(consumer, stalled, recovery.active_offsets, "active")
+        consumer.resume_partitions(stalled)
+        return True
+
+
 def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage: str) -> bool:
-    """Look at faust's table recovery once; log an error with the consumer's state if it stalled."""
+    """Look at faust's table recovery once; log the consumer's state if it stalled (first an error)."""
     in_recovery = bool(getattr(recovery, "in_recovery", False))
     left = recovery.active_remaining_total() if in_recovery else 0
     if not watch.stalled(in_recovery, left):
@@ -67,22 +118,23 @@ def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage:
     except Exception as exc:  # a diagnostic: faust's consumer internals may differ between versions
         paused = ([f"unknown ({exc!r})"], [])
     assigned = _names(consumer.assignment())
-    log.error("%s: table recovery restored nothing for %.0f s with %d changelog records left "
-              "(by partition: %s; highwaters %s, offsets %s; paused by faust: %s, by the client: %s; "
-              "assigned: %s). "
-              "Restarting this process restores its partitions (docs/operations.md, known problem)",
-              stage, watch.stall_seconds, left, remaining, _by_tp(recovery.active_highwaters),
-              _by_tp(recovery.active_offsets), *paused, assigned)  # fmt: skip
+    log.log(logging.ERROR if watch.stalls == 1 else logging.WARNING,
+            "%s: table recovery restored nothing for %.0f s with %d changelog records left "
+            "(by partition: %s; highwaters %s, offsets %s; paused by faust: %s, by the client: %s; "
+            "assigned: %s); reading those changelog partitions again from the offsets restored",
+            stage, watch.stall_seconds, left, remaining, _by_tp(recovery.active_highwaters),
+            _by_tp(recovery.active_offsets), *paused, assigned)  # fmt: skip
     return True
 
 
-def _name(tp: Any) -> str:
+def name(tp: Any) -> str:
+    """A topic partition as ``topic/partition``, in logs."""
     return f"{tp.topic}/{tp.partition}"
 
 
 def _by_tp(counter: Any) -> dict[str, Any]:
-    return {_name(tp): n for tp, n in dict(counter).items()}
+    return {name(tp): n for tp, n in dict(counter).items()}
 
 
 def _names(tps: Any) -> list[str]:
-    return sorted(map(_name, tps))
+    return sorted(map(name, tps))

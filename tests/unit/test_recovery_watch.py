@@ -1,4 +1,4 @@
-"""A faust table recovery that restores nothing for long is reported once, with the consumer's state."""
+"""A faust table recovery that restores nothing for long is noticed and reported with the consumer's state."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from tests.unit.hand_clock import HandClock
 CHANGELOG = "o2o.journeys-journeys_state-changelog"
 
 
-def test_a_stall_is_noticed_once_after_the_stall_time_and_progress_starts_the_count_again() -> None:
+def test_a_stall_is_noticed_after_each_stall_time_without_progress_and_progress_starts_the_count_again() -> (
+    None
+):
     clock = HandClock()
     watch = RecoveryWatch(30, clock)
     assert not watch.stalled(True, 500)  # the recovery begins
@@ -24,11 +26,16 @@ def test_a_stall_is_noticed_once_after_the_stall_time_and_progress_starts_the_co
     assert not watch.stalled(True, 200)
     clock.now = 50
     assert watch.stalled(True, 200)  # 30 s without fewer records left
+    clock.now = 79
+    assert not watch.stalled(True, 200)  # the next notice 30 s after this one
+    clock.now = 80
+    assert watch.stalled(True, 200)
     clock.now = 90
-    assert not watch.stalled(True, 200)  # reported once
     assert not watch.stalled(True, 150)  # progress again
+    clock.now = 119
+    assert not watch.stalled(True, 150)
     clock.now = 120
-    assert watch.stalled(True, 150) and watch.stalls == 2
+    assert watch.stalled(True, 150) and watch.stalls == 3
 
 
 def test_no_stall_when_nothing_is_left_or_outside_a_recovery() -> None:
@@ -98,7 +105,11 @@ def test_the_report_names_the_partitions_left_their_offsets_and_what_is_paused(
         f"paused by faust: ['o2o.events.identified/3', '{CHANGELOG}/3'], by the client: ['{CHANGELOG}/3']"
         in line
     )
-    assert "Restarting this process" in line
+    assert "reading those changelog partitions again" in line
+    clock.now = 61
+    with caplog.at_level(logging.WARNING):
+        assert report_if_stalled(recovery, Consumer(), watch, "journeys")
+    assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.WARNING]  # an error the first time
 
 
 def test_a_consumer_without_the_expected_internals_still_gets_a_report(
