@@ -2,8 +2,8 @@
 
 Each stage runs as two processes (`o2o run STAGE --copy N`) that split its
 input partitions; the sink is one process, as the embedded ClickHouse belongs
-to one process. While they work through the input, one process of journeys,
-attribution and ingest is SIGKILLed in turn as soon as its stage has
+to one process. While they work through the input, one process of identity,
+journeys, attribution and ingest is SIGKILLed in turn as soon as its stage has
 committed more of it; the other takes its partitions over (the test waits
 until the group shows it holding them all and it has committed more), and the killed one is started
 again, taking some back from a live process, which must let go of their
@@ -12,10 +12,9 @@ processes that lived through the moves also flush at the end, side by side;
 every analyst view then equals, row for row, a run of the same input by one
 process per stage.
 
-Identity is not killed here: with two identity processes, a kill of the one
-holding the graph's partition, then its restart, left the survivor's faust
-table recovery waiting for ever on its epochs changelog in one run of seven
-(docs/operations.md, "Scaling out").
+Identity is killed too: its restore after the partitions move, in the
+survivor and in the restarted process, is where faust's table recovery once
+waited for ever (docs/operations.md, "Table restores that stall").
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ events_file = crash_runs.events_file  # bound here for pytest to find
 
 PARTITIONS = 8
 COPIES = {"ingest": 2, "identity": 2, "journeys": 2, "attribution": 2, "sink": 1}
-KILLED_IN_TURN = ("journeys", "attribution", "ingest")
+KILLED_IN_TURN = ("identity", "journeys", "attribution", "ingest")
 
 T = TypeVar("T")
 NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
