@@ -25,19 +25,21 @@ import faust
 
 from pipeline.config import Settings
 from pipeline.errors import DrainInterrupted
-from pipeline.kafka.admin import group_lag, partition_counts
+from pipeline.kafka.admin import partition_counts
 from pipeline.kafka.clients import process_client_id
 from pipeline.kafka.envelopes import key_for_partition, record_steps, unpack
 from pipeline.kafka.layout import check_layout
 from pipeline.kafka.security import faust_credentials
 from pipeline.kafka.topics import epoch_table
 from pipeline.model.handler import StatefulHandler
-from pipeline.model.limits import message_bytes, record_bytes
+from pipeline.model.limits import message_bytes
 from pipeline.private_files import private_dir
 from pipeline.runtime.drain import DrainGate
 from pipeline.runtime.durable import DurableWriter
 from pipeline.runtime.faults import FaultPlan
+from pipeline.runtime.faust_drain import FaustDrain
 from pipeline.runtime.faust_input import OrderedInput
+from pipeline.runtime.faust_tables import state_tables
 from pipeline.runtime.recovery_watch import RecoveryGuard
 from pipeline.runtime.state import BatchCache, ChangelogRecord, register_codecs
 from pipeline.runtime.unhanded import UnhandedRecords
@@ -67,10 +69,6 @@ A message may be an envelope of a thousand records, and a batch of a backlog
 a hundred envelopes: decoded at once, journeys peaked at 666-828 MiB in the
 bench, against about 210 MiB in steps of this size.
 """
-
-
-DRAIN_WAIT_NOTE_SECONDS = 30.0
-"""How long a drain waits on unchanged uncommitted input before it says where reading stands."""
 
 
 class _Worker(faust.Worker):
@@ -110,10 +108,7 @@ class FaustStage:
         self._worker: faust.Worker | None = None
         self._finished = False
         self._held: set[int] = set()  # input partitions assigned here at the last rebalance
-        self._flushed: set[int] = set()  # input partitions this process flushed in drain mode
-        self._drain_lag, self._drain_waiting_since = 0, 0.0
         self._warned_alone = False
-        self._consumed: list[str] = []
         self._caches: dict[str, BatchCache] = {}
         self.epochs: dict[int, int] = {}  # owned source partition -> the epoch it runs under here
         # keyed by the name without prefix, as handlers emit them
@@ -158,29 +153,8 @@ class FaustStage:
             consumer_max_fetch_size=message_bytes(settings),  # one whole message of any allowed size
         )
         partitions = self.source_partitions
-        partition_keys = getattr(self.handler, "partition_keys", {})
-        for name in (*self.handler.table_names, epoch_table(self.stage)):
-            table = app.Table(name, default=None, partitions=partitions)
-            table.key_serializer = "o2o_utf8"  # type: ignore[attr-defined]
-            table.value_serializer = "o2o_orjson"  # type: ignore[attr-defined]
-            # the changelog topic was already made (with JSON codecs) when the
-            # table registered itself; make it again with these codecs
-            table.changelog_topic = table._new_changelog_topic()  # type: ignore[attr-defined]
-            table.apply_changelog_batch = self._restoring(table.apply_changelog_batch)  # type: ignore[method-assign]
-            changelog = table.changelog_topic.get_topic_name()
-            # reads and writes go to the in-memory store, never through faust's changelog sends;
-            # a value too large for a record is trimmed by the handler's rule for the table
-            trim_state = getattr(self.handler, "trim_state", None)
-            trim = partial(trim_state, name) if trim_state is not None else None
-            # A key's changelog partition is the partition its source messages
-            # hash to (murmur2, like the producers'; of the part of the key the
-            # handler's partition_keys name): the runtime writes the
-            # changelog itself (state.BatchCache), faust only reads it back.
-            cache = BatchCache(
-                table.data, changelog, partitions, record_bytes(settings), trim, partition_keys.get(name)
-            )
-            table.partition_for_key = cache.partition_of  # type: ignore[method-assign]
-            self._caches[name] = cache
+        names = (*self.handler.table_names, epoch_table(self.stage))
+        self._caches = state_tables(app, names, self.handler, settings, partitions, self.faults)
         self.handler.bind(
             {name: self._caches[name] for name in self.handler.table_names}, partitions=partitions
         )
@@ -216,10 +190,14 @@ class FaustStage:
                         self._guarded(self.writer.send_outputs, self.handler.forward(records))  # type: ignore[attr-defined]
 
             app.agent(upstream, name=f"{self.stage}_forwarder")(forwarder)
-        self._consumed = [*self.inputs, *forward_from]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.timer(self.tick_seconds)(self._tick)
         if self.drain is not None:
+            self.drain_check = FaustDrain(
+                settings, self.stage, self.drain, app.consumer, self._owned,
+                partial(self._guarded, self._run_flush), self._finish, self.input.describe,
+            )  # fmt: skip
+            self.drain_check.consumed = [*self.inputs, *forward_from]
             app.timer(0.5)(self._check_drained)
         return app
 
@@ -353,15 +331,6 @@ class FaustStage:
         log.info("%s: partitions %s moved to another process; %d state keys dropped here, %s kept",
                  self.stage, sorted(lost), dropped, sorted(held))  # fmt: skip
 
-    def _restoring(self, apply: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap a table's changelog apply with the ``during_restore`` fault point."""
-
-        def apply_batch(*args: Any, **kwargs: Any) -> Any:
-            self.faults.reach("during_restore")
-            return apply(*args, **kwargs)
-
-        return apply_batch
-
     async def _work_off_backlog(self) -> None:
         """Run ticks, one step each and the event loop free between them, while the handler holds
         work its bounded steps left (``backlog()``: identity's events a watermark freed all at once)."""
@@ -385,38 +354,11 @@ class FaustStage:
         return bool(self._owned())
 
     async def _check_drained(self) -> None:
-        """Drain mode: once the group has committed all input, flush the partitions held here.
-
-        The stage has drained once its processes together flushed every
-        input partition (:meth:`DrainGate.mark_copy_done`); each process
-        stays until then, so no partition moves while the others finish. A
-        process holding none of the handler's input (another one does the
-        work; this one forwards, or has nothing) flushes nothing.
-        """
-        assert self.drain is not None
-        if self._finished or not self.drain.upstream_done():
-            return
-        if self.drain.stage_done():
-            self._finish("drained (the other processes of the stage flushed the rest)")
-            return
-        if not self.app.consumer.assignment():
-            return
-        loop = asyncio.get_running_loop()
-        lag = await loop.run_in_executor(
-            None, group_lag, self.settings, self.settings.group(self.stage), self._consumed
-        )
-        if lag:
-            await self._note_drain_wait(lag)
-            return
-        owned = self._owned()
-        if owned - self._flushed:
-            self._guarded(self._run_flush)
-            self._flushed |= owned
-        took, records = self.longest_step
-        figures = {"longest_step_seconds": took, "longest_step_records": records}
-        every = [str(p) for p in range(self.source_partitions)]
-        if self.drain.mark_copy_done(map(str, self._flushed), every, figures):
-            self._finish("drained")
+        """Drain mode: flush the partitions held here once the group committed all input (faust_drain.py)."""
+        if not self._finished:
+            took, records = self.longest_step
+            figures = {"longest_step_seconds": took, "longest_step_records": records}
+            await self.drain_check.check(self.source_partitions, figures)
 
     def _finish(self, how: str) -> None:
         self._finished = True
@@ -425,16 +367,6 @@ class FaustStage:
                  self.stage, how, self.processed, took * 1000, records)  # fmt: skip
         if self._worker is not None:
             self._worker._schedule_shutdown(signal.SIGTERM)
-
-    async def _note_drain_wait(self, lag: int) -> None:
-        """Say where reading stands when a drain has waited on the same uncommitted input for a while."""
-        now = time.monotonic()
-        if lag != self._drain_lag:
-            self._drain_lag, self._drain_waiting_since = lag, now
-        elif now - self._drain_waiting_since >= DRAIN_WAIT_NOTE_SECONDS:
-            self._drain_waiting_since = now
-            log.warning("%s: the drain has waited %.0f s on %d uncommitted input messages; %s", self.stage,
-                        DRAIN_WAIT_NOTE_SECONDS, lag, await self.input.describe())  # fmt: skip
 
     def _check_alone(self) -> None:
         """Warn when another process of a single-process stage took some of its partitions."""
