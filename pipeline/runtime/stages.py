@@ -82,7 +82,12 @@ def run_stage(
         graph = getattr(handler, "graph", None)
         order = faust_stage.input.order
         sources: dict[str, Callable[[], Mapping[str, int]]] = {
-            "": lambda: {"processed": faust_stage.processed, "input_holes": order.holes_found}
+            "": lambda: {
+                "processed": faust_stage.processed,
+                "input_holes": order.holes_found,
+                "put_back": faust_stage.unhanded.put_back,  # records faust's consumer did not hand on
+                "restore_stalls": faust_stage.recovery_guard.watch.stalls,
+            }
         }
         if graph is not None:
             sources["identity"] = counter_of(graph.counts)

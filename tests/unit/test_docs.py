@@ -150,7 +150,8 @@ def counted_keys(*packages: str) -> set[str]:
 
 
 # An outcome is "source.key": no source for ingest's own counts and a faust stage's
-# "processed" and "input_holes" (pipeline/runtime/stages.py), else the counter it comes from.
+# "processed", "input_holes", "put_back" and "restore_stalls" (pipeline/runtime/stages.py), else the
+# counter it comes from.
 OUTCOME_SOURCES = {*STAGES, "identity_stage", "rows", "dead_letter"}
 
 
