@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 from aiokafka import TopicPartition
@@ -33,8 +33,13 @@ from pipeline.runtime.recovery_watch import name
 
 log = logging.getLogger(__name__)
 
-Span = tuple[int, int]
-"""(first offset not handed on, offset after the batch's last record) of one partition."""
+
+class Span(NamedTuple):
+    """The records of one partition of a batch that were not handed on."""
+
+    first: int  # the offset of the first
+    after: int  # the offset after the batch's last record
+    records: int  # how many
 
 
 def unhanded(fetched: Mapping[Any, Sequence[Any]], handed: Mapping[Any, int]) -> dict[Any, Span]:
@@ -50,7 +55,7 @@ def unhanded(fetched: Mapping[Any, Sequence[Any]], handed: Mapping[Any, int]) ->
         last = handed.get(tp)
         left = [record.offset for record in records if last is None or record.offset > last]
         if left:
-            spans[tp] = (left[0], records[-1].offset + 1)
+            spans[tp] = Span(left[0], records[-1].offset + 1, len(left))
     return spans
 
 
@@ -58,7 +63,7 @@ async def _seek_back(client: Any, spans: Mapping[Any, Span]) -> dict[Any, int]:
     """In the consumer's thread: seek each partition to its span's start if it still stands past the span."""
     moved = {}
     assignment = client._subscription.subscription.assignment
-    for tp, (first, after) in spans.items():
+    for tp, (first, after, _records) in spans.items():
         part = TopicPartition(tp.topic, tp.partition)
         if assignment is None or not client._subscription.is_assigned(part):
             continue
@@ -119,7 +124,7 @@ class UnhandedRecords:
             log.warning("%s: putting back records not handed on failed: %r", self.stage, exc)
             return
         if moved:
-            count = sum(spans[tp][1] - offset for tp, offset in moved.items())
+            count = sum(spans[tp].records for tp in moved)
             self.put_back += count
             log.info("%s: faust's consumer took %d records it did not hand on; reading them again from %s",
                      self.stage, count, {name(tp): off for tp, off in moved.items()})  # fmt: skip

@@ -27,13 +27,13 @@ def test_a_batch_handed_on_whole_leaves_nothing() -> None:
 
 def test_a_partition_none_of_whose_records_went_on_is_read_again_from_its_first() -> None:
     fetched = {CHANGELOG: batch(10, 11, 12), INPUT: batch(4, 5)}
-    assert unhanded(fetched, {INPUT: 5}) == {CHANGELOG: (10, 13)}
+    assert unhanded(fetched, {INPUT: 5}) == {CHANGELOG: (10, 13, 3)}
 
 
 def test_a_batch_cut_part_way_is_read_again_from_the_first_record_not_handed_on() -> None:
     # compacted changelogs have gaps between offsets: the span starts at a record, not at last + 1
     fetched = {CHANGELOG: batch(10, 14, 15, 19), INPUT: batch(4, 5)}
-    assert unhanded(fetched, {CHANGELOG: 14}) == {CHANGELOG: (15, 20), INPUT: (4, 6)}
+    assert unhanded(fetched, {CHANGELOG: 14}) == {CHANGELOG: (15, 20, 2), INPUT: (4, 6, 2)}
 
 
 def test_empty_partitions_and_an_empty_batch_leave_nothing() -> None:
