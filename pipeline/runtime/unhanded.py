@@ -4,13 +4,13 @@ faust's consumer takes a batch of records from aiokafka and hands them on
 one by one, but drops some of them on the way: the whole batch when it comes
 back in the moment a rebalance has stopped the flow, the records of
 partitions it holds paused (aiokafka reads every assigned partition when the
-set of wanted ones is empty for a moment), and the rest of a batch when a
-rebalance begins part-way. The client's position has already moved past
-them, so they are never read unless something seeks the partition back. A
-table whose changelog lost its last records that way while it was being
-restored waits for ever (docs/operations.md), and an input partition gets a
-hole (which :class:`~pipeline.runtime.faust_input.OrderedInput` reads again,
-later).
+set of wanted ones is empty for a moment), the rest of a batch when a
+rebalance begins part-way, and a record whose delivery a rebalance cancels.
+The client's position has already moved past them, so they are never read
+unless something seeks the partition back. A table whose changelog lost its
+last records that way while it was being restored waits for ever
+(docs/operations.md), and an input partition gets a hole (which
+:class:`~pipeline.runtime.faust_input.OrderedInput` reads again, later).
 
 :class:`UnhandedRecords` watches each batch go through and seeks a partition
 back to its first record not handed on, provided the client still stands at
@@ -104,10 +104,17 @@ class UnhandedRecords:
         return records, active
 
     async def _handing_over(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        consumer: Any = self.app.consumer
         handed: dict[Any, int] = {}
         async for tp, message in self._getmany(timeout=timeout):
-            handed[tp] = message.offset
             yield tp, message
+            # Back here once the fetch loop has delivered the message, or given up
+            # on it: a rebalance that stops the flow meanwhile cancels the delivery
+            # (faust waits for the first of the two). Then it counts as not handed
+            # on; if it was, it comes twice, which the stage takes (repeats of
+            # input are acknowledged unhandled, a changelog record is written again).
+            if consumer.flow_active:
+                handed[tp] = message.offset
         fetched, self._fetched = self._fetched, {}
         if self._restarted_flow:
             self._restarted_flow = False
