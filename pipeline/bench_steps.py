@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -120,6 +121,19 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def keep_previous_logs(log_dir: Path) -> None:
+    """Move the last run's step logs to ``<log_dir>.previous`` (replacing older ones) before a new run.
+
+    A run that went wrong is often noticed only when the next one has started.
+    """
+    if not log_dir.is_dir() or not any(log_dir.iterdir()):
+        return
+    previous = log_dir.with_name(log_dir.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    log_dir.rename(previous)
+
+
 @dataclass
 class StepRunner:
     """Runs the bench's steps, each within a time limit, showing progress on ``console``."""
@@ -130,6 +144,7 @@ class StepRunner:
     done: list[tuple[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        keep_previous_logs(self.log_dir)
         private_dir(self.log_dir)
 
     def log_file(self, name: str) -> Path:
