@@ -19,7 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
-from pipeline.config import Settings
+from pipeline.config import STAGES, Settings
 from pipeline.errors import ConfigError, KafkaUnavailable
 from pipeline.kafka.clients import LibrdkafkaLog, client_config
 from pipeline.kafka.layout import PROCEDURE, growth
@@ -315,25 +315,63 @@ def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
 
 
 def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Delete every topic and consumer group under the configured prefix (demo and bench resets)."""
+    """Delete every topic and consumer group under the configured prefix (demo and bench resets).
+
+    The stages' groups go even when the broker does not list them yet: a
+    group left behind keeps its committed offsets, and on topics made anew
+    a stage would take everything below them as already handled.
+    """
     admin = admin_client(settings)
     prefix = settings.topic_prefix
     names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
     if names:
         _wait(admin.delete_topics(names, operation_timeout=timeout), timeout, tolerate=("UNKNOWN_TOPIC",))
-    groups = [
-        g.group_id
-        for g in admin.list_consumer_groups(request_timeout=timeout).result().valid
-        if g.group_id.startswith(settings.consumer_group_prefix)
-    ]
-    if groups:
-        _wait(
-            admin.delete_consumer_groups(groups, request_timeout=timeout),
-            timeout,
-            tolerate=("GROUP_ID_NOT_FOUND", "NON_EMPTY_GROUP"),
-        )
+    deadline = time.monotonic() + timeout
+    groups = _prefixed_groups(admin, settings.consumer_group_prefix, deadline)
+    _delete_groups(admin, groups | {settings.group(stage) for stage in STAGES}, deadline)
     _wait_topics_gone(admin, names, timeout)
     return names
+
+
+def _prefixed_groups(admin: AdminClient, prefix: str, deadline: float) -> set[str]:
+    """The consumer groups whose id starts with ``prefix``.
+
+    Asked again while a group coordinator is loading: a broker just started
+    leaves the groups of the partitions it is still loading out of the list.
+    """
+    while True:
+        listed = admin.list_consumer_groups(request_timeout=max(1.0, deadline - time.monotonic())).result()
+        if not listed.errors:
+            return {group.group_id for group in listed.valid if group.group_id.startswith(prefix)}
+        error = listed.errors[0]
+        err = error.args[0] if isinstance(error, KafkaException) else error
+        if not isinstance(err, KafkaError) or not worth_asking_again(err, deadline):
+            raise KafkaUnavailable(f"listing the consumer groups failed: {error}")
+        time.sleep(0.2)
+
+
+def _delete_groups(admin: AdminClient, groups: Iterable[str], deadline: float) -> None:
+    """Delete ``groups``; those that do not exist are fine, a coordinator still loading is asked again."""
+    left = sorted(groups)
+    while left:
+        futures = admin.delete_consumer_groups(left, request_timeout=max(1.0, deadline - time.monotonic()))
+        again = []
+        for group, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue
+                if err.code() == KafkaError.NON_EMPTY_GROUP:  # a process of it still runs
+                    log.warning("%s: %s (not deleted)", group, exc)
+                    continue
+                if not worth_asking_again(err, deadline):
+                    raise KafkaUnavailable(f"deleting the consumer group {group} failed: {exc}") from exc
+                again.append(group)
+        left = again
+        if left:
+            time.sleep(0.2)
 
 
 def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> None:
