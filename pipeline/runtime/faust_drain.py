@@ -49,11 +49,11 @@ class FaustDrain:
         self.flushed: set[int] = set()  # input partitions this process flushed
         self._lag, self._waiting_since = 0, 0.0
 
-    async def check(self, partitions: int, figures: dict[str, float]) -> None:
+    async def check(self, partitions: int, figures: Callable[[], dict[str, float]]) -> None:
         """Flush once the group has committed all input; finish once every partition is flushed.
 
         ``partitions``: how many the handler's input has; ``figures``: this
-        process's step figures, kept with its part of the drain. A process
+        process's step figures, kept with its part of the drain (read last). A process
         holding none of the handler's input (another one does the work; this
         one forwards, or has nothing) flushes nothing.
         """
@@ -75,7 +75,7 @@ class FaustDrain:
             self.flush()
             self.flushed |= owned
         every = [str(p) for p in range(partitions)]
-        if self.gate.mark_copy_done(map(str, self.flushed), every, figures):
+        if self.gate.mark_copy_done(map(str, self.flushed), every, figures()):
             self.finish("drained")
 
     async def _note_wait(self, lag: int) -> None:

@@ -356,9 +356,11 @@ class FaustStage:
     async def _check_drained(self) -> None:
         """Drain mode: flush the partitions held here once the group committed all input (faust_drain.py)."""
         if not self._finished:
-            took, records = self.longest_step
-            figures = {"longest_step_seconds": took, "longest_step_records": records}
-            await self.drain_check.check(self.source_partitions, figures)
+            await self.drain_check.check(self.source_partitions, self._step_figures)
+
+    def _step_figures(self) -> dict[str, float]:
+        took, records = self.longest_step
+        return {"longest_step_seconds": took, "longest_step_records": records}
 
     def _finish(self, how: str) -> None:
         self._finished = True

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,26 @@ class RecoveryWatch:
         self.stall_seconds = stall_seconds
         self.clock = clock
         self.stalls = 0  # stalls noticed since the process started
-        self._least_left: int | None = None  # the fewest records left seen in this recovery
+        self._left: int | None = None  # records left at the last look (None: no recovery then)
+        self._recovery: object = None  # which recovery that was
         self._since = 0.0  # when this recovery began, last had fewer records left, or last stalled
 
-    def stalled(self, in_recovery: bool, left: int) -> bool:
+    def stalled(self, in_recovery: bool, left: int, recovery: object = None) -> bool:
         """Called now and then with the recovery's state: True each ``stall_seconds`` without progress.
 
         ``left``: records the active partitions still need from their
-        changelogs. Progress is fewer left than ever before in this recovery.
+        changelogs; ``recovery``: what tells one recovery from the next (faust
+        starts a new one at each rebalance, without ending the one before).
+        Progress is fewer records left than at the last look.
         """
         now = self.clock()
         if not in_recovery:
-            self._least_left = None
+            self._left = None
             return False
-        if self._least_left is None or left < self._least_left:
-            self._least_left = left
+        fell = self._left is not None and left < self._left
+        new = self._left is None or recovery != self._recovery
+        self._left, self._recovery = left, recovery
+        if new or fell:
             self._since = now
             return False
         if left > 0 and now - self._since >= self.stall_seconds:
@@ -99,10 +105,13 @@ class RecoveryGuard:
             return False
         if not consumer.flow_active:  # a rebalance is under way: its recovery seeks every changelog
             return False
-        stalled = {tp for tp, n in recovery.active_remaining().items() if n > 0}
+        # faust's own partition type: its active set holds no other (the highwaters' keys are aiokafka's)
+        stalled = {TP(tp.topic, tp.partition) for tp, n in recovery.active_remaining().items() if n > 0}
         # faust's own seek at the start of a recovery, to the offsets it has restored up to
         await recovery._seek_offsets(consumer, stalled, recovery.active_offsets, "active")
         consumer.resume_partitions(stalled)
+        log.warning("%s: changelog partitions %s read again from the offsets restored", self.stage,
+                    _names(stalled))  # fmt: skip
         return True
 
 
@@ -110,7 +119,7 @@ def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage:
     """Look at faust's table recovery once; log the consumer's state if it stalled (first an error)."""
     in_recovery = bool(getattr(recovery, "in_recovery", False))
     left = recovery.active_remaining_total() if in_recovery else 0
-    if not watch.stalled(in_recovery, left):
+    if not watch.stalled(in_recovery, left, getattr(recovery, "_recovery_started_at", None)):
         return False
     remaining = {name: n for name, n in _by_tp(recovery.active_remaining()).items() if n}
     try:  # faust's own pause list, and the Kafka client's beneath it
@@ -121,7 +130,7 @@ def report_if_stalled(recovery: Any, consumer: Any, watch: RecoveryWatch, stage:
     log.log(logging.ERROR if watch.stalls == 1 else logging.WARNING,
             "%s: table recovery restored nothing for %.0f s with %d changelog records left "
             "(by partition: %s; highwaters %s, offsets %s; paused by faust: %s, by the client: %s; "
-            "assigned: %s); reading those changelog partitions again from the offsets restored",
+            "assigned: %s)",
             stage, watch.stall_seconds, left, remaining, _by_tp(recovery.active_highwaters),
             _by_tp(recovery.active_offsets), *paused, assigned)  # fmt: skip
     return True

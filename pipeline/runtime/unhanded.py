@@ -14,8 +14,8 @@ last records that way while it was being restored waits for ever
 
 :class:`UnhandedRecords` watches each batch go through and seeks a partition
 back to its first record not handed on, provided the client still stands at
-or past the batch's end (anything else means somebody sought it since:
-faust's recovery, or a rebalance). Two fault points (``fetch_in_rebalance``,
+or past the batch's end (a position before it means somebody sought it
+since: faust's recovery, or a rebalance). Two fault points (``fetch_in_rebalance``,
 ``lost_fetch``, pipeline/runtime/faults.py) let tests cause the drop.
 """
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from faust.types import TP
 
-from pipeline.runtime.recovery_watch import RecoveryWatch, report_if_stalled
+from pipeline.runtime.recovery_watch import RecoveryGuard, RecoveryWatch, report_if_stalled
 from tests.unit.hand_clock import HandClock
 
 CHANGELOG = "o2o.journeys-journeys_state-changelog"
@@ -36,6 +39,20 @@ def test_a_stall_is_noticed_after_each_stall_time_without_progress_and_progress_
     assert not watch.stalled(True, 150)
     clock.now = 120
     assert watch.stalled(True, 150) and watch.stalls == 3
+
+
+def test_a_new_recovery_starts_the_count_again_even_with_more_records_left() -> None:
+    clock = HandClock()
+    watch = RecoveryWatch(10, clock)
+    assert not watch.stalled(True, 500, "first")
+    clock.now = 5
+    assert not watch.stalled(True, 40, "first")  # progress
+    clock.now = 9
+    assert not watch.stalled(True, 300, "second")  # a rebalance began another recovery (still in recovery)
+    clock.now = 18
+    assert not watch.stalled(True, 120, "second")  # its progress counts, not the first one's least
+    clock.now = 28
+    assert watch.stalled(True, 120, "second") and watch.stalls == 1
 
 
 def test_no_stall_when_nothing_is_left_or_outside_a_recovery() -> None:
@@ -81,6 +98,11 @@ class Consumer:
     def __init__(self) -> None:
         self._paused_partitions = {TP(CHANGELOG, 3), TP("o2o.events.identified", 3)}
         self._thread = Thread()
+        self.flow_active = True
+        self.resumed: list[set[Any]] = []
+
+    def resume_partitions(self, tps: set[Any]) -> None:
+        self.resumed.append(set(tps))
 
     def assignment(self) -> set[TP]:
         return {TP(CHANGELOG, 3), TP("o2o.events.identified", 3)}
@@ -105,7 +127,6 @@ def test_the_report_names_the_partitions_left_their_offsets_and_what_is_paused(
         f"paused by faust: ['o2o.events.identified/3', '{CHANGELOG}/3'], by the client: ['{CHANGELOG}/3']"
         in line
     )
-    assert "reading those changelog partitions again" in line
     clock.now = 61
     with caplog.at_level(logging.WARNING):
         assert report_if_stalled(recovery, Consumer(), watch, "journeys")
@@ -125,3 +146,38 @@ def test_a_consumer_without_the_expected_internals_still_gets_a_report(
     with caplog.at_level(logging.ERROR):
         assert report_if_stalled(recovery, consumer, watch, "identity")
     assert "paused by faust: ['unknown (AttributeError(" in caplog.text
+
+
+class App:
+    """What the guard reads of a faust app."""
+
+    def __init__(self, recovery: Recovery, consumer: Any) -> None:
+        self.tables = type("Tables", (), {"recovery": recovery})()
+        self.consumer = consumer
+        self.on_partitions_assigned = type("Signal", (), {"connect": lambda self, receiver: None})()
+
+
+def test_the_guard_seeks_a_stalled_restore_back_and_resumes_it_with_fausts_partition_type() -> None:
+    # faust keys its highwaters with aiokafka's TopicPartition; its active set must hold its own TP
+    stalled, done = TopicPartition(CHANGELOG, 3), TopicPartition(CHANGELOG, 5)
+    recovery = SeekingRecovery({stalled: 120, done: 40}, {stalled: 99, done: 40})
+    consumer = Consumer()
+    consumer.flow_active = True
+    guard = RecoveryGuard(App(recovery, consumer), "journeys", stall_seconds=0)  # type: ignore[arg-type]
+    assert not asyncio.run(guard.check())  # the first look starts the count
+    assert asyncio.run(guard.check())
+    assert recovery.sought == [({TP(CHANGELOG, 3)}, {stalled: 99, done: 40})]
+    assert consumer.resumed == [{TP(CHANGELOG, 3)}]
+    assert all(type(tp) is TP for tp in consumer.resumed[0])
+    consumer.flow_active = False  # a rebalance under way seeks every changelog itself
+    assert not asyncio.run(guard.check())
+    assert len(recovery.sought) == 1
+
+
+class SeekingRecovery(Recovery):
+    def __init__(self, highwaters: dict[Any, int], offsets: dict[Any, int]) -> None:
+        super().__init__(highwaters, offsets)
+        self.sought: list[tuple[set[Any], dict[Any, int]]] = []
+
+    async def _seek_offsets(self, consumer: Any, tps: set[Any], offsets: Any, title: str) -> None:
+        self.sought.append((set(tps), dict(offsets)))
