@@ -67,5 +67,6 @@ def test_restores_whose_changelog_records_were_dropped_or_lost_end_with_the_righ
     for stage in LOST:
         assert f"{stage}: fault injected at lost_fetch" in err, err[-3000:]
         assert f"{stage}: table recovery restored nothing for {STALL_SECONDS:.0f} s" in err, err[-3000:]
+        assert re.search(rf"{stage}: changelog partitions \[.*\] read again from the offsets restored", err)
     # the first piece was read to its end before the second came (see test_broker_restart.py)
     expect_same(settings, undisturbed, drain=False, late_events_possible=True)
