@@ -23,7 +23,8 @@ import orjson
 
 from pipeline.config import Settings
 from pipeline.kafka import topics
-from pipeline.kafka.admin import delete_prefixed, ensure_topics
+from pipeline.kafka.admin import ensure_topics
+from pipeline.kafka.reset import delete_prefixed
 from pipeline.producer import send_events
 from pipeline.runtime.stages import settings_env
 from pipeline.simulate import simulate

@@ -15,7 +15,8 @@ def prepare(settings: Settings, reset: bool) -> None:
     """Start the local broker, optionally wipe this prefix's topics and database, then init."""
     from pipeline.clickhouse.client import connect
     from pipeline.clickhouse.migrations import apply_migrations
-    from pipeline.kafka.admin import delete_prefixed, ensure_topics
+    from pipeline.kafka.admin import ensure_topics
+    from pipeline.kafka.reset import delete_prefixed
     from pipeline.stack.local_kafka import LocalKafka
 
     status = LocalKafka(settings).up(progress=lambda msg: console.print(f"[dim]{msg}[/]"))

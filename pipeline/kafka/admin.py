@@ -19,7 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
-from pipeline.config import STAGES, Settings
+from pipeline.config import Settings
 from pipeline.errors import ConfigError, KafkaUnavailable
 from pipeline.kafka.clients import LibrdkafkaLog, client_config
 from pipeline.kafka.layout import PROCEDURE, growth
@@ -134,7 +134,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0, add_partitions: boo
         result[name] = "ok"
         have = len(existing[name].partitions)
         if have < partitions:
-            _wait(admin.create_partitions([NewPartitions(name, partitions)]), timeout)
+            wait_done(admin.create_partitions([NewPartitions(name, partitions)]), timeout)
             result[name] = "updated"
         resource = ConfigResource(
             ConfigResource.Type.TOPIC,
@@ -144,9 +144,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0, add_partitions: boo
                 for key, value in config.items()
             ],
         )
-        _wait(admin.incremental_alter_configs([resource]), timeout)
+        wait_done(admin.incremental_alter_configs([resource]), timeout)
     if to_create:
-        _wait(
+        wait_done(
             admin.create_topics(to_create, operation_timeout=timeout),
             timeout,
             tolerate=("TOPIC_ALREADY_EXISTS",),
@@ -156,7 +156,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0, add_partitions: boo
     return result
 
 
-def _wait(futures: Mapping[Any, Future[Any]], timeout: float, tolerate: tuple[str, ...] = ()) -> None:
+def wait_done(futures: Mapping[Any, Future[Any]], timeout: float, tolerate: tuple[str, ...] = ()) -> None:
+    """Wait for every admin operation in ``futures``; a failure whose text holds a ``tolerate`` code is
+    logged and passed over, any other is :class:`KafkaUnavailable`."""
     for key, future in futures.items():
         try:
             future.result(timeout=timeout)
@@ -312,75 +314,6 @@ def group_lag(settings: Settings, group: str, topics: Iterable[str]) -> int:
     ends = end_offsets(settings, topics)
     done = group_offsets(settings, group, ends, timeout=10.0)  # the partitions end_offsets found
     return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
-
-
-def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Delete every topic and consumer group under the configured prefix (demo and bench resets).
-
-    The stages' groups go even when the broker does not list them yet: a
-    group left behind keeps its committed offsets, and on topics made anew
-    a stage would take everything below them as already handled.
-    """
-    admin = admin_client(settings)
-    prefix = settings.topic_prefix
-    names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
-    if names:
-        _wait(admin.delete_topics(names, operation_timeout=timeout), timeout, tolerate=("UNKNOWN_TOPIC",))
-    deadline = time.monotonic() + timeout
-    groups = _prefixed_groups(admin, settings.consumer_group_prefix, deadline)
-    _delete_groups(admin, groups | {settings.group(stage) for stage in STAGES}, deadline)
-    _wait_topics_gone(admin, names, timeout)
-    return names
-
-
-def _prefixed_groups(admin: AdminClient, prefix: str, deadline: float) -> set[str]:
-    """The consumer groups whose id starts with ``prefix``.
-
-    Asked again while a group coordinator is loading: a broker just started
-    leaves the groups of the partitions it is still loading out of the list.
-    """
-    while True:
-        listed = admin.list_consumer_groups(request_timeout=max(1.0, deadline - time.monotonic())).result()
-        if not listed.errors:
-            return {group.group_id for group in listed.valid if group.group_id.startswith(prefix)}
-        error = listed.errors[0]
-        err = error.args[0] if isinstance(error, KafkaException) else error
-        if not isinstance(err, KafkaError) or not worth_asking_again(err, deadline):
-            raise KafkaUnavailable(f"listing the consumer groups failed: {error}")
-        time.sleep(0.2)
-
-
-def _delete_groups(admin: AdminClient, groups: Iterable[str], deadline: float) -> None:
-    """Delete ``groups``; those that do not exist are fine, a coordinator still loading is asked again."""
-    left = sorted(groups)
-    while left:
-        futures = admin.delete_consumer_groups(left, request_timeout=max(1.0, deadline - time.monotonic()))
-        again = []
-        for group, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                    continue
-                if err.code() == KafkaError.NON_EMPTY_GROUP:  # a process of it still runs
-                    log.warning("%s: %s (not deleted)", group, exc)
-                    continue
-                if not worth_asking_again(err, deadline):
-                    raise KafkaUnavailable(f"deleting the consumer group {group} failed: {exc}") from exc
-                again.append(group)
-        left = again
-        if left:
-            time.sleep(0.2)
-
-
-def _wait_topics_gone(admin: AdminClient, names: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while names and time.monotonic() < deadline:
-        left = set(names) & set(admin.list_topics(timeout=timeout).topics)
-        if not left:
-            return
-        time.sleep(0.2)
 
 
 def partition_counts(settings: Settings, timeout: float = 10.0, every: bool = False) -> dict[str, int]:
